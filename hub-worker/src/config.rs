@@ -1,0 +1,230 @@
+//! `hub-worker`'s configuration: one TOML file plus `HUB_`-prefixed environment variables
+//! (`HUB_DATABASE__URL` sets `database.url`), loaded and validated once, before anything runs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use layer1_ingest::StageSettings;
+use layer4_dispatch::{InProcessConfig, InProcessTransport, PublishSettings, Route, RouteTable, Transport};
+
+use crate::error::{Error, Result};
+use crate::hub::{Hub, HubBuilder, HubSettings};
+use crate::integrations;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the layer tables live.
+    pub database: DatabaseConfig,
+    /// How the claim-based stages run.
+    #[serde(default)]
+    pub stages: StagesConfig,
+    /// How the publisher runs.
+    #[serde(default)]
+    pub publish: PublishConfig,
+    /// Intake limits.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Which broker carries messages to the core app.
+    #[serde(default)]
+    pub transport: TransportConfig,
+    /// Built-in integrations to enable, by name (`crm-contacts`, `payments`).
+    #[serde(default)]
+    pub integrations: Vec<String>,
+    /// Core message type -> destination queue rules; every matching rule is a destination.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host/db` or `sqlite://path.db?mode=rwc`.
+    pub url: String,
+}
+
+/// `[stages]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagesConfig {
+    /// Rows claimed per transaction.
+    pub batch_size: u64,
+    /// Longest idle sleep, in milliseconds: how soon work from other processes is seen.
+    pub poll_interval_ms: u64,
+    /// Attempts before a row becomes `dead`.
+    pub max_attempts: i32,
+    /// First retry delay in milliseconds, doubled per attempt.
+    pub base_backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        let d = StageSettings::default();
+        Self {
+            batch_size: d.batch_size,
+            poll_interval_ms: d.poll_interval.as_millis() as u64,
+            max_attempts: d.max_attempts,
+            base_backoff_ms: d.base_backoff.as_millis() as u64,
+            max_backoff_ms: d.max_backoff.as_millis() as u64,
+        }
+    }
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Seconds a claimed row is the publisher's before another may publish it again.
+    pub lease_secs: u64,
+    /// Seconds a queued row waits for its receipt before it is published again.
+    pub ack_timeout_secs: u64,
+    /// The queue receipts come back on (`hub-receipt-to`).
+    pub receipts_queue: String,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        let d = PublishSettings::default();
+        Self {
+            lease_secs: d.lease.as_secs(),
+            ack_timeout_secs: d.ack_timeout.as_secs(),
+            receipts_queue: d.receipts_queue,
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: HubSettings::default().max_body_bytes }
+    }
+}
+
+/// `[transport]`: `kind = "in-process"` (RabbitMQ and SQS come next).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TransportConfig {
+    /// Queues inside this process: for embedding and the demo.
+    InProcess(InProcessConfig),
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig::InProcess(InProcessConfig::default())
+    }
+}
+
+impl TransportConfig {
+    /// The running transport.
+    pub fn build(&self) -> Arc<dyn Transport> {
+        match self {
+            TransportConfig::InProcess(c) => Arc::new(InProcessTransport::new(c.clone())),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given) and `HUB_*` variables, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::new();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(Error::Config(format!("config file {} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        let cfg: Config = fig
+            .merge(Env::prefixed("HUB_").split("__"))
+            .extract()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what the types cannot: known integrations, sane numbers, usable routes.
+    pub fn validate(&self) -> Result<()> {
+        if self.database.url.is_empty() {
+            return Err(Error::Config("database.url is empty".into()));
+        }
+        if self.stages.batch_size == 0 || self.stages.batch_size > 5000 {
+            return Err(Error::Config("stages.batch_size must be 1 to 5000".into()));
+        }
+        if self.stages.max_attempts < 1 {
+            return Err(Error::Config("stages.max_attempts must be at least 1".into()));
+        }
+        for name in &self.integrations {
+            if !integrations::BUILT_IN.contains(&name.as_str()) {
+                return Err(Error::Config(format!(
+                    "integrations: unknown integration `{name}` (built in: {})",
+                    integrations::BUILT_IN.join(", ")
+                )));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.destination.is_empty() || r.message_type.is_empty() {
+                return Err(Error::Config(format!("routes[{i}]: type and destination must not be empty")));
+            }
+            if let Some(k) = &r.ordering_key
+                && !k.starts_with('/')
+            {
+                return Err(Error::Config(format!(
+                    "routes[{i}].ordering_key `{k}` is not a JSON pointer (starts with /)"
+                )));
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(Error::Config("no routes: add [[routes]] with type and destination".into()));
+        }
+        Ok(())
+    }
+
+    /// The hub settings this config describes.
+    pub fn settings(&self) -> HubSettings {
+        let s = &self.stages;
+        HubSettings {
+            stage: StageSettings {
+                batch_size: s.batch_size,
+                poll_interval: Duration::from_millis(s.poll_interval_ms),
+                max_attempts: s.max_attempts,
+                base_backoff: Duration::from_millis(s.base_backoff_ms),
+                max_backoff: Duration::from_millis(s.max_backoff_ms),
+            },
+            publish: PublishSettings {
+                lease: Duration::from_secs(self.publish.lease_secs),
+                ack_timeout: Duration::from_secs(self.publish.ack_timeout_secs),
+                receipts_queue: self.publish.receipts_queue.clone(),
+            },
+            max_body_bytes: self.ingest.max_body_bytes,
+            migrate: true,
+        }
+    }
+
+    /// A hub builder with everything this config names.
+    pub fn hub_builder(&self) -> Result<HubBuilder> {
+        let mut b = Hub::builder(self.database.url.clone())
+            .settings(self.settings())
+            .transport(self.transport.build())
+            .router(Arc::new(RouteTable::new(self.routes.clone())));
+        for name in &self.integrations {
+            b = integrations::register(b, name)
+                .ok_or_else(|| Error::Config(format!("unknown integration `{name}`")))?;
+        }
+        Ok(b)
+    }
+}

@@ -1,0 +1,29 @@
+//! The hub's error.
+
+use uuid::Uuid;
+
+/// Result with the hub's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the hub facade or the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the layers' shared machinery or the database.
+    #[error(transparent)]
+    Base(#[from] layer1_ingest::Error),
+    /// From the database directly.
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    /// From the transport.
+    #[error(transparent)]
+    Transport(#[from] layer4_dispatch::TransportError),
+    /// Ingest for a source no integration serves.
+    #[error("unknown source `{0}`: no integration is registered under that name")]
+    UnknownSource(String),
+    /// No row in any layer has this id.
+    #[error("no message with id {0} in any layer")]
+    NotFound(Uuid),
+    /// The configuration is unusable (the text names the key).
+    #[error("configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,351 @@
+//! The embedding API: build a hub from a database URL, a transport and integrations; ingest;
+//! run the stages as tasks; trace; shut down gracefully.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use layer1_ingest::table::count_by_status;
+use layer1_ingest::{Direction, Ingested, Layer, NewRaw, Stage, StageSettings, Status, Wakeup, run_stage};
+use layer2_normalize::{NormalizeStage, Normalizer, Normalizers};
+use layer3_translate::{TranslateStage, Translator, Translators};
+use layer4_dispatch::{PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport};
+use migrations::{Migrator, MigratorTrait};
+
+use crate::error::{Error, Result};
+use crate::lineage::{Lineage, lineage};
+
+/// How the hub runs. Defaults suit a small deployment; every field is a config key of
+/// `hub-worker run`.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Batch size, poll interval, retries of the claim-based stages.
+    pub stage: StageSettings,
+    /// Lease, ack timeout and receipts queue of the publisher.
+    pub publish: PublishSettings,
+    /// Largest body accepted by `ingest`, in bytes.
+    pub max_body_bytes: usize,
+    /// Apply pending migrations when the hub is built.
+    pub migrate: bool,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            stage: StageSettings::default(),
+            publish: PublishSettings::default(),
+            max_body_bytes: 1024 * 1024,
+            migrate: true,
+        }
+    }
+}
+
+/// What a caller knows about a payload besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct IngestMeta {
+    /// The third party's event id. When absent, the source's normalizer may find it in the body.
+    pub source_ref: Option<String>,
+    /// Content type; `application/json` when absent.
+    pub content_type: Option<String>,
+    /// Request headers worth keeping (secrets are redacted before storing).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Builds a [`Hub`].
+pub struct HubBuilder {
+    database_url: String,
+    transport: Option<Arc<dyn Transport>>,
+    normalizers: Normalizers,
+    translators: Translators,
+    router: Option<Arc<dyn Router>>,
+    settings: HubSettings,
+}
+
+impl HubBuilder {
+    /// Uses this transport (default: a fresh in-process one).
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
+    /// Adds a normalizer for its source.
+    pub fn normalizer(mut self, n: Arc<dyn Normalizer>) -> Self {
+        self.normalizers.insert(n.source().to_owned(), n);
+        self
+    }
+
+    /// Adds a translator for its (source, record kind).
+    pub fn translator(mut self, t: Arc<dyn Translator>) -> Self {
+        self.translators.insert((t.source().to_owned(), t.record_kind().to_owned()), t);
+        self
+    }
+
+    /// Uses this router.
+    pub fn router(mut self, r: Arc<dyn Router>) -> Self {
+        self.router = Some(r);
+        self
+    }
+
+    /// Uses these settings.
+    pub fn settings(mut self, s: HubSettings) -> Self {
+        self.settings = s;
+        self
+    }
+
+    /// Connects (and migrates, unless told not to), declares the router's destinations and the
+    /// receipts queue on the transport. Stages start with [`Hub::start`].
+    pub async fn build(self) -> Result<Hub> {
+        let router =
+            self.router.ok_or_else(|| Error::Config("a hub needs routes (HubBuilder::router)".into()))?;
+        let db = layer1_ingest::db::connect(&self.database_url).await?;
+        if self.settings.migrate {
+            Migrator::up(&db, None).await?;
+        }
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(t) => t,
+            None => Arc::new(layer4_dispatch::InProcessTransport::default()),
+        };
+        for d in router.destinations() {
+            transport.ensure_queue(&d).await?;
+        }
+        transport.ensure_queue(&self.settings.publish.receipts_queue).await?;
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                db,
+                transport,
+                normalizers: Arc::new(self.normalizers),
+                translators: Arc::new(self.translators),
+                router,
+                settings: self.settings,
+                wake: Wakes::default(),
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Wakes {
+    normalize: Wakeup,
+    translate: Wakeup,
+    route: Wakeup,
+    publish: Wakeup,
+    settled: Wakeup,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    transport: Arc<dyn Transport>,
+    normalizers: Arc<Normalizers>,
+    translators: Arc<Translators>,
+    router: Arc<dyn Router>,
+    settings: HubSettings,
+    wake: Wakes,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running post office. Cheap to clone; all clones are the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// Rows of one layer in one status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCount {
+    /// Layer.
+    pub layer: Layer,
+    /// Integration.
+    pub source: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Status.
+    pub status: Status,
+    /// Rows.
+    pub count: i64,
+}
+
+impl Hub {
+    /// A builder on `database_url` (`sqlite://file.db?mode=rwc`, `sqlite::memory:`,
+    /// `postgres://...`).
+    pub fn builder(database_url: impl Into<String>) -> HubBuilder {
+        HubBuilder {
+            database_url: database_url.into(),
+            transport: None,
+            normalizers: HashMap::new(),
+            translators: HashMap::new(),
+            router: None,
+            settings: HubSettings::default(),
+        }
+    }
+
+    /// The database connection (for audit queries).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        self.inner.transport.clone()
+    }
+
+    /// Stores `body` for `source` in layer 1 (`just_in`) and wakes the normalize stage.
+    /// Returns the layer 1 id, and whether the same event was already on record.
+    pub async fn ingest(&self, source: &str, body: &[u8], meta: IngestMeta) -> Result<Ingested> {
+        let normalizer =
+            self.inner.normalizers.get(source).ok_or_else(|| Error::UnknownSource(source.to_owned()))?;
+        let source_ref = meta.source_ref.or_else(|| normalizer.event_ref(body));
+        let raw = NewRaw {
+            source,
+            source_ref: source_ref.as_deref(),
+            body,
+            content_type: meta.content_type.as_deref().unwrap_or("application/json"),
+            headers: &meta.headers,
+            direction: Direction::Upstream,
+        };
+        let ingested =
+            layer1_ingest::ingest(&self.inner.db, &raw, self.inner.settings.max_body_bytes).await?;
+        if !ingested.duplicate {
+            self.inner.wake.normalize.wake();
+        }
+        Ok(ingested)
+    }
+
+    /// Starts the stages and the receipt consumer as tasks. Calling it twice does nothing more.
+    pub fn start(&self) {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if !tasks.is_empty() {
+            return;
+        }
+        let i = &self.inner;
+        let s = &i.settings;
+        let stages: Vec<(Arc<dyn Stage>, Wakeup, Vec<Wakeup>)> = vec![
+            (
+                Arc::new(NormalizeStage::new(i.db.clone(), i.normalizers.clone(), s.stage.clone())),
+                i.wake.normalize.clone(),
+                vec![i.wake.translate.clone(), i.wake.settled.clone()],
+            ),
+            (
+                Arc::new(TranslateStage::new(i.db.clone(), i.translators.clone(), s.stage.clone())),
+                i.wake.translate.clone(),
+                vec![i.wake.route.clone(), i.wake.settled.clone()],
+            ),
+            (
+                Arc::new(RouteStage::new(i.db.clone(), i.router.clone(), s.stage.clone())),
+                i.wake.route.clone(),
+                vec![i.wake.publish.clone(), i.wake.settled.clone()],
+            ),
+            (
+                Arc::new(PublishStage::new(
+                    i.db.clone(),
+                    i.transport.clone(),
+                    s.stage.clone(),
+                    s.publish.clone(),
+                )),
+                i.wake.publish.clone(),
+                vec![i.wake.settled.clone()],
+            ),
+        ];
+        for (stage, wake, downstream) in stages {
+            tasks.push(tokio::spawn(run_stage(
+                stage,
+                s.stage.clone(),
+                wake,
+                downstream,
+                i.cancel.child_token(),
+            )));
+        }
+        let receipts = ReceiptConsumer::new(
+            i.db.clone(),
+            i.transport.clone(),
+            s.publish.receipts_queue.clone(),
+            usize::try_from(s.stage.batch_size).unwrap_or(200),
+            i.wake.settled.clone(),
+        );
+        tasks.push(tokio::spawn(receipts.run(i.cancel.child_token())));
+    }
+
+    /// Stops the stages: each finishes the batch it holds (committing it) and claims no more.
+    /// Rows not yet claimed stay where they are for the next start.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "stage task ended abnormally");
+            }
+        }
+    }
+
+    /// Aborts every stage task at once, mid-batch if need be: what a crash does. Uncommitted
+    /// batches roll back. For tests of crash safety; use [`Hub::shutdown`] otherwise.
+    pub fn abort(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// The whole chain of the message `id` names, from any layer's id.
+    pub async fn lineage(&self, id: Uuid) -> Result<Lineage> {
+        lineage(&self.inner.db, id).await
+    }
+
+    /// Row counts per layer, source, direction and status.
+    pub async fn counts(&self) -> Result<Vec<StatusCount>> {
+        counts(&self.inner.db).await
+    }
+
+    /// Waits until no row in any layer is still in progress (every row final), or `timeout`
+    /// passes. Returns whether everything settled.
+    pub async fn wait_settled(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if counts(&self.inner.db).await?.iter().all(|c| c.status.is_final()) {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let _ = tokio::time::timeout(
+                (deadline - now).min(Duration::from_millis(100)),
+                self.inner.wake.settled.woken(),
+            )
+            .await;
+        }
+    }
+}
+
+/// Row counts per layer, source, direction and status, on any connection.
+pub async fn counts<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<StatusCount>> {
+    use layer1_ingest::entity as l1;
+    use layer2_normalize::entity as l2;
+    use layer3_translate::entity as l3;
+    use layer4_dispatch::entity as l4;
+    let mut out = Vec::new();
+    let per_layer = [
+        (Layer::Raw, count_by_status::<l1::Entity, C>(db).await?),
+        (Layer::Normalized, count_by_status::<l2::Entity, C>(db).await?),
+        (Layer::Translated, count_by_status::<l3::Entity, C>(db).await?),
+        (Layer::Dispatch, count_by_status::<l4::Entity, C>(db).await?),
+    ];
+    for (layer, rows) in per_layer {
+        out.extend(rows.into_iter().map(|(source, direction, status, count)| StatusCount {
+            layer,
+            source,
+            direction,
+            status,
+            count,
+        }));
+    }
+    out.sort_by(|a, b| (a.layer, &a.source, a.status).cmp(&(b.layer, &b.source, b.status)));
+    Ok(out)
+}

@@ -1,0 +1,73 @@
+//! A message's whole chain, from any layer's id: the raw bytes, the records they became, the
+//! core messages, and every dispatch with its status.
+
+use sea_orm::ConnectionTrait;
+use serde::Serialize;
+use uuid::Uuid;
+
+use layer1_ingest::table::{by_origin, origin_of};
+use layer1_ingest::{LayerTable, LineageEntry};
+
+use crate::error::{Error, Result};
+
+/// Every row of one flow, in layer order, each layer oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lineage {
+    /// The id that was asked for.
+    pub focus: Uuid,
+    /// The flow's first row.
+    pub origin_id: Uuid,
+    /// The rows.
+    pub entries: Vec<LineageEntry>,
+}
+
+impl Lineage {
+    /// The rows on the path through `id`: its ancestors, itself and its descendants. For a
+    /// layer 4 id that is exactly one row per layer.
+    pub fn chain(&self, id: Uuid) -> Vec<&LineageEntry> {
+        let by_id = |x: Uuid| self.entries.iter().find(|e| e.id == x);
+        let mut up = Vec::new();
+        let mut cur = by_id(id);
+        while let Some(e) = cur {
+            up.push(e);
+            cur = e.parent_id.and_then(by_id);
+        }
+        up.reverse();
+        let mut frontier = vec![id];
+        while !frontier.is_empty() {
+            let children: Vec<&LineageEntry> =
+                self.entries.iter().filter(|e| e.parent_id.is_some_and(|p| frontier.contains(&p))).collect();
+            frontier = children.iter().map(|e| e.id).collect();
+            up.extend(children);
+        }
+        up
+    }
+}
+
+async fn find_origin<E: LayerTable, C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<Uuid>> {
+    Ok(origin_of::<E, C>(conn, id).await?)
+}
+
+/// The lineage of the message `id` names (any layer's id): two indexed lookups per layer.
+pub async fn lineage<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Lineage> {
+    use layer1_ingest::entity as l1;
+    use layer2_normalize::entity as l2;
+    use layer3_translate::entity as l3;
+    use layer4_dispatch::entity as l4;
+    let origin = match find_origin::<l1::Entity, C>(conn, id).await? {
+        Some(o) => o,
+        None => match find_origin::<l2::Entity, C>(conn, id).await? {
+            Some(o) => o,
+            None => match find_origin::<l3::Entity, C>(conn, id).await? {
+                Some(o) => o,
+                None => find_origin::<l4::Entity, C>(conn, id).await?.ok_or(Error::NotFound(id))?,
+            },
+        },
+    };
+    let mut entries: Vec<LineageEntry> = Vec::new();
+    entries.extend(by_origin::<l1::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
+    entries.extend(by_origin::<l2::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
+    entries.extend(by_origin::<l3::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
+    entries.extend(by_origin::<l4::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
+    Ok(Lineage { focus: id, origin_id: origin, entries })
+}

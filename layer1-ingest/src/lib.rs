@@ -1,0 +1,23 @@
+//! Layer 1 of the post office: the third party's bytes exactly as they arrived, and the shared
+//! vocabulary every layer above uses (statuses and their transitions, directions, layers, the
+//! claim and transition queries, the stage runner, the base error).
+//!
+//! See `docs/ARCHITECTURE.md` for the whole map.
+
+pub mod db;
+pub mod entity;
+pub mod error;
+pub mod ingest;
+pub mod lineage;
+pub mod outcome;
+pub mod stage;
+pub mod status;
+pub mod table;
+
+pub use error::{Error, Result};
+pub use ingest::{Ingested, NewRaw, ingest};
+pub use lineage::LineageEntry;
+pub use outcome::{Failure, Rejection, guarded};
+pub use stage::{Stage, StageSettings, Wakeup, run_stage};
+pub use status::{Direction, Layer, Status};
+pub use table::{LayerTable, Transition};

@@ -1,0 +1,206 @@
+//! What the four layer tables share: claiming due rows, guarded status updates, lineage reads.
+//!
+//! Each layer crate implements [`LayerTable`] for its entity and gets these queries, so the
+//! claim and transition rules are written once.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::status::{Direction, Layer, Status};
+
+/// A layer table: its entity and the columns every layer has.
+pub trait LayerTable: EntityTrait {
+    /// Which layer this table is.
+    const LAYER: Layer;
+    /// `id`
+    const ID: Self::Column;
+    /// `direction`
+    const DIRECTION: Self::Column;
+    /// `status`
+    const STATUS: Self::Column;
+    /// `attempts`
+    const ATTEMPTS: Self::Column;
+    /// `last_error`
+    const LAST_ERROR: Self::Column;
+    /// `next_attempt_at`
+    const NEXT_ATTEMPT_AT: Self::Column;
+    /// `source`
+    const SOURCE: Self::Column;
+    /// `origin_id`
+    const ORIGIN_ID: Self::Column;
+    /// `updated_at`
+    const UPDATED_AT: Self::Column;
+}
+
+/// Selects up to `limit` rows in one of `statuses` whose `next_attempt_at` has passed, oldest
+/// first, and locks them for the caller's transaction.
+///
+/// On PostgreSQL this is `FOR UPDATE SKIP LOCKED`: concurrent workers each get disjoint rows
+/// and nobody waits. SQLite has no row locks (sea-query omits the clause); the hub runs SQLite
+/// on one connection, which serialises transactions instead.
+pub async fn claim_due<E: LayerTable, C: ConnectionTrait>(
+    txn: &C,
+    direction: Direction,
+    statuses: &[Status],
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<E::Model>> {
+    Ok(E::find()
+        .filter(E::STATUS.is_in(statuses.iter().copied()))
+        .filter(E::DIRECTION.eq(direction))
+        .filter(E::NEXT_ATTEMPT_AT.lte(now))
+        .order_by_asc(E::NEXT_ATTEMPT_AT)
+        .order_by_asc(E::ID)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .all(txn)
+        .await?)
+}
+
+/// How a guarded update leaves the row.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The new status.
+    pub to: Status,
+    /// The reason to record (`last_error`), if any; `None` leaves the column as it is.
+    pub reason: Option<String>,
+    /// When the row is next due; `None` clears it (final statuses).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Whether this counts as a failed attempt (`attempts + 1`).
+    pub count_attempt: bool,
+}
+
+impl Transition {
+    /// A move to a final status, clearing `next_attempt_at`.
+    pub fn to(to: Status) -> Self {
+        Self { to, reason: None, next_attempt_at: None, count_attempt: false }
+    }
+
+    /// Records why.
+    pub fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Counts this as a failed attempt.
+    pub fn counted(mut self) -> Self {
+        self.count_attempt = true;
+        self
+    }
+
+    /// Sets when the row is next due.
+    pub fn due_at(mut self, at: DateTime<Utc>) -> Self {
+        self.next_attempt_at = Some(at);
+        self
+    }
+}
+
+/// Moves `ids` to `t.to`, touching only rows whose current status may legally become `t.to`.
+/// Returns how many rows changed; the caller decides whether fewer than `ids.len()` is an
+/// error (a claimed batch) or expected (a repeated receipt).
+pub async fn transition<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    ids: &[Uuid],
+    t: &Transition,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut update = E::update_many()
+        .col_expr(E::STATUS, Expr::value(t.to.as_str()))
+        .col_expr(E::UPDATED_AT, Expr::value(now))
+        .col_expr(E::NEXT_ATTEMPT_AT, Expr::value(Value::ChronoDateTimeUtc(t.next_attempt_at)));
+    if let Some(reason) = &t.reason {
+        update = update.col_expr(E::LAST_ERROR, Expr::value(reason.clone()));
+    }
+    if t.count_attempt {
+        update = update.col_expr(E::ATTEMPTS, Expr::col(E::ATTEMPTS).add(1i32));
+    }
+    let res = update
+        .filter(E::ID.is_in(ids.iter().copied()))
+        .filter(E::STATUS.is_in(Status::sources_of(t.to)))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+/// [`transition`] for rows the caller holds a claim on: all of them must change, or the
+/// transaction is abandoned with [`Error::LostClaim`].
+pub async fn transition_claimed<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    ids: &[Uuid],
+    t: &Transition,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let updated = transition::<E, C>(conn, ids, t, now).await?;
+    if updated != ids.len() as u64 {
+        return Err(Error::LostClaim { table: E::LAYER.table(), expected: ids.len() as u64, updated });
+    }
+    Ok(())
+}
+
+/// Every row of this table in the flow that started at `origin`, oldest first.
+pub async fn by_origin<E: LayerTable, C: ConnectionTrait>(conn: &C, origin: Uuid) -> Result<Vec<E::Model>> {
+    Ok(E::find().filter(E::ORIGIN_ID.eq(origin)).order_by_asc(E::ID).all(conn).await?)
+}
+
+/// Records that a stage could not carry a claimed row on: `rejected` with the reason for bad
+/// input; `failed` with a backoff for a passing failure, or `dead` once `max_attempts` is
+/// reached. `attempts` is the row's count before this failure.
+pub async fn record_failure<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    attempts: i32,
+    failure: &crate::outcome::Failure,
+    settings: &crate::stage::StageSettings,
+    now: DateTime<Utc>,
+) -> Result<Status> {
+    use crate::outcome::Failure;
+    let t = match failure {
+        Failure::Rejected(r) => Transition::to(Status::Rejected).because(r.to_string()),
+        Failure::Transient(msg) if attempts + 1 >= settings.max_attempts => Transition::to(Status::Dead)
+            .counted()
+            .because(format!("{msg} (gave up after {} attempts)", attempts + 1)),
+        Failure::Transient(msg) => Transition::to(Status::Failed)
+            .counted()
+            .because(msg.clone())
+            .due_at(now + settings.backoff(attempts + 1)),
+    };
+    tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+    transition_claimed::<E, C>(conn, &[id], &t, now).await?;
+    Ok(t.to)
+}
+
+/// The origin id of row `id` in this table, if the row is here.
+pub async fn origin_of<E: LayerTable, C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<Uuid>> {
+    Ok(E::find()
+        .select_only()
+        .column(E::ORIGIN_ID)
+        .filter(E::ID.eq(id))
+        .into_tuple::<Uuid>()
+        .one(conn)
+        .await?)
+}
+
+/// Row counts per `(source, direction, status)` in this table.
+pub async fn count_by_status<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+) -> Result<Vec<(String, Direction, Status, i64)>> {
+    let source_col = E::SOURCE;
+    Ok(E::find()
+        .select_only()
+        .column(source_col)
+        .column(E::DIRECTION)
+        .column(E::STATUS)
+        .column_as(Expr::col(E::ID).count(), "n")
+        .group_by(source_col)
+        .group_by(E::DIRECTION)
+        .group_by(E::STATUS)
+        .into_tuple::<(String, Direction, Status, i64)>()
+        .all(conn)
+        .await?)
+}

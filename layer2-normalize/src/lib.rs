@@ -1,0 +1,12 @@
+//! Layer 2 of the post office: raw payloads parsed and validated against the third party's API
+//! signature, split into records, each stored with its lineage. Bad input is rejected with the
+//! field (JSON pointer) and the rule that failed; the raw bytes stay in layer 1.
+
+pub mod entity;
+pub mod error;
+pub mod normalizer;
+pub mod stage;
+
+pub use error::{Error, Result};
+pub use normalizer::{Normalizer, RawInput, Record, parse_json, validate};
+pub use stage::{NormalizeStage, Normalizers};

@@ -1,0 +1,199 @@
+//! The integration point of layer 2: one [`Normalizer`] per source.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+use layer1_ingest::{Failure, Rejection};
+
+/// A layer 1 row as a normalizer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawInput<'a> {
+    /// The layer 1 id.
+    pub id: Uuid,
+    /// The integration's name.
+    pub source: &'a str,
+    /// The third party's event id, if any.
+    pub source_ref: Option<&'a str>,
+    /// The sender's content type.
+    pub content_type: &'a str,
+    /// The bytes exactly as received.
+    pub body: &'a [u8],
+}
+
+/// One validated record, ready for layer 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Which kind of record: picks the translator.
+    pub kind: String,
+    /// The record's own id at the third party.
+    pub source_ref: Option<String>,
+    /// The schema version it was checked against.
+    pub schema_version: Option<String>,
+    /// The record.
+    pub data: serde_json::Value,
+}
+
+impl Record {
+    /// A record from a typed, already validated value.
+    pub fn from_typed<T: Serialize>(
+        kind: &str,
+        source_ref: Option<String>,
+        schema_version: &str,
+        value: &T,
+    ) -> Result<Self, Failure> {
+        let data = serde_json::to_value(value)
+            .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
+        Ok(Record {
+            kind: kind.to_owned(),
+            source_ref,
+            schema_version: Some(schema_version.to_owned()),
+            data,
+        })
+    }
+}
+
+/// Turns one source's raw bytes into zero or more validated records.
+///
+/// Return [`Failure::Rejected`] for bad input, naming the field (a JSON pointer) and the rule;
+/// [`Failure::Transient`] for a passing problem. A payload is all or nothing: one bad record
+/// rejects the payload, so a batch is never half-forwarded.
+#[async_trait]
+pub trait Normalizer: Send + Sync + 'static {
+    /// The source (integration name) this normalizer serves.
+    fn source(&self) -> &str;
+
+    /// The third party's event id, read from the body, for sources that put it there (when the
+    /// caller did not pass one). Used as the idempotency key at ingest; `None` falls back to
+    /// the body's hash.
+    fn event_ref(&self, _body: &[u8]) -> Option<String> {
+        None
+    }
+
+    /// Parses and validates.
+    async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure>;
+}
+
+/// Parses JSON into `T`, naming the offending field on failure.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let pointer = path_to_pointer(e.path());
+        let inner = e.into_inner();
+        let rule = if inner.is_syntax() || inner.is_eof() { "json" } else { "type" };
+        if pointer.is_empty() {
+            Rejection::whole(rule, inner.to_string())
+        } else {
+            Rejection::field(pointer, rule, inner.to_string())
+        }
+    })
+}
+
+fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Enum { variant } => out.push_str(&format!("/{}", escape_pointer(variant))),
+            Segment::Unknown => out.push_str("/?"),
+        }
+    }
+    out
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Runs `validator` on `value`, turning the first failure (in a stable order) into a
+/// [`Rejection`] with the field's JSON pointer and the rule's code.
+pub fn validate<T: Validate>(value: &T) -> Result<(), Rejection> {
+    match value.validate() {
+        Ok(()) => Ok(()),
+        Err(errors) => Err(first_rejection(&errors, String::new())
+            .unwrap_or_else(|| Rejection::whole("validate", errors.to_string()))),
+    }
+}
+
+fn first_rejection(errors: &ValidationErrors, prefix: String) -> Option<Rejection> {
+    let mut fields: Vec<_> = errors.errors().iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    for (field, kind) in fields {
+        let pointer = format!("{prefix}/{}", escape_pointer(field));
+        match kind {
+            ValidationErrorsKind::Field(errs) => {
+                if let Some(e) = errs.first() {
+                    let message = e.message.as_ref().map(|m| m.to_string()).unwrap_or_else(|| describe(e));
+                    return Some(Rejection::field(pointer, e.code.to_string(), message));
+                }
+            }
+            ValidationErrorsKind::Struct(inner) => {
+                if let Some(r) = first_rejection(inner, pointer) {
+                    return Some(r);
+                }
+            }
+            ValidationErrorsKind::List(items) => {
+                for (i, inner) in items {
+                    if let Some(r) = first_rejection(inner, format!("{pointer}/{i}")) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn describe(e: &validator::ValidationError) -> String {
+    let value = e.params.get("value").map(|v| format!(" (got {v})")).unwrap_or_default();
+    let mut bounds: Vec<String> =
+        e.params.iter().filter(|(k, _)| *k != "value").map(|(k, v)| format!("{k} {v}")).collect();
+    bounds.sort();
+    if bounds.is_empty() {
+        format!("value does not satisfy `{}`{value}", e.code)
+    } else {
+        format!("value does not satisfy `{}` ({}){value}", e.code, bounds.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, Validate)]
+    struct Batch {
+        #[validate(nested)]
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, Deserialize, Validate)]
+    struct Item {
+        #[validate(email)]
+        email: String,
+        #[validate(range(min = 1, max = 10))]
+        qty: u32,
+    }
+
+    #[test]
+    fn validation_names_the_pointer_and_the_rule() {
+        let b: Batch = parse_json(br#"{"items":[{"email":"a@b.co","qty":1},{"email":"nope","qty":3}]}"#)
+            .expect("parses");
+        let r = validate(&b).expect_err("second email is invalid");
+        assert_eq!(r.field.as_deref(), Some("/items/1/email"));
+        assert_eq!(r.rule, "email");
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let r = parse_json::<Batch>(br#"{"items":[{"email":"a@b.co","qty":"x"}]}"#).expect_err("bad type");
+        assert_eq!(r.field.as_deref(), Some("/items/0/qty"));
+        assert_eq!(r.rule, "type");
+        let r = parse_json::<Batch>(b"{not json").expect_err("bad json");
+        assert_eq!(r.rule, "json");
+    }
+}

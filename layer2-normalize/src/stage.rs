@@ -1,0 +1,163 @@
+//! The normalize stage: `layer1_raw` (just_in) -> `layer2_normalized`, one transaction a batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use tracing::instrument;
+use uuid::Uuid;
+
+use layer1_ingest::entity as raw;
+use layer1_ingest::table::{claim_due, record_failure, transition_claimed};
+use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition, guarded};
+
+use crate::entity;
+use crate::normalizer::{Normalizer, RawInput, Record};
+
+/// Rows per multi-row INSERT: well under PostgreSQL's 65,535 and SQLite's 32,766 bind
+/// parameters at 16 columns a row.
+const INSERT_CHUNK: usize = 500;
+
+/// The normalizers by source name.
+pub type Normalizers = HashMap<String, Arc<dyn Normalizer>>;
+
+/// Claims `just_in` (and due `failed`) layer 1 rows, runs their source's normalizer, and writes
+/// the records to layer 2 while marking the raw row `forwarded`, `rejected` or `failed`.
+pub struct NormalizeStage {
+    db: DatabaseConnection,
+    normalizers: Arc<Normalizers>,
+    settings: StageSettings,
+}
+
+impl NormalizeStage {
+    /// A stage over `db` with these normalizers.
+    pub fn new(db: DatabaseConnection, normalizers: Arc<Normalizers>, settings: StageSettings) -> Self {
+        Self { db, normalizers, settings }
+    }
+
+    async fn normalize(&self, row: &raw::Model) -> Result<Vec<Record>, Failure> {
+        let Some(n) = self.normalizers.get(&row.source) else {
+            return Err(Rejection::field(
+                "/source",
+                "known_source",
+                format!("no normalizer for source `{}`", row.source),
+            )
+            .into());
+        };
+        let input = RawInput {
+            id: row.id,
+            source: &row.source,
+            source_ref: row.source_ref.as_deref(),
+            content_type: &row.content_type,
+            body: &row.body,
+        };
+        let records = guarded(n.normalize(&input)).await?;
+        for (i, r) in records.iter().enumerate() {
+            if r.source_ref
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > layer1_ingest::ingest::MAX_SOURCE_REF_LEN)
+            {
+                return Err(Rejection::field(
+                    format!("/records/{i}/source_ref"),
+                    "length",
+                    "record id must be 1 to 512 bytes",
+                )
+                .into());
+            }
+            if r.kind.is_empty() || r.kind.len() > 128 {
+                return Err(Rejection::field(
+                    format!("/records/{i}/kind"),
+                    "length",
+                    "record kind must be 1 to 128 bytes",
+                )
+                .into());
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn layer2_row(
+    parent: &raw::Model,
+    index: usize,
+    rec: Record,
+    now: chrono::DateTime<Utc>,
+) -> Result<entity::ActiveModel, Failure> {
+    let text = serde_json::to_string(&rec.data)
+        .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
+    Ok(entity::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        direction: Set(Direction::Upstream),
+        status: Set(Status::JustIn),
+        attempts: Set(0),
+        last_error: Set(None),
+        next_attempt_at: Set(Some(now)),
+        parent_id: Set(Some(parent.id)),
+        origin_id: Set(parent.origin_id),
+        source: Set(parent.source.clone()),
+        source_ref: Set(rec.source_ref),
+        record_kind: Set(rec.kind),
+        record_index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
+        record: Set(text),
+        schema_version: Set(rec.schema_version),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+}
+
+#[async_trait]
+impl Stage for NormalizeStage {
+    fn name(&self) -> &'static str {
+        "normalize"
+    }
+
+    #[instrument(skip_all, name = "normalize_batch")]
+    async fn run_batch(&self) -> layer1_ingest::Result<usize> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let rows = claim_due::<raw::Entity, _>(
+            &txn,
+            Direction::Upstream,
+            &[Status::JustIn, Status::Failed],
+            now,
+            self.settings.batch_size,
+        )
+        .await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let mut new_rows = Vec::new();
+        let mut forwarded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let built = match self.normalize(row).await {
+                Ok(records) => records
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, rec)| layer2_row(row, i, rec, now))
+                    .collect::<Result<Vec<_>, _>>(),
+                Err(f) => Err(f),
+            };
+            match built {
+                Ok(mut children) => {
+                    new_rows.append(&mut children);
+                    forwarded.push(row.id);
+                }
+                Err(f) => {
+                    record_failure::<raw::Entity, _>(&txn, row.id, row.attempts, &f, &self.settings, now)
+                        .await?;
+                }
+            }
+        }
+        for chunk in new_rows.chunks(INSERT_CHUNK) {
+            entity::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
+        }
+        transition_claimed::<raw::Entity, _>(&txn, &forwarded, &Transition::to(Status::Forwarded), now)
+            .await?;
+        txn.commit().await?;
+        tracing::debug!(claimed = rows.len(), records = new_rows.len(), "normalized");
+        Ok(rows.len())
+    }
+}

@@ -1,0 +1,10 @@
+//! Layer 3 of the post office: records translated faithfully into core-app messages. Each row
+//! keeps the mapping's name and version and a fidelity report; no silent field loss, no number
+//! rounding (JSON numbers are carried as their exact text).
+
+pub mod entity;
+pub mod stage;
+pub mod translator;
+
+pub use stage::{TranslateStage, Translators};
+pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

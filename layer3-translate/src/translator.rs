@@ -1,0 +1,73 @@
+//! The integration point of layer 3: one [`Translator`] per (source, record kind).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use layer1_ingest::Failure;
+
+/// A layer 2 record as a translator sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordInput<'a> {
+    /// The layer 2 id.
+    pub id: Uuid,
+    /// The layer 1 id the record came from.
+    pub origin_id: Uuid,
+    /// The integration's name.
+    pub source: &'a str,
+    /// The record's id at the third party.
+    pub source_ref: Option<&'a str>,
+    /// The record kind.
+    pub kind: &'a str,
+    /// The schema version it was validated against.
+    pub schema_version: Option<&'a str>,
+    /// The record. Numbers keep every digit (serde_json's `arbitrary_precision`).
+    pub data: &'a serde_json::Value,
+}
+
+/// A message in the core app's own terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoreMessage {
+    /// Core message type (`payment.recorded`).
+    pub message_type: String,
+    /// Its version.
+    pub type_version: String,
+    /// The body sent to the core app.
+    pub body: serde_json::Value,
+}
+
+/// What a translation kept, left out on purpose, and filled in: the evidence that nothing was
+/// lost silently. Field names are JSON pointers into the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Record fields carried into the core message.
+    pub mapped: Vec<String>,
+    /// Record fields deliberately not carried, each for a stated reason in the mapping.
+    pub ignored: Vec<String>,
+    /// Core fields filled with a default because the record had no value.
+    pub defaulted: Vec<String>,
+}
+
+/// A translator's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    /// The core message.
+    pub message: CoreMessage,
+    /// The mapping's name.
+    pub mapping_name: String,
+    /// The mapping's version: a changed mapping gets a new one.
+    pub mapping_version: String,
+    /// The fidelity report.
+    pub fidelity: Fidelity,
+}
+
+/// Translates one kind of record from one source into a core message.
+#[async_trait]
+pub trait Translator: Send + Sync + 'static {
+    /// The source it serves.
+    fn source(&self) -> &str;
+    /// The record kind it serves.
+    fn record_kind(&self) -> &str;
+    /// Translates faithfully, or says precisely why not.
+    async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure>;
+}

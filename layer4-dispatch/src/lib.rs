@@ -1,0 +1,21 @@
+//! Layer 4 of the post office: routing core messages to destination queues (the outbox),
+//! publishing with broker confirms, recording receipts, and the core app's [`Receiver`].
+//! The [`transport::Transport`] trait hides the broker; `in-process` ships here, RabbitMQ and
+//! SQS plug in behind the same trait.
+
+pub mod entity;
+pub mod publish;
+pub mod receipts;
+pub mod receiver;
+pub mod route;
+pub mod route_stage;
+pub mod transport;
+pub mod wire;
+
+pub use publish::{PublishSettings, PublishStage};
+pub use receipts::{ReceiptConsumer, ReceiptOutcome, apply_receipts};
+pub use receiver::{Handled, Handler, InboundMessage, Receiver, ReceiverStats};
+pub use route::{Route, RouteTable, Router, Target};
+pub use route_stage::RouteStage;
+pub use transport::in_process::{InProcessConfig, InProcessTransport};
+pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};

@@ -1,0 +1,188 @@
+//! The publish stage: `layer4_dispatch` rows -> the broker. A row becomes `queued` only after
+//! the broker confirmed it. Publishing cannot share a database transaction, so a claim is a
+//! lease: the row's `next_attempt_at` moves to the lease's end and its `attempts` counts the
+//! publish; a worker that dies mid-publish lets the lease expire and the row is published again
+//! (at-least-once; the receiver drops the duplicate by `hub-message-id`). A `queued` row whose
+//! ack deadline passes without a receipt is published again the same way, until
+//! `max_attempts`, then `dead`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use tracing::instrument;
+
+use layer1_ingest::table::{claim_due, transition};
+use layer1_ingest::{Direction, Stage, StageSettings, Status, Transition};
+
+use crate::entity::{self, Column, Entity};
+use crate::transport::{OutgoingMessage, Transport, TransportError};
+use crate::wire::{self, HubHeaders};
+
+/// Publisher settings.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// How long a claimed row is ours before another worker may publish it again.
+    pub lease: Duration,
+    /// How long a `queued` row waits for its receipt before it is published again.
+    pub ack_timeout: Duration,
+    /// The queue receipts go to (`hub-receipt-to`).
+    pub receipts_queue: String,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(300),
+            receipts_queue: "hub.receipts".into(),
+        }
+    }
+}
+
+/// Publishes due layer 4 rows (new, failed and due for retry, or queued past their ack
+/// deadline).
+pub struct PublishStage {
+    db: DatabaseConnection,
+    transport: Arc<dyn Transport>,
+    settings: StageSettings,
+    publish: PublishSettings,
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl PublishStage {
+    /// A publisher over `db` and `transport`.
+    pub fn new(
+        db: DatabaseConnection,
+        transport: Arc<dyn Transport>,
+        settings: StageSettings,
+        publish: PublishSettings,
+    ) -> Self {
+        Self { db, transport, settings, publish }
+    }
+
+    fn outgoing(&self, row: &entity::Model) -> OutgoingMessage {
+        let headers = HubHeaders {
+            message_id: row.id,
+            origin_id: row.origin_id,
+            source: row.source.clone(),
+            source_ref: row.source_ref.clone(),
+            message_type: row.message_type.clone(),
+            type_version: row.type_version.clone(),
+            receipt_to: self.publish.receipts_queue.clone(),
+            traceparent: Some(wire::traceparent(row.origin_id, row.id)),
+        }
+        .to_headers();
+        OutgoingMessage {
+            queue: row.destination.clone(),
+            dedup_id: row.id.to_string(),
+            ordering_key: row.ordering_key.clone(),
+            headers,
+            body: row.body.clone().into_bytes(),
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for PublishStage {
+    fn name(&self) -> &'static str {
+        "publish"
+    }
+
+    #[instrument(skip_all, name = "publish_batch")]
+    async fn run_batch(&self) -> layer1_ingest::Result<usize> {
+        let now = Utc::now();
+        let max = self.settings.max_attempts;
+        let txn = self.db.begin().await?;
+        let rows = claim_due::<Entity, _>(
+            &txn,
+            Direction::Upstream,
+            &[Status::JustIn, Status::Failed, Status::Queued],
+            now,
+            self.settings.batch_size,
+        )
+        .await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let (exhausted, live): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.attempts >= max);
+        for r in &exhausted {
+            let why = match r.status {
+                Status::Queued => format!("no receipt after {} publishes", r.attempts),
+                _ => format!(
+                    "gave up after {} attempts; last error: {}",
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("-")
+                ),
+            };
+            transition::<Entity, _>(&txn, &[r.id], &Transition::to(Status::Dead).because(why), now).await?;
+        }
+        let live_ids: Vec<_> = live.iter().map(|r| r.id).collect();
+        if !live_ids.is_empty() {
+            // The lease: ours until `now + lease`; the publish counts as an attempt.
+            Entity::update_many()
+                .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1i32))
+                .col_expr(Column::NextAttemptAt, Expr::value(now + chrono(self.publish.lease)))
+                .col_expr(Column::UpdatedAt, Expr::value(now))
+                .filter(Column::Id.is_in(live_ids.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        if live.is_empty() {
+            return Ok(rows.len());
+        }
+
+        let msgs: Vec<OutgoingMessage> = live.iter().map(|r| self.outgoing(r)).collect();
+        let results = self.transport.publish(&msgs).await;
+
+        let done = Utc::now();
+        let txn = self.db.begin().await?;
+        let mut confirmed = Vec::with_capacity(live.len());
+        for (row, res) in live.iter().zip(results.into_iter().chain(std::iter::repeat_with(|| {
+            Err(TransportError::Connection("transport returned fewer results than messages".into()))
+        }))) {
+            match res {
+                Ok(()) => confirmed.push(row.id),
+                Err(e) => {
+                    let attempts = row.attempts + 1;
+                    let t = if !e.is_transient() {
+                        Transition::to(Status::Rejected).because(e.to_string())
+                    } else if attempts >= max {
+                        Transition::to(Status::Dead)
+                            .because(format!("{e} (gave up after {attempts} attempts)"))
+                    } else {
+                        Transition::to(Status::Failed)
+                            .because(e.to_string())
+                            .due_at(done + self.settings.backoff(attempts))
+                    };
+                    tracing::warn!(message_id = %row.id, error = %e, status = %t.to, "publish failed");
+                    transition::<Entity, _>(&txn, &[row.id], &t, done).await?;
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            // Only rows still publishable move: one whose receipt already arrived stays
+            // acknowledged.
+            Entity::update_many()
+                .col_expr(Column::Status, Expr::value(Status::Queued.as_str()))
+                .col_expr(Column::QueuedAt, Expr::value(done))
+                .col_expr(Column::NextAttemptAt, Expr::value(done + chrono(self.publish.ack_timeout)))
+                .col_expr(Column::UpdatedAt, Expr::value(done))
+                .filter(Column::Id.is_in(confirmed.iter().copied()))
+                .filter(Column::Status.is_in(Status::sources_of(Status::Queued)))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        tracing::debug!(published = confirmed.len(), claimed = rows.len(), "published");
+        Ok(rows.len())
+    }
+}

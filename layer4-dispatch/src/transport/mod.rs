@@ -1,0 +1,144 @@
+//! The [`Transport`] trait: a queue abstraction with confirmed publishes and explicitly
+//! acknowledged deliveries, which the publisher, the receipt consumer, the core-app
+//! [`Receiver`](crate::Receiver) and (later) downstream intake all use. One module per backend;
+//! each exports its config and one public type.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+pub mod in_process;
+
+/// Message headers (AMQP headers / SQS message attributes), string-valued.
+pub type Headers = BTreeMap<String, String>;
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// The destination queue.
+    pub queue: String,
+    /// A stable id for broker-side deduplication (SQS FIFO) and logs: the `hub-message-id`.
+    pub dedup_id: String,
+    /// Messages with the same key are delivered in order (SQS FIFO group, ...).
+    pub ordering_key: Option<String>,
+    /// Headers.
+    pub headers: Headers,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Why a publish or a subscription failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The broker refused the message (negative confirm). Retrying may help.
+    #[error("broker refused the message: {0}")]
+    Refused(String),
+    /// No queue for the destination: the broker returned the message.
+    #[error("no queue `{0}`: message unroutable")]
+    Unroutable(String),
+    /// Larger than the transport carries; retrying cannot help.
+    #[error("message of {size} bytes exceeds the transport's limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The connection is down or was lost mid-publish: whether the broker got it is unknown,
+    /// so the message is retried (the receiver drops a duplicate).
+    #[error("transport connection problem: {0}")]
+    Connection(String),
+    /// The transport was shut down.
+    #[error("transport closed")]
+    Closed,
+}
+
+impl TransportError {
+    /// Whether a retry can help.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, TransportError::TooLarge { .. })
+    }
+}
+
+/// Settles one delivery with the broker. Consumed by value, so a delivery cannot be settled
+/// twice. Dropping it unsettled hands the message back to the queue.
+#[async_trait]
+pub trait Acker: Send {
+    /// Done with it: the broker forgets the message.
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// Not done: back to the queue (`requeue`) or discarded / dead-lettered.
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), TransportError>;
+}
+
+/// A received message. Settle it with [`Delivery::ack`] or [`Delivery::nack`]; one dropped
+/// unsettled is redelivered (never counted as done by default).
+pub struct Delivery {
+    /// Headers.
+    pub headers: Headers,
+    /// Body.
+    pub body: Vec<u8>,
+    /// The broker delivered it before (a consumer died or gave it back).
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// For backends: a delivery settled through `acker`.
+    pub fn new(headers: Headers, body: Vec<u8>, redelivered: bool, acker: Box<dyn Acker>) -> Self {
+        Self { headers, body, redelivered, acker }
+    }
+
+    /// Acknowledges it.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    /// Gives it back (`requeue`) or discards it.
+    pub async fn nack(self, requeue: bool) -> Result<(), TransportError> {
+        self.acker.nack(requeue).await
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; waits until there is one. An error means the subscription is
+    /// broken and should be made again.
+    async fn next(&mut self) -> Result<Delivery, TransportError>;
+}
+
+/// A message broker as the post office uses it.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The backend's name (`in-process`, `rabbitmq`, `sqs`).
+    fn kind(&self) -> &'static str;
+
+    /// The largest body (plus headers) the backend carries.
+    fn max_message_bytes(&self) -> usize;
+
+    /// Makes sure `queue` exists (declares it durable, ...). Idempotent.
+    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError>;
+
+    /// Publishes a batch. Element `i` of the answer is `Ok` only once the broker has confirmed
+    /// message `i` (publisher confirm, successful send); confirms are awaited together, not
+    /// one by one.
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>>;
+
+    /// Consumes `queue`, with at most `prefetch` unsettled deliveries at a time.
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError>;
+}
+
+/// The size of a message as the transport limits count it: body plus header names and values.
+pub fn message_size(m: &OutgoingMessage) -> usize {
+    m.body.len() + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}

@@ -1,0 +1,16 @@
+//! Every schema change of the post office. `hub-worker migrate`, the embedding API and the tests
+//! all call [`Migrator::up`]; nothing else creates or alters the layer tables.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_layer_tables;
+
+/// The post office's migrations, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_layer_tables::Migration)]
+    }
+}

@@ -1,0 +1,2 @@
+//! End-to-end tests (placeholder until the suite lands).
+fn main() {}
