@@ -76,18 +76,32 @@ pub trait Normalizer: Send + Sync + 'static {
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure>;
 }
 
-/// Parses JSON into `T`, naming the offending field on failure.
+/// Parses JSON into `T`, naming the offending field on failure: its JSON pointer, and the rule
+/// (`json` for syntax, `required` for a missing field, `unknown_field` for a field the type does
+/// not declare, `enum` for a value outside a closed set, `type` for the rest).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let pointer = path_to_pointer(e.path());
+        let mut pointer = path_to_pointer(e.path());
         let inner = e.into_inner();
-        let rule = if inner.is_syntax() || inner.is_eof() { "json" } else { "type" };
-        if pointer.is_empty() {
-            Rejection::whole(rule, inner.to_string())
+        let text = inner.to_string();
+        let named = |prefix: &str| {
+            text.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_owned)
+        };
+        let rule = if inner.is_syntax() || inner.is_eof() {
+            "json"
+        } else if let Some(f) = named("missing field `") {
+            pointer = format!("{pointer}/{}", escape_pointer(&f));
+            "required"
+        } else if let Some(f) = named("unknown field `") {
+            pointer = format!("{pointer}/{}", escape_pointer(&f));
+            "unknown_field"
+        } else if text.starts_with("unknown variant") {
+            "enum"
         } else {
-            Rejection::field(pointer, rule, inner.to_string())
-        }
+            "type"
+        };
+        if pointer.is_empty() { Rejection::whole(rule, text) } else { Rejection::field(pointer, rule, text) }
     })
 }
 
@@ -195,5 +209,7 @@ mod tests {
         assert_eq!(r.rule, "type");
         let r = parse_json::<Batch>(b"{not json").expect_err("bad json");
         assert_eq!(r.rule, "json");
+        let r = parse_json::<Batch>(br#"{"items":[{"email":"a@b.co"}]}"#).expect_err("missing");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/items/0/qty"), "required"));
     }
 }

@@ -1,2 +1,10 @@
-//! End-to-end tests (placeholder until the suite lands).
-fn main() {}
+//! End-to-end tests of the post office, each on SQLite and on a real PostgreSQL.
+
+mod util;
+
+mod concurrency;
+mod crash;
+mod ingest;
+mod pipeline;
+mod receipts;
+mod transitions;

@@ -1,0 +1,164 @@
+//! Shared helpers: a fresh database per test on either backend, and a hub wired for tests.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, Statement};
+use uuid::Uuid;
+
+use hub_worker::{Hub, HubBuilder, HubSettings, integrations};
+use layer4_dispatch::{Handled, Handler, InProcessTransport, InboundMessage};
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server the suite uses (a database on it is created per test).
+pub fn pg_admin_url() -> String {
+    std::env::var("HUB_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A database made for one test; `cleanup` drops it (PostgreSQL) or deletes it (SQLite).
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let name = format!("po_test_{}", Uuid::now_v7().simple());
+        match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.sqlite"));
+                TestDb {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    backend,
+                    name: path.display().to_string(),
+                }
+            }
+            Backend::Postgres => {
+                let admin = Database::connect(pg_admin_url())
+                    .await
+                    .expect("PostgreSQL reachable (see scripts/test.sh)");
+                admin
+                    .execute_raw(Statement::from_string(
+                        admin.get_database_backend(),
+                        format!("CREATE DATABASE {name}"),
+                    ))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let base = pg_admin_url();
+                let server = base.rsplit_once('/').map(|(s, _)| s.to_owned()).unwrap_or(base);
+                TestDb { url: format!("{server}/{name}"), backend, name }
+            }
+        }
+    }
+
+    /// A connection as the hub makes it.
+    pub async fn connect(&self) -> DatabaseConnection {
+        let db = layer1_ingest::db::connect(&self.url).await.expect("connect");
+        use migrations::MigratorTrait;
+        migrations::Migrator::up(&db, None).await.expect("migrate");
+        db
+    }
+
+    pub async fn cleanup(self) {
+        match self.backend {
+            Backend::Sqlite => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", self.name));
+                }
+            }
+            Backend::Postgres => {
+                if let Ok(admin) = Database::connect(pg_admin_url()).await {
+                    let _ = admin
+                        .execute_raw(Statement::from_string(
+                            admin.get_database_backend(),
+                            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                        ))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Settings for tests: small batches, a long poll interval (so passing tests prove the
+/// in-process wake-ups), short backoffs.
+pub fn test_settings() -> HubSettings {
+    let mut s = HubSettings::default();
+    s.stage.batch_size = 50;
+    s.stage.poll_interval = Duration::from_secs(2);
+    s.stage.base_backoff = Duration::from_millis(50);
+    s.stage.max_backoff = Duration::from_millis(500);
+    s
+}
+
+/// A hub builder with both built-in integrations and the demo routes.
+pub fn builder(url: &str, transport: Arc<InProcessTransport>) -> HubBuilder {
+    let mut b = Hub::builder(url)
+        .settings(test_settings())
+        .transport(transport)
+        .router(Arc::new(integrations::demo_routes()));
+    for name in integrations::BUILT_IN {
+        b = integrations::register(b, name).expect("built in");
+    }
+    b
+}
+
+/// The core app's stand-in: accepts everything, keeps what it got.
+#[derive(Default)]
+pub struct Collect {
+    pub got: Mutex<Vec<InboundMessage>>,
+}
+
+#[async_trait]
+impl Handler for Collect {
+    async fn handle(&self, msg: &InboundMessage) -> Handled {
+        self.got.lock().expect("lock").push(msg.clone());
+        Handled::Accepted
+    }
+}
+
+/// Rows in a table.
+pub async fn rows<E: EntityTrait>(db: &DatabaseConnection) -> u64
+where
+    E::Model: Sync,
+{
+    E::find().count(db).await.expect("count")
+}
+
+/// A payment event with this id, amount and customer.
+pub fn payment(id: &str, amount: &str, customer: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","object":"event","type":"payment.succeeded","created":"2026-11-20T13:05:42Z","livemode":false,
+"data":{{"payment":{{"id":"pay_{id}","amount":"{amount}","currency":"eur","customer":"{customer}","description":null,
+"captured_at":"2026-11-20T14:05:41.873+01:00","metadata":{{"n":"{id}"}}}}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Generates `sqlite` and `postgres` tests for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::util::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::util::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
