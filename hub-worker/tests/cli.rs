@@ -1,0 +1,108 @@
+//! The `hub-worker` binary as a user runs it: demo, migrate, trace.
+
+use std::process::Command;
+
+fn hub_worker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hub-worker"))
+}
+
+#[test]
+fn demo_then_migrate_and_trace_on_its_database() {
+    let dir = std::env::temp_dir().join(format!("po-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("demo.sqlite");
+    let out = hub_worker().args(["demo", "--db"]).arg(&db).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("OK: 5 of 5 core messages acknowledged"), "{text}");
+    assert!(text.contains("(duplicate: already on record)"), "{text}");
+    assert!(text.contains("field `/data/payment/amount` failed rule `decimal`"), "{text}");
+    assert!(text.contains("\"value\":\"12345678901234567.89\""), "{text}");
+
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let out = hub_worker().args(["migrate", "--database-url", &url]).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Trace the layer 4 id the demo printed: four rows, raw bytes to acknowledged.
+    let l4 = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("L4 ").and_then(|r| r.split_whitespace().next()))
+        .expect("a layer 4 id in the demo output")
+        .to_owned();
+    let out = hub_worker().args(["trace", &l4, "--database-url", &url]).output().expect("runs");
+    let trace = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for layer in ["L1 ", "L2 ", "L3 ", "L4 "] {
+        assert!(trace.contains(layer), "{layer} missing in {trace}");
+    }
+    assert!(trace.contains("acknowledged"), "{trace}");
+
+    let out = hub_worker()
+        .args(["trace", "01a1fca4-0000-7000-8000-000000000000", "--database-url", &url])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message with id"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn example_config_loads_and_bad_configs_name_the_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml");
+    let cfg = hub_worker::config::Config::load(Some(std::path::Path::new(example))).expect("example config is valid");
+    assert_eq!(cfg.integrations, vec!["crm-contacts", "payments"]);
+    assert_eq!(cfg.routes.len(), 2);
+
+    let dir = std::env::temp_dir().join(format!("po-cfg-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cases = [
+        ("[database]\nurl = \"sqlite::memory:\"\nsurprise = 1\n", "surprise"),
+        ("integrations = [\"nope\"]\n[database]\nurl = \"sqlite::memory:\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n", "nope"),
+        ("[database]\nurl = \"sqlite::memory:\"\n", "no routes"),
+        ("[database]\nurl = \"sqlite::memory:\"\n[transport]\nkind = \"carrier-pigeon\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n", "carrier-pigeon"),
+    ];
+    for (i, (text, named)) in cases.iter().enumerate() {
+        let p = dir.join(format!("{i}.toml"));
+        std::fs::write(&p, text).expect("write");
+        let err = hub_worker::config::Config::load(Some(&p)).expect_err("invalid config");
+        assert!(err.to_string().contains(named), "case {i}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_a_clear_error() {
+    let out = hub_worker().args(["run", "--config", "/nonexistent/hub.toml"]).output().expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
+    let dir = std::env::temp_dir().join(format!("po-run-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml"))
+        .expect("example");
+    let db = dir.join("run.sqlite");
+    let cfg = dir.join("hub.toml");
+    std::fs::write(&cfg, example.replace("post-office.sqlite", &db.display().to_string())).expect("write");
+    let mut child = hub_worker()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let started = std::time::Instant::now();
+    while !db.exists() && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().expect("wait").is_none(), "run exited early");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("finishing claimed batches"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
