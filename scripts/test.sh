@@ -52,4 +52,13 @@ ensure_postgres() {
 
 ensure_postgres
 log "PostgreSQL ready at ${PG_SERVER#*@}"
-cargo test --workspace --locked
+log_file=$(mktemp)
+trap 'rm -f "$log_file"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log_file"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log_file"
+exit "$status"

@@ -139,22 +139,42 @@ impl TransportConfig {
     }
 }
 
+/// The top-level keys; only `HUB_<KEY>...` variables for these are configuration (others, such
+/// as `HUB_LOG` or `HUB_TEST_PG`, belong to someone else).
+const SECTIONS: &[&str] = &["database", "stages", "publish", "ingest", "transport", "integrations", "routes"];
+
+fn figment(path: Option<&Path>) -> Result<Figment> {
+    let mut fig = Figment::new();
+    if let Some(p) = path {
+        if !p.exists() {
+            return Err(Error::Config(format!("config file {} does not exist", p.display())));
+        }
+        fig = fig.merge(Toml::file(p));
+    }
+    let env = Env::prefixed("HUB_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| k == *s || k.starts_with(&format!("{s}__")))
+        })
+        .split("__");
+    Ok(fig.merge(env))
+}
+
 impl Config {
     /// Loads `path` (if given) and `HUB_*` variables, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let mut fig = Figment::new();
-        if let Some(p) = path {
-            if !p.exists() {
-                return Err(Error::Config(format!("config file {} does not exist", p.display())));
-            }
-            fig = fig.merge(Toml::file(p));
-        }
-        let cfg: Config = fig
-            .merge(Env::prefixed("HUB_").split("__"))
-            .extract()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Config = figment(path)?.extract().map_err(|e| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Only `database.url`, from `path` and the environment: what `migrate` and `trace` need.
+    pub fn database_url(path: Option<&Path>) -> Result<String> {
+        figment(path)?.extract_inner::<String>("database.url").map_err(|e| {
+            Error::Config(format!(
+                "no database URL (--database-url, database.url in the config, or HUB_DATABASE__URL): {e}"
+            ))
+        })
     }
 
     /// Checks what the types cannot: known integrations, sane numbers, usable routes.

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(clap::Args)]
 struct DbArgs {
     /// Database URL (overrides the config file and HUB_DATABASE__URL).
-    #[arg(long, env = "HUB_DATABASE_URL")]
+    #[arg(long)]
     database_url: Option<String>,
     /// Configuration file (TOML).
     #[arg(long)]
@@ -32,7 +32,7 @@ impl DbArgs {
         if let Some(u) = &self.database_url {
             return Ok(u.clone());
         }
-        Ok(Config::load(self.config.as_deref())?.database.url)
+        Ok(Config::database_url(self.config.as_deref())?)
     }
 }
 

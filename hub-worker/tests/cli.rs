@@ -22,6 +22,17 @@ fn demo_then_migrate_and_trace_on_its_database() {
     let url = format!("sqlite://{}?mode=rwc", db.display());
     let out = hub_worker().args(["migrate", "--database-url", &url]).output().expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same from the environment, with an unrelated HUB_ variable around.
+    let out = hub_worker()
+        .arg("migrate")
+        .env("HUB_DATABASE__URL", &url)
+        .env("HUB_LOG", "warn")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hub_worker().arg("migrate").env_remove("HUB_DATABASE__URL").output().expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database URL"));
 
     // Trace the layer 4 id the demo printed: four rows, raw bytes to acknowledged.
     let l4 = text
@@ -49,7 +60,8 @@ fn demo_then_migrate_and_trace_on_its_database() {
 #[test]
 fn example_config_loads_and_bad_configs_name_the_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml");
-    let cfg = hub_worker::config::Config::load(Some(std::path::Path::new(example))).expect("example config is valid");
+    let cfg = hub_worker::config::Config::load(Some(std::path::Path::new(example)))
+        .expect("example config is valid");
     assert_eq!(cfg.integrations, vec!["crm-contacts", "payments"]);
     assert_eq!(cfg.routes.len(), 2);
 
@@ -57,9 +69,15 @@ fn example_config_loads_and_bad_configs_name_the_key() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cases = [
         ("[database]\nurl = \"sqlite::memory:\"\nsurprise = 1\n", "surprise"),
-        ("integrations = [\"nope\"]\n[database]\nurl = \"sqlite::memory:\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n", "nope"),
+        (
+            "integrations = [\"nope\"]\n[database]\nurl = \"sqlite::memory:\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n",
+            "nope",
+        ),
         ("[database]\nurl = \"sqlite::memory:\"\n", "no routes"),
-        ("[database]\nurl = \"sqlite::memory:\"\n[transport]\nkind = \"carrier-pigeon\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n", "carrier-pigeon"),
+        (
+            "[database]\nurl = \"sqlite::memory:\"\n[transport]\nkind = \"carrier-pigeon\"\n[[routes]]\ntype = \"a\"\ndestination = \"b\"\n",
+            "carrier-pigeon",
+        ),
     ];
     for (i, (text, named)) in cases.iter().enumerate() {
         let p = dir.join(format!("{i}.toml"));
@@ -81,8 +99,9 @@ fn run_refuses_a_bad_config_with_a_clear_error() {
 fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
     let dir = std::env::temp_dir().join(format!("po-run-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml"))
-        .expect("example");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml"))
+            .expect("example");
     let db = dir.join("run.sqlite");
     let cfg = dir.join("hub.toml");
     std::fs::write(&cfg, example.replace("post-office.sqlite", &db.display().to_string())).expect("write");
