@@ -10,7 +10,10 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use layer1_ingest::StageSettings;
-use layer4_dispatch::{InProcessConfig, InProcessTransport, PublishSettings, Route, RouteTable, Transport};
+use layer4_dispatch::{
+    InProcessConfig, InProcessTransport, PublishSettings, RabbitMqConfig, RabbitMqTransport, Route, RouteTable,
+    SqsConfig, SqsTransport, Transport,
+};
 
 use crate::error::{Error, Result};
 use crate::hub::{Hub, HubBuilder, HubSettings};
@@ -89,6 +92,8 @@ pub struct PublishConfig {
     pub ack_timeout_secs: u64,
     /// The queue receipts come back on (`hub-receipt-to`).
     pub receipts_queue: String,
+    /// The queue the core app publishes downstream messages to; none to not consume one.
+    pub inbound_queue: Option<String>,
 }
 
 impl Default for PublishConfig {
@@ -98,6 +103,7 @@ impl Default for PublishConfig {
             lease_secs: d.lease.as_secs(),
             ack_timeout_secs: d.ack_timeout.as_secs(),
             receipts_queue: d.receipts_queue,
+            inbound_queue: d.inbound_queue,
         }
     }
 }
@@ -116,12 +122,16 @@ impl Default for IngestConfig {
     }
 }
 
-/// `[transport]`: `kind = "in-process"` (RabbitMQ and SQS come next).
+/// `[transport]`: `kind = "in-process" | "rabbitmq" | "sqs"` and that backend's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TransportConfig {
     /// Queues inside this process: for embedding and the demo.
     InProcess(InProcessConfig),
+    /// RabbitMQ: `url`, `quorum_queues`, `max_message_bytes`, `confirm_timeout_secs`.
+    Rabbitmq(RabbitMqConfig),
+    /// AWS SQS or a compatible server: `endpoint_url`, `region`, `wait_time_seconds`, ...
+    Sqs(SqsConfig),
 }
 
 impl Default for TransportConfig {
@@ -131,10 +141,12 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    /// The running transport.
-    pub fn build(&self) -> Arc<dyn Transport> {
+    /// The running transport (RabbitMQ connects on first use).
+    pub async fn build(&self) -> Arc<dyn Transport> {
         match self {
             TransportConfig::InProcess(c) => Arc::new(InProcessTransport::new(c.clone())),
+            TransportConfig::Rabbitmq(c) => Arc::new(RabbitMqTransport::new(c.clone())),
+            TransportConfig::Sqs(c) => Arc::new(SqsTransport::new(c.clone()).await),
         }
     }
 }
@@ -229,6 +241,7 @@ impl Config {
                 lease: Duration::from_secs(self.publish.lease_secs),
                 ack_timeout: Duration::from_secs(self.publish.ack_timeout_secs),
                 receipts_queue: self.publish.receipts_queue.clone(),
+                inbound_queue: self.publish.inbound_queue.clone(),
             },
             max_body_bytes: self.ingest.max_body_bytes,
             migrate: true,
@@ -236,10 +249,10 @@ impl Config {
     }
 
     /// A hub builder with everything this config names.
-    pub fn hub_builder(&self) -> Result<HubBuilder> {
+    pub async fn hub_builder(&self) -> Result<HubBuilder> {
         let mut b = Hub::builder(self.database.url.clone())
             .settings(self.settings())
-            .transport(self.transport.build())
+            .transport(self.transport.build().await)
             .router(Arc::new(RouteTable::new(self.routes.clone())));
         for name in &self.integrations {
             b = integrations::register(b, name)

@@ -14,7 +14,7 @@ use layer1_ingest::table::count_by_status;
 use layer1_ingest::{Direction, Ingested, Layer, NewRaw, Stage, StageSettings, Status, Wakeup, run_stage};
 use layer2_normalize::{NormalizeStage, Normalizer, Normalizers};
 use layer3_translate::{TranslateStage, Translator, Translators};
-use layer4_dispatch::{PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport};
+use layer4_dispatch::{IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport};
 use migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Error, Result};
@@ -114,6 +114,9 @@ impl HubBuilder {
             transport.ensure_queue(&d).await?;
         }
         transport.ensure_queue(&self.settings.publish.receipts_queue).await?;
+        if let Some(q) = &self.settings.publish.inbound_queue {
+            transport.ensure_queue(q).await?;
+        }
         Ok(Hub {
             inner: Arc::new(Inner {
                 db,
@@ -270,6 +273,15 @@ impl Hub {
             i.wake.settled.clone(),
         );
         tasks.push(tokio::spawn(receipts.run(i.cancel.child_token())));
+        if let Some(q) = &s.publish.inbound_queue {
+            let intake = IntakeConsumer::new(
+                i.db.clone(),
+                i.transport.clone(),
+                q.clone(),
+                usize::try_from(s.stage.batch_size).unwrap_or(200),
+            );
+            tasks.push(tokio::spawn(intake.run(i.cancel.child_token())));
+        }
     }
 
     /// Stops the stages: each finishes the batch it holds (committing it) and claims no more.

@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let cfg = Config::load(Some(&config))?;
-            let hub = cfg.hub_builder()?.build().await?;
+            let hub = cfg.hub_builder().await?.build().await?;
             hub.start();
             tracing::info!("hub running; Ctrl-C stops it");
             eprintln!("hub-worker running on {} (Ctrl-C to stop)", redact_url(&cfg.database.url));

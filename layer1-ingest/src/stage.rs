@@ -77,6 +77,7 @@ pub trait Stage: Send + Sync + 'static {
 
 /// Runs `stage` until `cancel` fires. A batch in progress finishes first; rows not yet claimed
 /// stay for the next run. `wake` wakes it; `downstream` is woken after every non-empty batch.
+/// It claims again at once after any non-empty batch, and sleeps only after an empty one.
 pub async fn run_stage(
     stage: Arc<dyn Stage>,
     settings: StageSettings,
@@ -94,7 +95,10 @@ pub async fn run_stage(
                 if n > 0 {
                     downstream.iter().for_each(Wakeup::wake);
                 }
-                (n as u64) < settings.batch_size
+                // Only an empty batch means no work: a short one can still leave work behind
+                // (the publisher holds back later messages of a key until the earlier is
+                // confirmed), and one more claim is cheap.
+                n == 0
             }
             Err(e) => {
                 error_streak += 1;

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -48,7 +48,20 @@ pub async fn claim_due<E: LayerTable, C: ConnectionTrait>(
     now: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<E::Model>> {
+    claim_due_where::<E, C>(txn, direction, statuses, now, limit, Condition::all()).await
+}
+
+/// [`claim_due`] with a further condition on the rows (the publisher's per-key ordering).
+pub async fn claim_due_where<E: LayerTable, C: ConnectionTrait>(
+    txn: &C,
+    direction: Direction,
+    statuses: &[Status],
+    now: DateTime<Utc>,
+    limit: u64,
+    extra: Condition,
+) -> Result<Vec<E::Model>> {
     Ok(E::find()
+        .filter(extra)
         .filter(E::STATUS.is_in(statuses.iter().copied()))
         .filter(E::DIRECTION.eq(direction))
         .filter(E::NEXT_ATTEMPT_AT.lte(now))

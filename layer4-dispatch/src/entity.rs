@@ -45,6 +45,8 @@ pub struct Model {
     pub queued_at: Option<DateTimeUtc>,
     /// When the receipt was recorded.
     pub acknowledged_at: Option<DateTimeUtc>,
+    /// Downstream: `<target>:<core message id>`, unique, so intake is idempotent. `NULL` upstream.
+    pub intake_key: Option<String>,
     /// Created.
     pub created_at: DateTimeUtc,
     /// Last status change.

@@ -4,6 +4,7 @@
 //! SQS plug in behind the same trait.
 
 pub mod entity;
+pub mod intake;
 pub mod publish;
 pub mod receipts;
 pub mod receiver;
@@ -12,10 +13,12 @@ pub mod route_stage;
 pub mod transport;
 pub mod wire;
 
+pub use intake::{IntakeConsumer, IntakeOutcome, store_inbound};
 pub use publish::{PublishSettings, PublishStage};
 pub use receipts::{ReceiptConsumer, ReceiptOutcome, apply_receipts};
 pub use receiver::{Handled, Handler, InboundMessage, Receiver, ReceiverStats};
 pub use route::{Route, RouteTable, Router, Target};
 pub use route_stage::RouteStage;
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
+pub use transport::{RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};

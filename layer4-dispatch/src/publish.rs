@@ -12,10 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 use tracing::instrument;
 
-use layer1_ingest::table::{claim_due, transition};
+use layer1_ingest::table::{claim_due_where, transition};
 use layer1_ingest::{Direction, Stage, StageSettings, Status, Transition};
 
 use crate::entity::{self, Column, Entity};
@@ -31,6 +31,8 @@ pub struct PublishSettings {
     pub ack_timeout: Duration,
     /// The queue receipts go to (`hub-receipt-to`).
     pub receipts_queue: String,
+    /// The queue the core app sends downstream messages to (none: no intake).
+    pub inbound_queue: Option<String>,
 }
 
 impl Default for PublishSettings {
@@ -39,6 +41,7 @@ impl Default for PublishSettings {
             lease: Duration::from_secs(60),
             ack_timeout: Duration::from_secs(300),
             receipts_queue: "hub.receipts".into(),
+            inbound_queue: None,
         }
     }
 }
@@ -51,6 +54,20 @@ pub struct PublishStage {
     settings: StageSettings,
     publish: PublishSettings,
 }
+
+/// Per-key ordering: a row with an ordering key waits while an earlier row (by layer 1 arrival,
+/// then id) of the same destination and key is not yet confirmed (`just_in` or `failed`). So at
+/// most one message per key is in flight, and a retry cannot be overtaken by its successor.
+const EARLIER_OF_KEY_UNCONFIRMED: &str = "EXISTS (SELECT 1 FROM layer4_dispatch prior \
+     WHERE prior.destination = layer4_dispatch.destination \
+     AND prior.ordering_key = layer4_dispatch.ordering_key \
+     AND prior.direction = 'upstream' \
+     AND prior.status IN ('just_in', 'failed') \
+     AND (prior.origin_id < layer4_dispatch.origin_id \
+          OR (prior.origin_id = layer4_dispatch.origin_id AND prior.id < layer4_dispatch.id)))";
+
+/// How long rows wait after the broker could not be reached before they are tried again.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -100,12 +117,16 @@ impl Stage for PublishStage {
         let now = Utc::now();
         let max = self.settings.max_attempts;
         let txn = self.db.begin().await?;
-        let rows = claim_due::<Entity, _>(
+        let in_order = Condition::any()
+            .add(Column::OrderingKey.is_null())
+            .add(Condition::all().not().add(Expr::cust(EARLIER_OF_KEY_UNCONFIRMED)));
+        let rows = claim_due_where::<Entity, _>(
             &txn,
             Direction::Upstream,
             &[Status::JustIn, Status::Failed, Status::Queued],
             now,
             self.settings.batch_size,
+            in_order,
         )
         .await?;
         if rows.is_empty() {
@@ -146,11 +167,19 @@ impl Stage for PublishStage {
         let done = Utc::now();
         let txn = self.db.begin().await?;
         let mut confirmed = Vec::with_capacity(live.len());
+        let mut unreachable = Vec::new();
         for (row, res) in live.iter().zip(results.into_iter().chain(std::iter::repeat_with(|| {
             Err(TransportError::Connection("transport returned fewer results than messages".into()))
         }))) {
             match res {
                 Ok(()) => confirmed.push(row.id),
+                // The broker is away: whether it got the message is unknown. Not the message's
+                // fault, so the attempt is not counted; the row keeps its status and comes due
+                // again after a pause (a duplicate is dropped by the receiver).
+                Err(TransportError::Connection(e)) => {
+                    tracing::warn!(message_id = %row.id, error = %e, "broker unreachable; will publish again");
+                    unreachable.push(row.id);
+                }
                 Err(e) => {
                     let attempts = row.attempts + 1;
                     let t = if !e.is_transient() {
@@ -167,6 +196,16 @@ impl Stage for PublishStage {
                     transition::<Entity, _>(&txn, &[row.id], &t, done).await?;
                 }
             }
+        }
+        if !unreachable.is_empty() {
+            Entity::update_many()
+                .col_expr(Column::Attempts, Expr::col(Column::Attempts).sub(1i32))
+                .col_expr(Column::NextAttemptAt, Expr::value(done + chrono(RECONNECT_PAUSE)))
+                .col_expr(Column::UpdatedAt, Expr::value(done))
+                .filter(Column::Id.is_in(unreachable.iter().copied()))
+                .filter(Column::Status.is_in(Status::sources_of(Status::Queued)))
+                .exec(&txn)
+                .await?;
         }
         if !confirmed.is_empty() {
             // Only rows still publishable move: one whose receipt already arrived stays

@@ -4,6 +4,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_layer_tables;
+mod m20261121_000002_dispatch_intake_and_ordering;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -11,6 +12,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_layer_tables::Migration)]
+        vec![
+            Box::new(m20261121_000001_layer_tables::Migration),
+            Box::new(m20261121_000002_dispatch_intake_and_ordering::Migration),
+        ]
     }
 }

@@ -8,6 +8,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub mod in_process;
+pub mod rabbitmq;
+pub mod sqs;
+
+pub use rabbitmq::{RabbitMqConfig, RabbitMqTransport};
+pub use sqs::{SqsConfig, SqsTransport};
 
 /// Message headers (AMQP headers / SQS message attributes), string-valued.
 pub type Headers = BTreeMap<String, String>;
@@ -36,6 +41,9 @@ pub enum TransportError {
     /// No queue for the destination: the broker returned the message.
     #[error("no queue `{0}`: message unroutable")]
     Unroutable(String),
+    /// The broker says the message itself is wrong (an SQS sender fault); retrying cannot help.
+    #[error("broker refused the message as invalid: {0}")]
+    Invalid(String),
     /// Larger than the transport carries; retrying cannot help.
     #[error("message of {size} bytes exceeds the transport's limit of {limit} bytes")]
     TooLarge {
@@ -56,7 +64,7 @@ pub enum TransportError {
 impl TransportError {
     /// Whether a retry can help.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, TransportError::TooLarge { .. })
+        !matches!(self, TransportError::TooLarge { .. } | TransportError::Invalid(_))
     }
 }
 

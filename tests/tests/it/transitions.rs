@@ -33,6 +33,7 @@ async fn l4_row(db: &sea_orm::DatabaseConnection, status: Status) -> Uuid {
         ordering_key: Set(None),
         queued_at: Set(None),
         acknowledged_at: Set(None),
+        intake_key: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

@@ -1,0 +1,349 @@
+//! `sqs` (aws-sdk-sqs): standard and FIFO queues (a destination whose name ends in `.fifo`),
+//! hub headers as String message attributes, `SendMessageBatch` in tens with per-entry results,
+//! long polling, delete after the consumer settles, an endpoint override for SQS-compatible
+//! servers, credentials and region from the standard AWS chain or the config.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use serde::Deserialize;
+
+use super::{Acker, Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
+
+/// Settings of the SQS transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsConfig {
+    /// Endpoint override for SQS-compatible servers (`http://127.0.0.1:4566`); AWS otherwise.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Region; the standard chain (`AWS_REGION`, profile) when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Static credentials for SQS-compatible servers. Leave both out on AWS: the standard chain
+    /// (environment, profile, instance role) is the place for real credentials.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// See `access_key_id`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Long-polling wait, 0 to 20 seconds.
+    #[serde(default = "default_wait")]
+    pub wait_time_seconds: i32,
+    /// Seconds a received message stays invisible to other consumers before it is delivered
+    /// again if not deleted (set on queues this transport creates).
+    #[serde(default = "default_visibility")]
+    pub visibility_timeout_secs: i32,
+    /// Largest message carried, in bytes: SQS counts the body and every attribute's name, type
+    /// and value. 262,144 is the limit of SQS-compatible servers; AWS allows 1 MiB.
+    #[serde(default = "default_max")]
+    pub max_message_bytes: usize,
+}
+
+fn default_wait() -> i32 {
+    20
+}
+fn default_visibility() -> i32 {
+    30
+}
+fn default_max() -> usize {
+    262_144
+}
+
+impl SqsConfig {
+    /// A config for an SQS-compatible endpoint with static test credentials.
+    pub fn local(endpoint_url: impl Into<String>) -> Self {
+        Self {
+            endpoint_url: Some(endpoint_url.into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            wait_time_seconds: 1,
+            visibility_timeout_secs: default_visibility(),
+            max_message_bytes: default_max(),
+        }
+    }
+}
+
+/// SQS through one client; queue URLs are looked up (created) once and cached.
+pub struct SqsTransport {
+    client: Client,
+    config: SqsConfig,
+    urls: Mutex<HashMap<String, String>>,
+}
+
+fn sdk_err<E: std::error::Error>(e: E) -> TransportError {
+    TransportError::Connection(DisplayErrorContext(e).to_string())
+}
+
+fn is_fifo(queue: &str) -> bool {
+    queue.ends_with(".fifo")
+}
+
+/// SQS's own size count: body plus each attribute's name, data type and value.
+fn sqs_size(m: &OutgoingMessage) -> usize {
+    m.body.len() + m.headers.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+}
+
+impl SqsTransport {
+    /// Builds the client from the standard AWS chain, overridden by the config.
+    pub async fn new(config: SqsConfig) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &config.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(e) = &config.endpoint_url {
+            loader = loader.endpoint_url(e.clone());
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "post-office config"));
+        }
+        let sdk = loader.load().await;
+        Self { client: Client::new(&sdk), config, urls: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached_url(&self, queue: &str) -> Option<String> {
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(queue).cloned()
+    }
+
+    async fn url(&self, queue: &str) -> Result<String, TransportError> {
+        if let Some(u) = self.cached_url(queue) {
+            return Ok(u);
+        }
+        let out = self.client.get_queue_url().queue_name(queue).send().await.map_err(|e| {
+            let text = DisplayErrorContext(&e).to_string();
+            if text.contains("NonExistentQueue") || text.contains("does not exist") {
+                TransportError::Unroutable(queue.to_owned())
+            } else {
+                TransportError::Connection(text)
+            }
+        })?;
+        let url = out.queue_url().unwrap_or_default().to_owned();
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url.clone());
+        Ok(url)
+    }
+
+    async fn send_chunk(&self, url: &str, fifo: bool, chunk: &[(usize, &OutgoingMessage)]) -> Vec<(usize, Result<(), TransportError>)> {
+        let mut entries = Vec::with_capacity(chunk.len());
+        let mut out = Vec::with_capacity(chunk.len());
+        for (i, m) in chunk {
+            match entry(*i, m, fifo) {
+                Ok(e) => entries.push(e),
+                Err(e) => out.push((*i, Err(e))),
+            }
+        }
+        if entries.is_empty() {
+            return out;
+        }
+        let sent: Vec<usize> = entries.iter().filter_map(|e| e.id().parse().ok()).collect();
+        match self.client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await {
+            Ok(res) => {
+                let mut failed: HashMap<usize, TransportError> = HashMap::new();
+                for f in res.failed() {
+                    let why = format!("{}: {}", f.code(), f.message().unwrap_or(""));
+                    // A sender fault will fail the same way again; anything else may pass later.
+                    let err = if f.sender_fault() {
+                        TransportError::Invalid(why)
+                    } else {
+                        TransportError::Refused(why)
+                    };
+                    if let Ok(i) = f.id().parse() {
+                        failed.insert(i, err);
+                    }
+                }
+                for i in sent {
+                    out.push((i, failed.remove(&i).map_or(Ok(()), Err)));
+                }
+            }
+            Err(e) => {
+                let err = sdk_err(e);
+                out.extend(sent.into_iter().map(|i| (i, Err(err.clone()))));
+            }
+        }
+        out
+    }
+}
+
+fn entry(i: usize, m: &OutgoingMessage, fifo: bool) -> Result<SendMessageBatchRequestEntry, TransportError> {
+    let body = String::from_utf8(m.body.clone())
+        .map_err(|_| TransportError::Invalid("SQS bodies must be UTF-8 text".into()))?;
+    let mut b = SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body);
+    for (k, v) in m.headers.iter().filter(|(_, v)| !v.is_empty()) {
+        // SQS refuses empty attribute values; an absent header reads as empty on the other side.
+        let value = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .map_err(|e| TransportError::Invalid(e.to_string()))?;
+        b = b.message_attributes(k, value);
+    }
+    if fifo {
+        // Order holds within a message group: the route's ordering key, or one group per queue.
+        b = b
+            .message_group_id(m.ordering_key.clone().unwrap_or_else(|| "post-office".into()))
+            .message_deduplication_id(m.dedup_id.clone());
+    }
+    b.build().map_err(|e| TransportError::Invalid(e.to_string()))
+}
+
+#[async_trait]
+impl Transport for SqsTransport {
+    fn kind(&self) -> &'static str {
+        "sqs"
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
+    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+        let mut req = self
+            .client
+            .create_queue()
+            .queue_name(queue)
+            .attributes(QueueAttributeName::VisibilityTimeout, self.config.visibility_timeout_secs.to_string());
+        if is_fifo(queue) {
+            req = req.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        let out = req.send().await.map_err(|e| TransportError::Refused(format!("creating queue `{queue}`: {}", DisplayErrorContext(e))))?;
+        let url = out.queue_url().unwrap_or_default().to_owned();
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url);
+        Ok(())
+    }
+
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>> {
+        let mut results: Vec<Option<Result<(), TransportError>>> = vec![None; batch.len()];
+        // Per queue, in order, in tens (SendMessageBatch's limit).
+        let mut by_queue: Vec<(&str, Vec<(usize, &OutgoingMessage)>)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let size = sqs_size(m);
+            if size > self.config.max_message_bytes {
+                results[i] = Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
+                continue;
+            }
+            match by_queue.iter_mut().find(|(q, _)| *q == m.queue) {
+                Some((_, v)) => v.push((i, m)),
+                None => by_queue.push((m.queue.as_str(), vec![(i, m)])),
+            }
+        }
+        let mut calls = Vec::new();
+        for (queue, msgs) in &by_queue {
+            let url = match self.url(queue).await {
+                Ok(u) => u,
+                Err(e) => {
+                    for (i, _) in msgs {
+                        results[*i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let fifo = is_fifo(queue);
+            for chunk in msgs.chunks(10) {
+                let url = url.clone();
+                calls.push(async move { self.send_chunk(&url, fifo, chunk).await });
+            }
+        }
+        // Chunks go out together; within a FIFO group the publisher never has two messages of
+        // one ordering key in flight, so concurrency does not reorder a key.
+        for (i, r) in futures::future::join_all(calls).await.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.unwrap_or(Err(TransportError::Closed))).collect()
+    }
+
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+        let url = self.url(queue).await?;
+        Ok(Box::new(SqsSubscription {
+            client: self.client.clone(),
+            url,
+            max: i32::from(prefetch).clamp(1, 10),
+            wait: self.config.wait_time_seconds.clamp(0, 20),
+            buffer: VecDeque::new(),
+        }))
+    }
+}
+
+struct SqsSubscription {
+    client: Client,
+    url: String,
+    max: i32,
+    wait: i32,
+    buffer: VecDeque<Delivery>,
+}
+
+#[async_trait]
+impl Subscription for SqsSubscription {
+    async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if let Some(d) = self.buffer.pop_front() {
+                return Ok(d);
+            }
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(self.max)
+                .wait_time_seconds(self.wait)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            for m in out.messages() {
+                let Some(handle) = m.receipt_handle() else { continue };
+                let headers: Headers = m
+                    .message_attributes()
+                    .map(|attrs| {
+                        attrs.iter().filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_owned()))).collect()
+                    })
+                    .unwrap_or_default();
+                let redelivered = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 1);
+                let acker = SqsAcker { client: self.client.clone(), url: self.url.clone(), handle: handle.to_owned() };
+                let body = m.body().unwrap_or_default().as_bytes().to_vec();
+                self.buffer.push_back(Delivery::new(headers, body, redelivered, Box::new(acker)));
+            }
+        }
+    }
+}
+
+struct SqsAcker {
+    client: Client,
+    url: String,
+    handle: String,
+}
+
+#[async_trait]
+impl Acker for SqsAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.client.delete_message().queue_url(&self.url).receipt_handle(&self.handle).send().await.map(|_| ()).map_err(sdk_err)
+    }
+
+    /// `requeue`: visible again at once. Otherwise deleted (a redrive policy on the queue is the
+    /// place for dead-lettering on SQS).
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), TransportError> {
+        if requeue {
+            self.client
+                .change_message_visibility()
+                .queue_url(&self.url)
+                .receipt_handle(&self.handle)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_err)
+        } else {
+            self.ack().await
+        }
+    }
+}
