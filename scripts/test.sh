@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine too: starts PostgreSQL if it is installed but
-# down, installs it with apt if it is missing (and we may), makes sure the test database and
-# account work over TCP, then runs every test of the workspace.
+# The whole test suite, on a fresh Debian machine too: starts PostgreSQL and RabbitMQ if they
+# are installed but down, installs them with apt if they are missing (and we may), makes sure
+# the test database and account work over TCP, runs an SQS-compatible server (moto, from PyPI,
+# in a virtual environment of its own) on 127.0.0.1:4566, then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export HUB_TEST_PG="${HUB_TEST_PG:-postgres://postgres:postgres@127.0.0.1:5432/test}"
 PG_SERVER="${HUB_TEST_PG%/*}"
+export HUB_TEST_AMQP="${HUB_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export HUB_TEST_SQS="${HUB_TEST_SQS:-http://127.0.0.1:4566}"
+MOTO_VENV="${MOTO_VENV:-$PWD/.venv/moto}"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
@@ -50,10 +54,44 @@ ensure_postgres() {
   done
 }
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 "$2"); do port_open "$1" && return 0; sleep 1; done
+  return 1
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port 5672 90 || { log "RabbitMQ did not start"; exit 1; }
+  rabbitmqctl await_startup >/dev/null 2>&1 || true
+}
+
+ensure_moto() {
+  port_open 4566 && return
+  if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+    log "installing moto[server] into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$MOTO_VENV"; }
+    "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+  fi
+  log "starting moto_server on 127.0.0.1:4566"
+  mkdir -p target
+  nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p 4566 >target/moto.log 2>&1 &
+  MOTO_PID=$!
+  wait_port 4566 60 || { log "moto did not start (target/moto.log)"; exit 1; }
+}
+
 ensure_postgres
 log "PostgreSQL ready at ${PG_SERVER#*@}"
+ensure_rabbitmq
+log "RabbitMQ ready on 127.0.0.1:5672"
+ensure_moto
+log "SQS-compatible server ready at $HUB_TEST_SQS"
 log_file=$(mktemp)
-trap 'rm -f "$log_file"' EXIT
+trap 'rm -f "$log_file"; [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
 set +e
 cargo test --workspace --locked 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use layer1_ingest::StageSettings;
 use layer4_dispatch::{
-    InProcessConfig, InProcessTransport, PublishSettings, RabbitMqConfig, RabbitMqTransport, Route, RouteTable,
-    SqsConfig, SqsTransport, Transport,
+    InProcessConfig, InProcessTransport, PublishSettings, RabbitMqConfig, RabbitMqTransport, Route,
+    RouteTable, SqsConfig, SqsTransport, Transport,
 };
 
 use crate::error::{Error, Result};

@@ -14,7 +14,9 @@ use layer1_ingest::table::count_by_status;
 use layer1_ingest::{Direction, Ingested, Layer, NewRaw, Stage, StageSettings, Status, Wakeup, run_stage};
 use layer2_normalize::{NormalizeStage, Normalizer, Normalizers};
 use layer3_translate::{TranslateStage, Translator, Translators};
-use layer4_dispatch::{IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport};
+use layer4_dispatch::{
+    IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport,
+};
 use migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Error, Result};

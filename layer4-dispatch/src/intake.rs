@@ -44,7 +44,9 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         Some(format!("header `{CORE_MESSAGE_ID}` missing"))
     } else if message_type.is_none() {
         Some(format!("header `{}` missing", wire::TYPE))
-    } else if target.as_ref().is_some_and(|t| t.len() > 128) || core_id.as_ref().is_some_and(|c| c.len() > 400) {
+    } else if target.as_ref().is_some_and(|t| t.len() > 128)
+        || core_id.as_ref().is_some_and(|c| c.len() > 400)
+    {
         Some("target or core message id too long".to_owned())
     } else {
         match text.map(serde_json::from_str::<serde_json::Value>) {
@@ -87,13 +89,19 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
 }
 
 /// Stores inbound messages idempotently, in one statement.
-pub async fn store_inbound(db: &DatabaseConnection, msgs: &[(&Headers, &[u8])]) -> layer1_ingest::Result<IntakeOutcome> {
+pub async fn store_inbound(
+    db: &DatabaseConnection,
+    msgs: &[(&Headers, &[u8])],
+) -> layer1_ingest::Result<IntakeOutcome> {
     if msgs.is_empty() {
         return Ok(IntakeOutcome::default());
     }
     let now = Utc::now();
     let rows: Vec<_> = msgs.iter().map(|(h, b)| row(h, b, now)).collect();
-    let res = Entity::insert_many(rows).on_conflict_do_nothing_on([Column::IntakeKey]).exec_without_returning(db).await?;
+    let res = Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([Column::IntakeKey])
+        .exec_without_returning(db)
+        .await?;
     let stored = match res {
         sea_orm::TryInsertResult::Inserted(n) => usize::try_from(n).unwrap_or(0),
         _ => 0,

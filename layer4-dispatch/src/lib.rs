@@ -20,5 +20,5 @@ pub use receiver::{Handled, Handler, InboundMessage, Receiver, ReceiverStats};
 pub use route::{Route, RouteTable, Router, Target};
 pub use route_stage::RouteStage;
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
-pub use transport::{RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
+pub use transport::{RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};

@@ -58,7 +58,7 @@ impl RouteStage {
                 ordering_key: Set(t.ordering_key),
                 queued_at: Set(None),
                 acknowledged_at: Set(None),
-        intake_key: Set(None),
+                intake_key: Set(None),
                 created_at: Set(now),
                 updated_at: Set(now),
             })

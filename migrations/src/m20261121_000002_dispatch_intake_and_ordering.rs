@@ -23,7 +23,10 @@ enum Layer4Dispatch {
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.alter_table(
-            Table::alter().table(Layer4Dispatch::Table).add_column(string_len_null(Layer4Dispatch::IntakeKey, 600)).to_owned(),
+            Table::alter()
+                .table(Layer4Dispatch::Table)
+                .add_column(string_len_null(Layer4Dispatch::IntakeKey, 600))
+                .to_owned(),
         )
         .await?;
         m.create_index(
@@ -51,6 +54,9 @@ impl MigrationTrait for Migration {
         for ix in ["ix_layer4_dispatch_ordering", "ux_layer4_dispatch_intake_key"] {
             m.drop_index(Index::drop().name(ix).table(Layer4Dispatch::Table).to_owned()).await?;
         }
-        m.alter_table(Table::alter().table(Layer4Dispatch::Table).drop_column(Layer4Dispatch::IntakeKey).to_owned()).await
+        m.alter_table(
+            Table::alter().table(Layer4Dispatch::Table).drop_column(Layer4Dispatch::IntakeKey).to_owned(),
+        )
+        .await
     }
 }

@@ -19,7 +19,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{Acker, Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError, message_size};
+use super::{
+    Acker, Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError, message_size,
+};
 
 /// Settings of the RabbitMQ transport.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,18 +121,21 @@ impl RabbitMqTransport {
         }
         *guard = None;
         let props = ConnectionProperties::default().with_connection_name("post-office hub".into());
-        let conn = Arc::new(tokio::time::timeout(
-            Duration::from_secs(self.config.connect_timeout_secs),
-            Connection::connect(&self.config.url, props),
-        )
-        .await
-        .map_err(|_| TransportError::Connection("timed out connecting to RabbitMQ".into()))?
-        .map_err(conn_err)?);
+        let conn = Arc::new(
+            tokio::time::timeout(
+                Duration::from_secs(self.config.connect_timeout_secs),
+                Connection::connect(&self.config.url, props),
+            )
+            .await
+            .map_err(|_| TransportError::Connection("timed out connecting to RabbitMQ".into()))?
+            .map_err(conn_err)?,
+        );
         let publish = conn.create_channel().await.map_err(conn_err)?;
         // Publisher confirms (RabbitMQ "Consumer Acknowledgements and Publisher Confirms"): the
         // broker acks a persistent message once it is written to disk (or to a quorum).
         publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(conn_err)?;
-        let queues: Vec<String> = self.declared.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let queues: Vec<String> =
+            self.declared.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         for q in queues {
             self.declare(&publish, &q).await?;
         }
@@ -147,7 +152,10 @@ impl RabbitMqTransport {
 fn to_table(headers: &Headers) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in headers {
-        t.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+        t.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+        );
     }
     t
 }
@@ -195,7 +203,8 @@ impl Transport for RabbitMqTransport {
         for (i, m) in batch.iter().enumerate() {
             let size = message_size(m);
             if size > self.config.max_message_bytes {
-                results[i] = Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
+                results[i] =
+                    Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
                 continue;
             }
             if let Some(e) = &broken {
@@ -228,8 +237,12 @@ impl Transport for RabbitMqTransport {
                         Ok(Confirmation::Ack(Some(_))) | Ok(Confirmation::Nack(Some(_))) => {
                             Err(TransportError::Unroutable(batch[i].queue.clone()))
                         }
-                        Ok(Confirmation::Nack(None)) => Err(TransportError::Refused("broker nacked the message".into())),
-                        Ok(Confirmation::NotRequested) => Err(TransportError::Refused("confirms not enabled".into())),
+                        Ok(Confirmation::Nack(None)) => {
+                            Err(TransportError::Refused("broker nacked the message".into()))
+                        }
+                        Ok(Confirmation::NotRequested) => {
+                            Err(TransportError::Refused("confirms not enabled".into()))
+                        }
                         Err(e) => {
                             broken.get_or_insert_with(|| conn_err(&e));
                             Err(conn_err(e))

@@ -89,7 +89,12 @@ fn is_fifo(queue: &str) -> bool {
 
 /// SQS's own size count: body plus each attribute's name, data type and value.
 fn sqs_size(m: &OutgoingMessage) -> usize {
-    m.body.len() + m.headers.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+    m.body.len()
+        + m.headers
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| k.len() + "String".len() + v.len())
+            .sum::<usize>()
 }
 
 impl SqsTransport {
@@ -103,7 +108,8 @@ impl SqsTransport {
             loader = loader.endpoint_url(e.clone());
         }
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "post-office config"));
+            loader =
+                loader.credentials_provider(Credentials::new(id, secret, None, None, "post-office config"));
         }
         let sdk = loader.load().await;
         Self { client: Client::new(&sdk), config, urls: Mutex::new(HashMap::new()) }
@@ -130,7 +136,12 @@ impl SqsTransport {
         Ok(url)
     }
 
-    async fn send_chunk(&self, url: &str, fifo: bool, chunk: &[(usize, &OutgoingMessage)]) -> Vec<(usize, Result<(), TransportError>)> {
+    async fn send_chunk(
+        &self,
+        url: &str,
+        fifo: bool,
+        chunk: &[(usize, &OutgoingMessage)],
+    ) -> Vec<(usize, Result<(), TransportError>)> {
         let mut entries = Vec::with_capacity(chunk.len());
         let mut out = Vec::with_capacity(chunk.len());
         for (i, m) in chunk {
@@ -204,15 +215,16 @@ impl Transport for SqsTransport {
     }
 
     async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
-        let mut req = self
-            .client
-            .create_queue()
-            .queue_name(queue)
-            .attributes(QueueAttributeName::VisibilityTimeout, self.config.visibility_timeout_secs.to_string());
+        let mut req = self.client.create_queue().queue_name(queue).attributes(
+            QueueAttributeName::VisibilityTimeout,
+            self.config.visibility_timeout_secs.to_string(),
+        );
         if is_fifo(queue) {
             req = req.attributes(QueueAttributeName::FifoQueue, "true");
         }
-        let out = req.send().await.map_err(|e| TransportError::Refused(format!("creating queue `{queue}`: {}", DisplayErrorContext(e))))?;
+        let out = req.send().await.map_err(|e| {
+            TransportError::Refused(format!("creating queue `{queue}`: {}", DisplayErrorContext(e)))
+        })?;
         let url = out.queue_url().unwrap_or_default().to_owned();
         self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url);
         Ok(())
@@ -225,7 +237,8 @@ impl Transport for SqsTransport {
         for (i, m) in batch.iter().enumerate() {
             let size = sqs_size(m);
             if size > self.config.max_message_bytes {
-                results[i] = Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
+                results[i] =
+                    Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
                 continue;
             }
             match by_queue.iter_mut().find(|(q, _)| *q == m.queue) {
@@ -266,6 +279,7 @@ impl Transport for SqsTransport {
             max: i32::from(prefetch).clamp(1, 10),
             wait: self.config.wait_time_seconds.clamp(0, 20),
             buffer: VecDeque::new(),
+            pending: None,
         }))
     }
 }
@@ -276,6 +290,45 @@ struct SqsSubscription {
     max: i32,
     wait: i32,
     buffer: VecDeque<Delivery>,
+    /// The receive in flight. Kept across calls so that a caller who stops waiting (a timeout,
+    /// a `select!`) does not drop a response: SQS has already hidden those messages for the
+    /// visibility timeout, and dropping them would delay them by that much.
+    pending: Option<tokio::task::JoinHandle<Result<Vec<Delivery>, TransportError>>>,
+}
+
+async fn receive(client: Client, url: String, max: i32, wait: i32) -> Result<Vec<Delivery>, TransportError> {
+    let out = client
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(max)
+        .wait_time_seconds(wait)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .map_err(sdk_err)?;
+    let mut got = Vec::new();
+    for m in out.messages() {
+        let Some(handle) = m.receipt_handle() else { continue };
+        let headers: Headers = m
+            .message_attributes()
+            .map(|attrs| {
+                attrs
+                    .iter()
+                    .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let redelivered = m
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 1);
+        let acker = SqsAcker { client: client.clone(), url: url.clone(), handle: handle.to_owned() };
+        let body = m.body().unwrap_or_default().as_bytes().to_vec();
+        got.push(Delivery::new(headers, body, redelivered, Box::new(acker)));
+    }
+    Ok(got)
 }
 
 #[async_trait]
@@ -285,34 +338,39 @@ impl Subscription for SqsSubscription {
             if let Some(d) = self.buffer.pop_front() {
                 return Ok(d);
             }
-            let out = self
-                .client
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(self.max)
-                .wait_time_seconds(self.wait)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                .send()
-                .await
-                .map_err(sdk_err)?;
-            for m in out.messages() {
-                let Some(handle) = m.receipt_handle() else { continue };
-                let headers: Headers = m
-                    .message_attributes()
-                    .map(|attrs| {
-                        attrs.iter().filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_owned()))).collect()
-                    })
-                    .unwrap_or_default();
-                let redelivered = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|n| n > 1);
-                let acker = SqsAcker { client: self.client.clone(), url: self.url.clone(), handle: handle.to_owned() };
-                let body = m.body().unwrap_or_default().as_bytes().to_vec();
-                self.buffer.push_back(Delivery::new(headers, body, redelivered, Box::new(acker)));
+            let task = self.pending.get_or_insert_with(|| {
+                tokio::spawn(receive(self.client.clone(), self.url.clone(), self.max, self.wait))
+            });
+            let res = task.await;
+            self.pending = None;
+            match res {
+                Ok(Ok(got)) => self.buffer.extend(got),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(TransportError::Connection(format!("receive task failed: {e}"))),
             }
+        }
+    }
+}
+
+impl Drop for SqsSubscription {
+    /// Messages received but not handed out go back to the queue at once instead of staying
+    /// hidden until their visibility timeout.
+    fn drop(&mut self) {
+        let pending = self.pending.take();
+        let buffered: Vec<Delivery> = self.buffer.drain(..).collect();
+        if pending.is_none() && buffered.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let late = match pending {
+                    Some(t) => t.await.ok().and_then(Result::ok).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                for d in buffered.into_iter().chain(late) {
+                    let _ = d.nack(true).await;
+                }
+            });
         }
     }
 }
@@ -326,7 +384,14 @@ struct SqsAcker {
 #[async_trait]
 impl Acker for SqsAcker {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.client.delete_message().queue_url(&self.url).receipt_handle(&self.handle).send().await.map(|_| ()).map_err(sdk_err)
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(&self.handle)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_err)
     }
 
     /// `requeue`: visible again at once. Otherwise deleted (a redrive policy on the queue is the

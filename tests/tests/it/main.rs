@@ -2,6 +2,7 @@
 
 mod util;
 
+mod brokers;
 mod concurrency;
 mod crash;
 mod ingest;

@@ -162,3 +162,64 @@ macro_rules! on_both {
         )*
     };
 }
+
+/// The RabbitMQ the suite uses.
+pub fn amqp_url() -> String {
+    std::env::var("HUB_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The SQS-compatible endpoint the suite uses (moto).
+pub fn sqs_url() -> String {
+    std::env::var("HUB_TEST_SQS").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+/// Queue names of one test, so tests sharing a broker never see each other's messages.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    pub members: String,
+    pub payments: String,
+    pub receipts: String,
+    pub inbound: String,
+}
+
+impl Queues {
+    pub fn new(fifo: bool) -> Self {
+        let tag = Uuid::now_v7().simple().to_string();
+        let suffix = if fifo { ".fifo" } else { "" };
+        Queues {
+            members: format!("t-{tag}-members{suffix}"),
+            payments: format!("t-{tag}-payments{suffix}"),
+            receipts: format!("t-{tag}-receipts"),
+            inbound: format!("t-{tag}-inbound"),
+        }
+    }
+
+    /// The demo's routes onto these queues.
+    pub fn routes(&self) -> layer4_dispatch::RouteTable {
+        use layer4_dispatch::Route;
+        layer4_dispatch::RouteTable::new(vec![
+            Route {
+                message_type: "member.upsert".into(),
+                destination: self.members.clone(),
+                ordering_key: Some("/member_id".into()),
+            },
+            Route {
+                message_type: "payment.*".into(),
+                destination: self.payments.clone(),
+                ordering_key: Some("/customer_ref".into()),
+            },
+        ])
+    }
+}
+
+/// A hub builder on any transport with both integrations and routes onto `q`.
+pub fn broker_builder(url: &str, transport: Arc<dyn layer4_dispatch::Transport>, q: &Queues) -> HubBuilder {
+    let mut settings = test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.publish.inbound_queue = Some(q.inbound.clone());
+    let mut b = Hub::builder(url).settings(settings).transport(transport).router(Arc::new(q.routes()));
+    for name in integrations::BUILT_IN {
+        b = integrations::register(b, name).expect("built in");
+    }
+    b
+}

@@ -1,0 +1,485 @@
+//! Real brokers: RabbitMQ and the SQS-compatible server, end to end, with faults, size limits,
+//! per-key ordering and downstream intake.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use tokio_util::sync::CancellationToken;
+
+use hub_worker::{Hub, IngestMeta};
+use layer1_ingest::{Direction, Layer, Status};
+use layer4_dispatch::entity as l4;
+use layer4_dispatch::transport::{OutgoingMessage, Subscription, Transport, TransportError};
+use layer4_dispatch::wire;
+use layer4_dispatch::{RabbitMqConfig, RabbitMqTransport, Receiver, SqsConfig, SqsTransport};
+
+use crate::util::{Backend, Collect, Queues, TestDb, amqp_url, broker_builder, payment, sqs_url};
+
+async fn rabbit() -> Arc<dyn Transport> {
+    Arc::new(RabbitMqTransport::new(RabbitMqConfig::new(amqp_url())))
+}
+
+async fn sqs() -> Arc<dyn Transport> {
+    Arc::new(SqsTransport::new(SqsConfig::local(sqs_url())).await)
+}
+
+async fn settle(hub: &Hub, secs: u64) {
+    let ok = hub.wait_settled(Duration::from_secs(secs)).await.expect("counts");
+    assert!(ok, "not settled: {:?}", hub.counts().await);
+}
+
+async fn all_l4_acknowledged(hub: &Hub) -> Vec<l4::Model> {
+    let rows = l4::Entity::find().all(hub.db()).await.expect("l4");
+    assert!(rows.iter().all(|r| r.status == Status::Acknowledged), "{:?}", hub.counts().await);
+    rows
+}
+
+/// Ingests the CRM batch and 20 payments over `transport`, with receivers on both queues, and
+/// checks that everything is acknowledged with the contract's headers right.
+async fn end_to_end(transport: Arc<dyn Transport>, fifo: bool) {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(fifo);
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    for queue in [&q.members, &q.payments] {
+        tokio::spawn(
+            Receiver::new(transport.clone(), queue.clone(), core.clone()).prefetch(20).run(cancel.clone()),
+        );
+    }
+    hub.ingest("crm-contacts", hub_worker::demo::SAMPLES[0].2, IngestMeta::default()).await.expect("crm");
+    let mut origins = HashMap::new();
+    for i in 0..20 {
+        let got = hub
+            .ingest(
+                "payments",
+                &payment(&format!("evt_e2e_{i}"), "12345678901234567.89", &format!("cus_{}", i % 4)),
+                IngestMeta::default(),
+            )
+            .await
+            .expect("pay");
+        origins.insert(format!("evt_e2e_{i}"), got.id);
+    }
+    settle(&hub, 90).await;
+    let rows = all_l4_acknowledged(&hub).await;
+    assert_eq!(rows.len(), 23);
+    let got = core.got.lock().expect("lock").clone();
+    let by_id: HashMap<_, _> = got.iter().map(|m| (m.headers.message_id, m)).collect();
+    assert_eq!(by_id.len(), 23, "every message reached the receiver");
+    for r in &rows {
+        let m = by_id.get(&r.id).expect("delivered with hub-message-id = layer 4 id");
+        assert_eq!(m.headers.origin_id, r.origin_id);
+        assert_eq!(m.headers.source, r.source);
+        assert_eq!(m.headers.source_ref, r.source_ref);
+        assert_eq!(m.headers.message_type, r.message_type);
+        assert_eq!(m.headers.receipt_to, q.receipts);
+        assert_eq!(m.headers.traceparent.as_deref(), Some(wire::traceparent(r.origin_id, r.id).as_str()));
+        if r.source == "payments" {
+            assert_eq!(
+                Some(&m.headers.origin_id),
+                origins.get(m.headers.source_ref.as_deref().unwrap_or(""))
+            );
+            assert_eq!(m.body["amount"]["value"].as_str(), Some("12345678901234567.89"));
+        }
+    }
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_end_to_end() {
+    end_to_end(rabbit().await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_quorum_queues_end_to_end() {
+    let mut cfg = RabbitMqConfig::new(amqp_url());
+    cfg.quorum_queues = true;
+    end_to_end(Arc::new(RabbitMqTransport::new(cfg)), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_standard_end_to_end() {
+    end_to_end(sqs().await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_fifo_end_to_end() {
+    end_to_end(sqs().await, true).await;
+}
+
+/// The broker drops every connection mid-run (`rabbitmqctl close_all_connections`): the run
+/// completes with nothing lost and every row Acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connections_closed_mid_run_lose_nothing() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let transport = rabbit().await;
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let receiver = Receiver::new(transport.clone(), q.payments.clone(), core.clone()).prefetch(50);
+    let cancel = CancellationToken::new();
+    tokio::spawn(receiver.run(cancel.clone()));
+    let total = 400;
+    for i in 0..total {
+        hub.ingest(
+            "payments",
+            &payment(&format!("evt_fault_{i}"), "1.00", &format!("cus_{i}")),
+            IngestMeta::default(),
+        )
+        .await
+        .expect("ingest");
+        if i == total / 3 || i == 2 * total / 3 {
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(["close_all_connections", "post-office fault test"])
+                .output()
+                .expect("rabbitmqctl runs (scripts/test.sh installs RabbitMQ)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    settle(&hub, 120).await;
+    let rows = all_l4_acknowledged(&hub).await;
+    assert_eq!(rows.len(), total);
+    let distinct: std::collections::HashSet<_> =
+        core.got.lock().expect("lock").iter().map(|m| m.headers.message_id).collect();
+    assert_eq!(distinct.len(), total, "every message reached the core app");
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+/// Loses every receipt while `lose` is set: the core app handled the message but died before
+/// its receipt got out.
+struct LosesReceipts {
+    inner: Arc<dyn Transport>,
+    receipts_queue: String,
+    lose: std::sync::atomic::AtomicBool,
+    lost: AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for LosesReceipts {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes()
+    }
+    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+        self.inner.ensure_queue(queue).await
+    }
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>> {
+        if self.lose.load(Ordering::SeqCst) && batch.iter().all(|m| m.queue == self.receipts_queue) {
+            self.lost.fetch_add(batch.len(), Ordering::SeqCst);
+            return batch.iter().map(|_| Ok(())).collect();
+        }
+        self.inner.publish(batch).await
+    }
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+        self.inner.subscribe(queue, prefetch).await
+    }
+}
+
+/// No receipt arrives: after the ack timeout the hub publishes again (same hub-message-id),
+/// the receiver drops the duplicate without calling the app again, sends the receipt, and
+/// every row ends Acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_receipts_mean_republish_after_ack_timeout_and_duplicates_dropped() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let transport = rabbit().await;
+    let mut b = broker_builder(&tdb.url, transport.clone(), &q);
+    let mut settings = crate::util::test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.publish.ack_timeout = Duration::from_secs(2);
+    settings.stage.poll_interval = Duration::from_millis(200);
+    b = b.settings(settings);
+    let hub = b.build().await.expect("hub");
+    hub.start();
+    let app_side = Arc::new(LosesReceipts {
+        inner: transport.clone(),
+        receipts_queue: q.receipts.clone(),
+        lose: true.into(),
+        lost: AtomicUsize::new(0),
+    });
+    let core = Arc::new(Collect::default());
+    let receiver = Receiver::new(app_side.clone(), q.payments.clone(), core.clone());
+    let stats = receiver.stats();
+    let cancel = CancellationToken::new();
+    tokio::spawn(receiver.run(cancel.clone()));
+    for i in 0..10 {
+        hub.ingest(
+            "payments",
+            &payment(&format!("evt_lost_{i}"), "4.00", &format!("cus_{i}")),
+            IngestMeta::default(),
+        )
+        .await
+        .expect("ingest");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app_side.lost.load(Ordering::SeqCst) < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "receiver never handled the messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queued =
+        l4::Entity::find().filter(l4::Column::Status.eq(Status::Queued)).all(hub.db()).await.expect("l4");
+    assert_eq!(queued.len(), 10, "no receipt, so still queued");
+    app_side.lose.store(false, Ordering::SeqCst);
+
+    settle(&hub, 60).await;
+    let rows = all_l4_acknowledged(&hub).await;
+    assert!(
+        rows.iter().all(|r| r.attempts >= 2),
+        "published again: {:?}",
+        rows.iter().map(|r| r.attempts).collect::<Vec<_>>()
+    );
+    assert_eq!(core.got.lock().expect("lock").len(), 10, "the app handled each message once");
+    assert!(stats.duplicates.load(Ordering::Relaxed) >= 10);
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+/// A contact whose tags make the core message larger than the transport carries.
+fn contact_batch_with_big_tags(tag_bytes: usize) -> Vec<u8> {
+    let tag = "x".repeat(tag_bytes / 10);
+    let tags: Vec<String> = (0..10).map(|_| format!("\"{tag}\"")).collect();
+    format!(
+        r#"{{"event_id":"evt_big","event_type":"contacts.batch_updated","occurred_at":"2026-11-20T14:03:11Z","portal_id":1,
+"contacts":[{{"id":"c-big","email":"big@example.org","status":"lead","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",
+"properties":{{"first_name":"B","last_name":"Ig","phone":null,"company":null,"address":null,"tags":[{}],"lifetime_value":"1"}}}},
+{{"id":"c-small","email":"small@example.org","status":"lead","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",
+"properties":{{"first_name":"S","last_name":"Mall","phone":null,"company":null,"address":null,"tags":[],"lifetime_value":"1"}}}}]}}"#,
+        tags.join(",")
+    )
+    .into_bytes()
+}
+
+/// Over the limit: not truncated, not dropped; the layer 4 row is Rejected with both sizes in
+/// its reason, its siblings are delivered.
+async fn oversized_message_is_rejected_with_its_size(transport: Arc<dyn Transport>, body_bytes: usize) {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let cancel = CancellationToken::new();
+    tokio::spawn(
+        Receiver::new(transport.clone(), q.members.clone(), Arc::new(Collect::default())).run(cancel.clone()),
+    );
+    hub.ingest("crm-contacts", &contact_batch_with_big_tags(body_bytes), IngestMeta::default())
+        .await
+        .expect("ingest");
+    settle(&hub, 60).await;
+    let rows = l4::Entity::find().all(hub.db()).await.expect("l4");
+    let big = rows.iter().find(|r| r.source_ref.as_deref() == Some("c-big")).expect("big row");
+    let small = rows.iter().find(|r| r.source_ref.as_deref() == Some("c-small")).expect("small row");
+    assert_eq!(big.status, Status::Rejected);
+    let reason = big.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("exceeds the transport's limit of"), "{reason}");
+    assert!(big.body.len() > transport.max_message_bytes(), "body kept whole");
+    assert_eq!(small.status, Status::Acknowledged);
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_oversized_message_is_rejected() {
+    let mut cfg = RabbitMqConfig::new(amqp_url());
+    cfg.max_message_bytes = 64 * 1024;
+    oversized_message_is_rejected_with_its_size(Arc::new(RabbitMqTransport::new(cfg)), 100 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_oversized_message_is_rejected() {
+    oversized_message_is_rejected_with_its_size(sqs().await, 300 * 1024).await;
+}
+
+/// Refuses the first publish of every third hub message: retries happen, and must not reorder
+/// a key.
+struct Flaky {
+    inner: Arc<dyn Transport>,
+    seen: std::sync::Mutex<HashMap<String, usize>>,
+    refused: AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for Flaky {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes()
+    }
+    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+        self.inner.ensure_queue(queue).await
+    }
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>> {
+        let mut refuse = Vec::with_capacity(batch.len());
+        {
+            let mut seen = self.seen.lock().expect("lock");
+            for m in batch {
+                let n = seen.len();
+                let first = !seen.contains_key(&m.dedup_id);
+                seen.entry(m.dedup_id.clone()).or_insert(n);
+                refuse.push(first && m.headers.contains_key(wire::MESSAGE_ID) && n.is_multiple_of(3));
+            }
+        }
+        let pass: Vec<OutgoingMessage> =
+            batch.iter().zip(&refuse).filter(|(_, r)| !**r).map(|(m, _)| m.clone()).collect();
+        let mut passed = self.inner.publish(&pass).await.into_iter();
+        refuse
+            .into_iter()
+            .map(|r| {
+                if r {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    Err(TransportError::Refused("injected refusal".into()))
+                } else {
+                    passed.next().unwrap_or(Err(TransportError::Closed))
+                }
+            })
+            .collect()
+    }
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+        self.inner.subscribe(queue, prefetch).await
+    }
+}
+
+async fn same_key_order_holds_under_retries(inner: Arc<dyn Transport>, fifo: bool) {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(fifo);
+    let flaky = Arc::new(Flaky { inner, seen: Default::default(), refused: AtomicUsize::new(0) });
+    let transport: Arc<dyn Transport> = flaky.clone();
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn(Receiver::new(transport.clone(), q.payments.clone(), core.clone()).run(cancel.clone()));
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    for i in 0..45 {
+        let customer = format!("cus_{}", i % 3);
+        let evt = format!("evt_ord_{i:03}");
+        hub.ingest("payments", &payment(&evt, "1.00", &customer), IngestMeta::default())
+            .await
+            .expect("ingest");
+        sent.entry(customer).or_default().push(evt);
+    }
+    settle(&hub, 120).await;
+    all_l4_acknowledged(&hub).await;
+    assert!(flaky.refused.load(Ordering::SeqCst) >= 10, "retries happened");
+    let mut received: HashMap<String, Vec<String>> = HashMap::new();
+    for m in core.got.lock().expect("lock").iter() {
+        let customer = m.body["customer_ref"].as_str().unwrap_or_default().to_owned();
+        let evt = m.headers.source_ref.clone().unwrap_or_default();
+        let list = received.entry(customer).or_default();
+        if !list.contains(&evt) {
+            list.push(evt);
+        }
+    }
+    assert_eq!(received, sent, "per customer, the receiver saw the events in the order they were ingested");
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_same_key_order_holds_under_retries() {
+    same_key_order_holds_under_retries(rabbit().await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_fifo_same_key_order_holds_under_retries() {
+    same_key_order_holds_under_retries(sqs().await, true).await;
+}
+
+/// The core app publishes to the inbound queue: stored downstream, Just In, keyed by its id,
+/// once; a message breaking the contract is stored as rejected with the reason.
+async fn downstream_intake(backend: Backend, transport: Arc<dyn Transport>) {
+    let tdb = TestDb::new(backend).await;
+    let q = Queues::new(false);
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let msg = |id: &str, target: Option<&str>, body: &str| {
+        let mut headers = layer4_dispatch::Headers::new();
+        headers.insert("core-message-id".into(), id.into());
+        if let Some(t) = target {
+            headers.insert("hub-target".into(), t.into());
+        }
+        headers.insert("hub-type".into(), "member.updated".into());
+        headers.insert("hub-type-version".into(), "2".into());
+        OutgoingMessage {
+            queue: q.inbound.clone(),
+            dedup_id: id.into(),
+            ordering_key: None,
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    };
+    let good = msg(
+        "core-msg-1",
+        Some("crm-contacts"),
+        r#"{"member_id":"m-1","email":"new@example.org","points":12345678901234567890}"#,
+    );
+    let other = msg("core-msg-2", Some("crm-contacts"), r#"{"member_id":"m-2"}"#);
+    let no_target = msg("core-msg-3", None, r#"{"member_id":"m-3"}"#);
+    let not_json = msg("core-msg-4", Some("crm-contacts"), "{member_id: m-4");
+    for r in transport
+        .publish(&[good.clone(), good.clone(), other, no_target.clone(), not_json, good.clone(), no_target])
+        .await
+    {
+        r.expect("published");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = l4::Entity::find()
+            .filter(l4::Column::Direction.eq(Direction::Downstream))
+            .all(hub.db())
+            .await
+            .expect("l4");
+        if rows.len() >= 4 {
+            break rows;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "intake stored {} rows", rows.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Give redelivered duplicates time to arrive; they must not add rows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows_again = l4::Entity::find()
+        .filter(l4::Column::Direction.eq(Direction::Downstream))
+        .all(hub.db())
+        .await
+        .expect("l4");
+    assert_eq!(rows_again.len(), 4, "{rows_again:?}");
+    let first = rows.iter().find(|r| r.source_ref.as_deref() == Some("core-msg-1")).expect("stored");
+    assert_eq!(
+        (first.status, first.source.as_str(), first.message_type.as_str()),
+        (Status::JustIn, "crm-contacts", "member.updated")
+    );
+    assert!(first.body.contains("12345678901234567890"), "body kept as sent");
+    let bad: Vec<_> = rows.iter().filter(|r| r.status == Status::Rejected).collect();
+    assert_eq!(bad.len(), 2);
+    assert!(bad.iter().any(|r| r.last_error.as_deref().is_some_and(|e| e.contains("hub-target"))));
+    assert!(bad.iter().any(|r| r.last_error.as_deref().is_some_and(|e| e.contains("not JSON"))));
+    let lineage = hub.lineage(first.id).await.expect("queryable");
+    assert_eq!(lineage.entries.len(), 1);
+    assert_eq!(lineage.entries[0].layer, Layer::Dispatch);
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_intake_over_rabbitmq_on_postgres() {
+    downstream_intake(Backend::Postgres, rabbit().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_intake_over_sqs_on_sqlite() {
+    downstream_intake(Backend::Sqlite, sqs().await).await;
+}
