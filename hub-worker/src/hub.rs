@@ -204,23 +204,35 @@ impl Hub {
     /// Stores `body` for `source` in layer 1 (`just_in`) and wakes the normalize stage.
     /// Returns the layer 1 id, and whether the same event was already on record.
     pub async fn ingest(&self, source: &str, body: &[u8], meta: IngestMeta) -> Result<Ingested> {
-        let normalizer =
-            self.inner.normalizers.get(source).ok_or_else(|| Error::UnknownSource(source.to_owned()))?;
-        let source_ref = meta.source_ref.or_else(|| normalizer.event_ref(body));
-        let raw = NewRaw {
-            source,
-            source_ref: source_ref.as_deref(),
-            body,
-            content_type: meta.content_type.as_deref().unwrap_or("application/json"),
-            headers: &meta.headers,
-            direction: Direction::Upstream,
-        };
-        let ingested =
-            layer1_ingest::ingest(&self.inner.db, &raw, self.inner.settings.max_body_bytes).await?;
-        if !ingested.duplicate {
+        self.ingest_batch(source, &[(body, meta)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Config("empty ingest answer".into())))
+    }
+
+    /// [`Hub::ingest`] for many payloads of one source: one multi-row INSERT per 500 payloads.
+    /// Each payload gets its own answer; the outer error is the database's or an unknown source.
+    pub async fn ingest_batch(&self, source: &str, items: &[(&[u8], IngestMeta)]) -> Result<Vec<Result<Ingested>>> {
+        let normalizer = self.inner.normalizers.get(source).ok_or_else(|| Error::UnknownSource(source.to_owned()))?;
+        let refs: Vec<Option<String>> =
+            items.iter().map(|(body, meta)| meta.source_ref.clone().or_else(|| normalizer.event_ref(body))).collect();
+        let raws: Vec<NewRaw<'_>> = items
+            .iter()
+            .zip(&refs)
+            .map(|((body, meta), source_ref)| NewRaw {
+                source,
+                source_ref: source_ref.as_deref(),
+                body,
+                content_type: meta.content_type.as_deref().unwrap_or("application/json"),
+                headers: &meta.headers,
+                direction: Direction::Upstream,
+            })
+            .collect();
+        let answers = layer1_ingest::ingest_many(&self.inner.db, &raws, self.inner.settings.max_body_bytes).await?;
+        if answers.iter().any(|a| matches!(a, Ok(i) if !i.duplicate)) {
             self.inner.wake.normalize.wake();
         }
-        Ok(ingested)
+        Ok(answers.into_iter().map(|a| a.map_err(Error::from)).collect())
     }
 
     /// Starts the stages and the receipt consumer as tasks. Calling it twice does nothing more.

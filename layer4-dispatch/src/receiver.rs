@@ -82,6 +82,27 @@ impl RecentIds {
     }
 }
 
+enum Outcome {
+    Accepted,
+    Rejected,
+    Duplicate,
+}
+
+fn receipt_message(
+    h: &HubHeaders,
+    status: ReceiptStatus,
+    reason: Option<String>,
+) -> Result<OutgoingMessage, serde_json::Error> {
+    let receipt = Receipt { message_id: h.message_id, status, reason, at: Utc::now() };
+    Ok(OutgoingMessage {
+        queue: h.receipt_to.clone(),
+        dedup_id: format!("receipt-{}", h.message_id),
+        ordering_key: None,
+        headers: Default::default(),
+        body: serde_json::to_vec(&receipt)?,
+    })
+}
+
 /// Consumes one queue for the core app.
 pub struct Receiver {
     transport: Arc<dyn Transport>,
@@ -124,6 +145,8 @@ impl Receiver {
     }
 
     /// Consumes until `cancel` fires; resubscribes with a pause when the subscription breaks.
+    /// Deliveries already waiting are taken together (up to the prefetch): handled one by one,
+    /// then their receipts go out in one confirmed publish, then each is acked.
     pub async fn run(mut self, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
             let mut sub = match self.transport.subscribe(&self.queue, self.prefetch).await {
@@ -135,93 +158,99 @@ impl Receiver {
             };
             loop {
                 let next = tokio::select! { d = sub.next() => d, _ = cancel.cancelled() => return };
-                match next {
-                    Ok(d) => self.one(d).await,
+                let first = match next {
+                    Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(queue = %self.queue, error = %e, "subscription broke; resubscribing");
                         break;
                     }
+                };
+                let mut batch = vec![first];
+                while batch.len() < usize::from(self.prefetch) {
+                    match tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
+                        Ok(Ok(d)) => batch.push(d),
+                        _ => break,
+                    }
                 }
+                self.batch(batch).await;
             }
         }
     }
 
-    async fn one(&mut self, d: Delivery) {
-        let headers = match HubHeaders::parse(&d.headers) {
-            Ok(h) => h,
-            Err(why) => return self.discard(d, &why).await,
-        };
-        let body: serde_json::Value = match serde_json::from_slice(&d.body) {
-            Ok(b) => b,
-            Err(e) => return self.discard(d, &format!("body is not JSON: {e}")).await,
-        };
-        let id = headers.message_id;
-        if self.seen.contains(&id) {
-            // Seen: the hub did not get our receipt in time. Send it again, skip the handler.
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            self.settle(d, &headers, ReceiptStatus::Acknowledged, None).await;
+    async fn batch(&mut self, batch: Vec<Delivery>) {
+        let mut to_settle: Vec<(Delivery, OutgoingMessage, Outcome)> = Vec::with_capacity(batch.len());
+        let mut retry = Vec::new();
+        for d in batch {
+            let headers = match HubHeaders::parse(&d.headers) {
+                Ok(h) => h,
+                Err(why) => {
+                    self.discard(d, &why).await;
+                    continue;
+                }
+            };
+            let body: serde_json::Value = match serde_json::from_slice(&d.body) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.discard(d, &format!("body is not JSON: {e}")).await;
+                    continue;
+                }
+            };
+            let id = headers.message_id;
+            let (status, reason, outcome) = if self.seen.contains(&id) {
+                // Seen: the hub did not get our receipt in time. Receipt again, no handler.
+                (ReceiptStatus::Acknowledged, None, Outcome::Duplicate)
+            } else {
+                let msg = InboundMessage { headers: headers.clone(), body, redelivered: d.redelivered };
+                match self.handler.handle(&msg).await {
+                    Handled::Accepted => (ReceiptStatus::Acknowledged, None, Outcome::Accepted),
+                    Handled::Rejected(r) => (ReceiptStatus::Rejected, Some(r), Outcome::Rejected),
+                    Handled::Retry(why) => {
+                        tracing::info!(message_id = %id, why, "handler asked for a retry");
+                        retry.push(d);
+                        continue;
+                    }
+                }
+            };
+            // The handler ran: remember it now, so a redelivery (receipt lost) is not handled twice.
+            self.seen.insert(id);
+            match receipt_message(&headers, status, reason) {
+                Ok(m) => to_settle.push((d, m, outcome)),
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "receipt not serialisable; message handed back");
+                    retry.push(d);
+                }
+            }
+        }
+        if !retry.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for d in retry {
+                let _ = d.nack(true).await;
+            }
+        }
+        if to_settle.is_empty() {
             return;
         }
-        let msg = InboundMessage { headers, body, redelivered: d.redelivered };
-        match self.handler.handle(&msg).await {
-            Handled::Accepted => {
-                if self.settle(d, &msg.headers, ReceiptStatus::Acknowledged, None).await {
-                    self.seen.insert(id);
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let receipts: Vec<OutgoingMessage> = to_settle.iter().map(|(_, m, _)| m.clone()).collect();
+        let sent = self.transport.publish(&receipts).await;
+        let mut sent = sent.into_iter();
+        for (d, m, outcome) in to_settle {
+            match sent.next().unwrap_or(Err(TransportError::Closed)) {
+                Ok(()) => {
+                    if let Err(e) = d.ack().await {
+                        tracing::warn!(receipt = %m.dedup_id, error = %e, "ack failed after the receipt was sent");
+                    }
+                    let counter = match outcome {
+                        Outcome::Accepted => &self.stats.accepted,
+                        Outcome::Rejected => &self.stats.rejected,
+                        Outcome::Duplicate => &self.stats.duplicates,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            Handled::Rejected(reason) => {
-                if self.settle(d, &msg.headers, ReceiptStatus::Rejected, Some(reason)).await {
-                    self.seen.insert(id);
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    // It comes again and is answered from `seen`, with a receipt.
+                    tracing::warn!(receipt = %m.dedup_id, error = %e, "receipt not sent; message handed back");
+                    let _ = d.nack(true).await;
                 }
-            }
-            Handled::Retry(why) => {
-                tracing::info!(message_id = %id, why, "handler asked for a retry");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = d.nack(true).await;
-            }
-        }
-    }
-
-    /// Sends the receipt, then acks. If the receipt cannot be sent the delivery goes back to
-    /// the queue (the message will come again and be dropped as a duplicate, with a receipt).
-    async fn settle(
-        &self,
-        d: Delivery,
-        h: &HubHeaders,
-        status: ReceiptStatus,
-        reason: Option<String>,
-    ) -> bool {
-        let receipt = Receipt { message_id: h.message_id, status, reason, at: Utc::now() };
-        let sent = match serde_json::to_vec(&receipt) {
-            Ok(body) => {
-                let msg = OutgoingMessage {
-                    queue: h.receipt_to.clone(),
-                    dedup_id: format!("receipt-{}", h.message_id),
-                    ordering_key: None,
-                    headers: Default::default(),
-                    body,
-                };
-                self.transport
-                    .publish(std::slice::from_ref(&msg))
-                    .await
-                    .pop()
-                    .unwrap_or(Err(TransportError::Closed))
-            }
-            Err(e) => Err(TransportError::Refused(e.to_string())),
-        };
-        match sent {
-            Ok(()) => {
-                if let Err(e) = d.ack().await {
-                    tracing::warn!(message_id = %h.message_id, error = %e, "ack failed after the receipt was sent");
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(message_id = %h.message_id, error = %e, "receipt not sent; message handed back");
-                let _ = d.nack(true).await;
-                false
             }
         }
     }
