@@ -212,10 +212,17 @@ impl Hub {
 
     /// [`Hub::ingest`] for many payloads of one source: one multi-row INSERT per 500 payloads.
     /// Each payload gets its own answer; the outer error is the database's or an unknown source.
-    pub async fn ingest_batch(&self, source: &str, items: &[(&[u8], IngestMeta)]) -> Result<Vec<Result<Ingested>>> {
-        let normalizer = self.inner.normalizers.get(source).ok_or_else(|| Error::UnknownSource(source.to_owned()))?;
-        let refs: Vec<Option<String>> =
-            items.iter().map(|(body, meta)| meta.source_ref.clone().or_else(|| normalizer.event_ref(body))).collect();
+    pub async fn ingest_batch(
+        &self,
+        source: &str,
+        items: &[(&[u8], IngestMeta)],
+    ) -> Result<Vec<Result<Ingested>>> {
+        let normalizer =
+            self.inner.normalizers.get(source).ok_or_else(|| Error::UnknownSource(source.to_owned()))?;
+        let refs: Vec<Option<String>> = items
+            .iter()
+            .map(|(body, meta)| meta.source_ref.clone().or_else(|| normalizer.event_ref(body)))
+            .collect();
         let raws: Vec<NewRaw<'_>> = items
             .iter()
             .zip(&refs)
@@ -228,7 +235,8 @@ impl Hub {
                 direction: Direction::Upstream,
             })
             .collect();
-        let answers = layer1_ingest::ingest_many(&self.inner.db, &raws, self.inner.settings.max_body_bytes).await?;
+        let answers =
+            layer1_ingest::ingest_many(&self.inner.db, &raws, self.inner.settings.max_body_bytes).await?;
         if answers.iter().any(|a| matches!(a, Ok(i) if !i.duplicate)) {
             self.inner.wake.normalize.wake();
         }

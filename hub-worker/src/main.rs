@@ -56,6 +56,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pushes N messages through all four layers and prints throughput and latencies.
+    Bench {
+        /// Database URL: a scratch PostgreSQL database for meaningful figures.
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432/test")]
+        database_url: String,
+        /// `rabbitmq`, `sqs` or `in-process`.
+        #[arg(long, default_value = "rabbitmq")]
+        transport: String,
+        /// AMQP URL for `--transport rabbitmq`.
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+        /// Endpoint for `--transport sqs`.
+        #[arg(long, default_value = "http://127.0.0.1:4566")]
+        sqs_endpoint: String,
+        /// Messages.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Stage batch size.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u64,
+        /// Receivers acknowledging in parallel.
+        #[arg(long, default_value_t = 2)]
+        receivers: usize,
+        /// Delete every row of the four layer tables first (scratch databases only).
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Runs the stages until Ctrl-C.
     Run {
         /// Configuration file (TOML).
@@ -91,6 +118,48 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", report::lineage_text(&l));
             }
+        }
+        Command::Bench {
+            database_url,
+            transport,
+            amqp_url,
+            sqs_endpoint,
+            messages,
+            batch_size,
+            receivers,
+            fresh,
+        } => {
+            use layer4_dispatch::{
+                InProcessTransport, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport, Transport,
+            };
+            let t: std::sync::Arc<dyn Transport> = match transport.as_str() {
+                "rabbitmq" => std::sync::Arc::new(RabbitMqTransport::new(RabbitMqConfig::new(amqp_url))),
+                "sqs" => std::sync::Arc::new(SqsTransport::new(SqsConfig::local(sqs_endpoint)).await),
+                "in-process" => std::sync::Arc::new(InProcessTransport::default()),
+                other => bail!("unknown transport `{other}` (rabbitmq, sqs, in-process)"),
+            };
+            let cfg = hub_worker::bench::BenchConfig {
+                database_url: database_url.clone(),
+                messages,
+                batch_size,
+                receivers,
+                fresh,
+            };
+            let r = hub_worker::bench::run(&cfg, t).await?;
+            println!(
+                "hub bench n={} transport={transport} db={} batch={batch_size} receivers={receivers}",
+                r.messages,
+                database_url.split(':').next().unwrap_or("?")
+            );
+            println!(
+                "  throughput: {:.0} msg/s ({:.2} s from first ingest to last acknowledged)",
+                r.rate, r.seconds
+            );
+            println!(
+                "  ingest -> queued:       p50 {:>8.1} ms  p99 {:>8.1} ms",
+                r.queued_ms.0, r.queued_ms.1
+            );
+            println!("  ingest -> acknowledged: p50 {:>8.1} ms  p99 {:>8.1} ms", r.acked_ms.0, r.acked_ms.1);
         }
         Command::Run { config } => {
             let cfg = Config::load(Some(&config))?;

@@ -1,8 +1,10 @@
 //! Storing what a third party (or the core app, downstream) sent: byte for byte, once.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::Utc;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult,
 };
 use sha2::{Digest, Sha256};
 use tracing::instrument;
@@ -102,7 +104,11 @@ fn prepare(
     }
     check_len("content type", raw.content_type, MAX_CONTENT_TYPE_LEN)?;
     if raw.body.len() > max_body {
-        return Err(Error::BodyTooLarge { source_name: raw.source.to_owned(), size: raw.body.len(), limit: max_body });
+        return Err(Error::BodyTooLarge {
+            source_name: raw.source.to_owned(),
+            size: raw.body.len(),
+            limit: max_body,
+        });
     }
     let sha = sha256_hex(raw.body);
     let id = Uuid::now_v7();
@@ -164,36 +170,52 @@ pub async fn ingest_many<C: ConnectionTrait>(
     }
     for chunk in rows.chunks(INGEST_CHUNK) {
         // ON CONFLICT DO NOTHING on the unique (source, dedup_key) index: concurrent duplicates
-        // race in the database, not in our code, and exactly one row wins. Then one lookup says
-        // which row holds each key: ours (new) or an earlier one (duplicate).
-        Entity::insert_many(chunk.iter().map(|r| r.4.clone()))
+        // race in the database, not in our code, and exactly one row wins. RETURNING says which
+        // of our rows went in; only the others (duplicates) need a lookup.
+        let inserted: HashSet<Uuid> = match Entity::insert_many(chunk.iter().map(|r| r.4.clone()))
             .on_conflict_do_nothing_on([Column::Source, Column::DedupKey])
-            .exec_without_returning(conn)
-            .await?;
-        let mut sources: Vec<&str> = chunk.iter().map(|r| r.2.as_str()).collect();
-        sources.sort_unstable();
-        sources.dedup();
-        let stored: std::collections::HashMap<(String, String), Uuid> = Entity::find()
-            .select_only()
-            .column(Column::Source)
-            .column(Column::DedupKey)
-            .column(Column::Id)
-            .filter(Column::Source.is_in(sources))
-            .filter(Column::DedupKey.is_in(chunk.iter().map(|r| r.3.clone())))
-            .into_tuple::<(String, String, Uuid)>()
-            .all(conn)
+            .exec_with_returning_keys(conn)
             .await?
-            .into_iter()
-            .map(|(s, k, id)| ((s, k), id))
-            .collect();
+        {
+            TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
+            TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
+        };
+        let missing: Vec<&(usize, Uuid, String, String, entity::ActiveModel)> =
+            chunk.iter().filter(|r| !inserted.contains(&r.1)).collect();
+        let mut existing: HashMap<(String, String), Uuid> = HashMap::new();
+        if !missing.is_empty() {
+            let mut sources: Vec<&str> = missing.iter().map(|r| r.2.as_str()).collect();
+            sources.sort_unstable();
+            sources.dedup();
+            existing = Entity::find()
+                .select_only()
+                .column(Column::Source)
+                .column(Column::DedupKey)
+                .column(Column::Id)
+                .filter(Column::Source.is_in(sources))
+                .filter(Column::DedupKey.is_in(missing.iter().map(|r| r.3.clone())))
+                .into_tuple::<(String, String, Uuid)>()
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|(s, k, id)| ((s, k), id))
+                .collect();
+        }
         for (i, id, source, key, _) in chunk {
-            answers[*i] = Some(match stored.get(&(source.clone(), key.clone())) {
-                Some(existing) => Ok(Ingested { id: *existing, duplicate: existing != id }),
-                None => Err(Error::InvalidInput(format!("row for key `{key}` vanished after insert"))),
+            answers[*i] = Some(if inserted.contains(id) {
+                Ok(Ingested { id: *id, duplicate: false })
+            } else {
+                match existing.get(&(source.clone(), key.clone())) {
+                    Some(earlier) => Ok(Ingested { id: *earlier, duplicate: true }),
+                    None => Err(Error::InvalidInput(format!("row for key `{key}` vanished after insert"))),
+                }
             });
         }
     }
-    Ok(answers.into_iter().map(|a| a.unwrap_or_else(|| Err(Error::InvalidInput("not ingested".into())))).collect())
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(Error::InvalidInput("not ingested".into()))))
+        .collect())
 }
 
 #[cfg(test)]

@@ -89,8 +89,17 @@ pub async fn run_stage(
     tracing::info!(stage = name, "stage started");
     let mut error_streak: i32 = 0;
     while !cancel.is_cancelled() {
+        let began = std::time::Instant::now();
         let idle = match stage.run_batch().await {
             Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(
+                        stage = name,
+                        rows = n,
+                        micros = began.elapsed().as_micros() as u64,
+                        "batch"
+                    );
+                }
                 error_streak = 0;
                 if n > 0 {
                     downstream.iter().for_each(Wakeup::wake);

@@ -62,9 +62,27 @@ pub async fn claim_due_where<E: LayerTable, C: ConnectionTrait>(
     limit: u64,
     extra: Condition,
 ) -> Result<Vec<E::Model>> {
+    // The statuses are written into the SQL, not bound: only then can PostgreSQL match the
+    // partial claim index (`WHERE status IN (...)`) under a generic plan. They are our own enum
+    // names, never input.
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Claimed rows leave the partial index by non-HOT updates, so its oldest entries are
+        // dead versions until vacuum. An index scan in order marks them dead as it passes (and
+        // stops at the batch size); a bitmap scan, which the planner picks on fresh statistics,
+        // reads every one of them on every claim. SET LOCAL ends with the transaction.
+        //
+        // synchronous_commit off: a stage's commit need not wait for the WAL flush. A crash of
+        // the database can lose only the last few hundred milliseconds of stage transactions,
+        // each whole (never half), and a lost one is simply done again from the layer below:
+        // its rows are still in their old status. Ingest, where a sender was told "stored",
+        // keeps the server's setting.
+        txn.execute_unprepared("SET LOCAL enable_bitmapscan = off; SET LOCAL synchronous_commit = off")
+            .await?;
+    }
+    let in_list = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
     Ok(E::find()
         .filter(extra)
-        .filter(E::STATUS.is_in(statuses.iter().copied()))
+        .filter(Expr::cust(format!("status IN ({in_list})")))
         .filter(E::DIRECTION.eq(direction))
         .filter(E::NEXT_ATTEMPT_AT.lte(now))
         .order_by_asc(E::NEXT_ATTEMPT_AT)

@@ -5,6 +5,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_layer_tables;
 mod m20261121_000002_dispatch_intake_and_ordering;
+mod m20261121_000003_partial_claim_indexes;
+mod m20261121_000004_leaner_lineage_indexes;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -15,6 +17,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_layer_tables::Migration),
             Box::new(m20261121_000002_dispatch_intake_and_ordering::Migration),
+            Box::new(m20261121_000003_partial_claim_indexes::Migration),
+            Box::new(m20261121_000004_leaner_lineage_indexes::Migration),
         ]
     }
 }

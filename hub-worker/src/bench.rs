@@ -1,0 +1,205 @@
+//! `hub-worker bench`: N payment events through all four layers on a real database and a
+//! chosen transport, with receivers acknowledging; prints throughput (first ingest to last
+//! Acknowledged) and latency percentiles (ingest -> queued, ingest -> acknowledged).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Statement,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use layer1_ingest::Status;
+use layer4_dispatch::{Handled, Handler, InboundMessage, Receiver, Route, RouteTable, Transport};
+
+use crate::error::{Error, Result};
+use crate::hub::{Hub, HubSettings, IngestMeta};
+use crate::integrations;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Database URL (PostgreSQL for figures that mean something).
+    pub database_url: String,
+    /// Messages to push through.
+    pub messages: usize,
+    /// Rows per stage batch (and payloads per ingest insert).
+    pub batch_size: u64,
+    /// Receivers acknowledging in parallel.
+    pub receivers: usize,
+    /// Empty the four layer tables first (a scratch database only!).
+    pub fresh: bool,
+}
+
+/// The figures.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Messages acknowledged.
+    pub messages: usize,
+    /// Seconds from the first ingest to the last acknowledgement.
+    pub seconds: f64,
+    /// Messages per second over that span.
+    pub rate: f64,
+    /// Ingest -> queued, p50 and p99, milliseconds.
+    pub queued_ms: (f64, f64),
+    /// Ingest -> acknowledged, p50 and p99, milliseconds.
+    pub acked_ms: (f64, f64),
+}
+
+struct Ack;
+
+#[async_trait]
+impl Handler for Ack {
+    async fn handle(&self, _msg: &InboundMessage) -> Handled {
+        Handled::Accepted
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn event(tag: &str, i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"id":"evt_bench_{tag}_{i}","object":"event","type":"payment.succeeded","created":"2026-11-20T13:05:42Z","livemode":false,"data":{{"payment":{{"id":"pay_{tag}_{i}","amount":"{}.{:02}","currency":"eur","customer":"cus_{}","description":"bench","captured_at":"2026-11-20T14:05:41.873+01:00","metadata":{{"run":"{tag}"}}}}}}}}"#,
+        1000 + i,
+        i % 100,
+        i % 997
+    )
+    .into_bytes()
+}
+
+/// Runs the benchmark on `transport`.
+pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<BenchReport> {
+    let tag = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let destination = format!("bench.{tag}.payments");
+    let mut settings = HubSettings::default();
+    settings.stage.batch_size = cfg.batch_size;
+    settings.stage.poll_interval = Duration::from_millis(200);
+    settings.publish.receipts_queue = format!("bench.{tag}.receipts");
+    let routes = RouteTable::new(vec![Route {
+        message_type: "payment.*".into(),
+        destination: destination.clone(),
+        ordering_key: None,
+    }]);
+    let builder = Hub::builder(cfg.database_url.clone())
+        .settings(settings)
+        .transport(transport.clone())
+        .router(Arc::new(routes));
+    let hub = integrations::register(builder, integrations::payments::SOURCE)
+        .ok_or_else(|| Error::Config("payments integration missing".into()))?
+        .build()
+        .await?;
+    if cfg.fresh {
+        let db = hub.db();
+        for t in ["layer4_dispatch", "layer3_translated", "layer2_normalized", "layer1_raw"] {
+            db.execute_raw(Statement::from_string(db.get_database_backend(), format!("DELETE FROM {t}")))
+                .await?;
+        }
+    }
+    let cancel = CancellationToken::new();
+    for _ in 0..cfg.receivers.max(1) {
+        let r = Receiver::new(transport.clone(), destination.clone(), Arc::new(Ack)).prefetch(500);
+        tokio::spawn(r.run(cancel.clone()));
+    }
+    hub.start();
+    let bodies: Vec<Vec<u8>> = (0..cfg.messages).map(|i| event(&tag, i)).collect();
+
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let ingest = {
+        let hub = hub.clone();
+        let chunk = usize::try_from(cfg.batch_size).unwrap_or(500).max(1);
+        tokio::spawn(async move {
+            for part in bodies.chunks(chunk) {
+                let items: Vec<(&[u8], IngestMeta)> =
+                    part.iter().map(|b| (b.as_slice(), IngestMeta::default())).collect();
+                for a in hub.ingest_batch(integrations::payments::SOURCE, &items).await? {
+                    a?;
+                }
+            }
+            Ok::<(), Error>(())
+        })
+    };
+    use layer4_dispatch::entity as l4;
+    let want = u64::try_from(cfg.messages).unwrap_or(u64::MAX);
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let acked = l4::Entity::find()
+            .filter(l4::Column::Destination.eq(destination.clone()))
+            .filter(l4::Column::Status.eq(Status::Acknowledged))
+            .count(hub.db())
+            .await?;
+        if acked >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Config(format!("benchmark timed out with {acked} of {want} acknowledged")));
+        }
+        // Coarse on purpose: the count costs the database work; the end time comes from the rows.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let wall = started.elapsed();
+    ingest.await.map_err(|e| Error::Config(format!("ingest task: {e}")))??;
+    cancel.cancel();
+    hub.shutdown().await;
+
+    type Times = (Uuid, Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>);
+    let rows: Vec<Times> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::OriginId)
+        .column(l4::Column::QueuedAt)
+        .column(l4::Column::AcknowledgedAt)
+        .filter(l4::Column::Destination.eq(destination.clone()))
+        .into_tuple()
+        .all(hub.db())
+        .await?;
+    use layer1_ingest::entity as l1;
+    let received: HashMap<Uuid, chrono::DateTime<Utc>> = l1::Entity::find()
+        .select_only()
+        .column(l1::Column::Id)
+        .column(l1::Column::CreatedAt)
+        .filter(l1::Column::CreatedAt.gte(started_at))
+        .into_tuple::<(Uuid, chrono::DateTime<Utc>)>()
+        .all(hub.db())
+        .await?
+        .into_iter()
+        .collect();
+    let ms = |a: chrono::DateTime<Utc>, b: chrono::DateTime<Utc>| {
+        (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    };
+    let mut queued = Vec::with_capacity(rows.len());
+    let mut acked = Vec::with_capacity(rows.len());
+    let mut last_ack = started_at;
+    for (origin, q, a) in &rows {
+        if let Some(t0) = received.get(origin) {
+            if let Some(q) = q {
+                queued.push(ms(*t0, *q));
+            }
+            if let Some(a) = a {
+                acked.push(ms(*t0, *a));
+                last_ack = last_ack.max(*a);
+            }
+        }
+    }
+    queued.sort_by(f64::total_cmp);
+    acked.sort_by(f64::total_cmp);
+    let seconds = ((last_ack - started_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        .max(wall.as_secs_f64().min(1e-3));
+    Ok(BenchReport {
+        messages: acked.len(),
+        seconds,
+        rate: acked.len() as f64 / seconds,
+        queued_ms: (percentile(&queued, 50.0), percentile(&queued, 99.0)),
+        acked_ms: (percentile(&acked, 50.0), percentile(&acked, 99.0)),
+    })
+}
