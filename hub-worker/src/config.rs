@@ -67,6 +67,8 @@ pub struct StagesConfig {
     pub base_backoff_ms: u64,
     /// Longest retry delay in milliseconds.
     pub max_backoff_ms: u64,
+    /// Copies of the busiest stages running side by side on PostgreSQL.
+    pub tasks: usize,
 }
 
 impl Default for StagesConfig {
@@ -78,6 +80,7 @@ impl Default for StagesConfig {
             max_attempts: d.max_attempts,
             base_backoff_ms: d.base_backoff.as_millis() as u64,
             max_backoff_ms: d.max_backoff.as_millis() as u64,
+            tasks: HubSettings::default().stage_tasks,
         }
     }
 }
@@ -245,6 +248,7 @@ impl Config {
             },
             max_body_bytes: self.ingest.max_body_bytes,
             migrate: true,
+            stage_tasks: s.tasks,
         }
     }
 

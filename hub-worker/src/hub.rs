@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use layer1_ingest::table::count_by_status;
 use layer1_ingest::{Direction, Ingested, Layer, NewRaw, Stage, StageSettings, Status, Wakeup, run_stage};
-use layer2_normalize::{NormalizeStage, Normalizer, Normalizers};
+use layer2_normalize::{Normalizer, Normalizers};
 use layer3_translate::{TranslateStage, Translator, Translators};
 use layer4_dispatch::{
     IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport,
@@ -20,6 +20,7 @@ use layer4_dispatch::{
 use migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Error, Result};
+use crate::fused::FusedStage;
 use crate::lineage::{Lineage, lineage};
 
 /// How the hub runs. Defaults suit a small deployment; every field is a config key of
@@ -34,6 +35,8 @@ pub struct HubSettings {
     pub max_body_bytes: usize,
     /// Apply pending migrations when the hub is built.
     pub migrate: bool,
+    /// Copies of the ingest-side and publish stages run side by side (PostgreSQL only).
+    pub stage_tasks: usize,
 }
 
 impl Default for HubSettings {
@@ -43,6 +46,7 @@ impl Default for HubSettings {
             publish: PublishSettings::default(),
             max_body_bytes: 1024 * 1024,
             migrate: true,
+            stage_tasks: 2,
         }
     }
 }
@@ -251,21 +255,42 @@ impl Hub {
         }
         let i = &self.inner;
         let s = &i.settings;
-        let stages: Vec<(Arc<dyn Stage>, Wakeup, Vec<Wakeup>)> = vec![
+        // Copies of the busy stages run side by side on PostgreSQL (SKIP LOCKED gives each its
+        // own rows), so one batch's database round trips overlap another's work. SQLite has one
+        // connection: one copy.
+        let copies = if layer1_ingest::db::is_sqlite(&i.db) { 1 } else { s.stage_tasks.max(1) };
+        // (stage, its wake-up, whom it wakes, copies)
+        type Spec = (Arc<dyn Stage>, Wakeup, Vec<Wakeup>, usize);
+        let stages: Vec<Spec> = vec![
             (
-                Arc::new(NormalizeStage::new(i.db.clone(), i.normalizers.clone(), s.stage.clone())),
+                // Layer 1 -> 2 (-> 3 -> 4 when all goes straight through) in one transaction.
+                Arc::new(FusedStage::new(
+                    i.db.clone(),
+                    i.normalizers.clone(),
+                    i.translators.clone(),
+                    i.router.clone(),
+                    s.stage.clone(),
+                )),
                 i.wake.normalize.clone(),
-                vec![i.wake.translate.clone(), i.wake.settled.clone()],
+                vec![
+                    i.wake.translate.clone(),
+                    i.wake.route.clone(),
+                    i.wake.publish.clone(),
+                    i.wake.settled.clone(),
+                ],
+                copies,
             ),
             (
                 Arc::new(TranslateStage::new(i.db.clone(), i.translators.clone(), s.stage.clone())),
                 i.wake.translate.clone(),
                 vec![i.wake.route.clone(), i.wake.settled.clone()],
+                1,
             ),
             (
                 Arc::new(RouteStage::new(i.db.clone(), i.router.clone(), s.stage.clone())),
                 i.wake.route.clone(),
                 vec![i.wake.publish.clone(), i.wake.settled.clone()],
+                1,
             ),
             (
                 Arc::new(PublishStage::new(
@@ -276,16 +301,19 @@ impl Hub {
                 )),
                 i.wake.publish.clone(),
                 vec![i.wake.settled.clone()],
+                copies,
             ),
         ];
-        for (stage, wake, downstream) in stages {
-            tasks.push(tokio::spawn(run_stage(
-                stage,
-                s.stage.clone(),
-                wake,
-                downstream,
-                i.cancel.child_token(),
-            )));
+        for (stage, wake, downstream, n) in stages {
+            for _ in 0..n {
+                tasks.push(tokio::spawn(run_stage(
+                    stage.clone(),
+                    s.stage.clone(),
+                    wake.clone(),
+                    downstream.clone(),
+                    i.cancel.child_token(),
+                )));
+            }
         }
         let receipts = ReceiptConsumer::new(
             i.db.clone(),

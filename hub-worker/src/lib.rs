@@ -18,12 +18,14 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
+mod fused;
 mod hub;
 pub mod integrations;
 pub mod lineage;
 pub mod report;
 
 pub use error::{Error, Result};
+pub use fused::FusedStage;
 pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts};
 pub use layer1_ingest::Ingested;
 pub use lineage::{Lineage, lineage};

@@ -6,7 +6,7 @@ use crate::status::{Direction, Layer, Status};
 use crate::table::LayerTable;
 
 /// One received payload (webhook body, polled page, CDC event...).
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "layer1_raw")]
 pub struct Model {
     /// UUIDv7: time-ordered, so ordering by id is ordering by arrival.
@@ -34,6 +34,7 @@ pub struct Model {
     /// Unique per source.
     pub dedup_key: String,
     /// The bytes exactly as sent.
+    #[serde(serialize_with = "crate::table::bytea_text")]
     pub body: Vec<u8>,
     /// The sender's content type.
     pub content_type: String,

@@ -3,9 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -97,7 +95,7 @@ fn prepare(
     raw: &NewRaw<'_>,
     max_body: usize,
     now: chrono::DateTime<Utc>,
-) -> Result<(Uuid, String, entity::ActiveModel)> {
+) -> Result<(Uuid, String, entity::Model)> {
     check_len("source", raw.source, MAX_SOURCE_LEN)?;
     if let Some(r) = raw.source_ref {
         check_len("source_ref", r, MAX_SOURCE_REF_LEN)?;
@@ -113,24 +111,24 @@ fn prepare(
     let sha = sha256_hex(raw.body);
     let id = Uuid::now_v7();
     let key = dedup_key(raw.source_ref, &sha);
-    let model = entity::ActiveModel {
-        id: Set(id),
-        direction: Set(raw.direction),
-        status: Set(Status::JustIn),
-        attempts: Set(0),
-        last_error: Set(None),
-        next_attempt_at: Set(Some(now)),
-        parent_id: Set(None),
-        origin_id: Set(id),
-        source: Set(raw.source.to_owned()),
-        source_ref: Set(raw.source_ref.map(str::to_owned)),
-        dedup_key: Set(key.clone()),
-        body: Set(raw.body.to_vec()),
-        content_type: Set(raw.content_type.to_owned()),
-        headers: Set(redacted_headers(raw.headers)?),
-        body_sha256: Set(sha),
-        created_at: Set(now),
-        updated_at: Set(now),
+    let model = entity::Model {
+        id,
+        direction: raw.direction,
+        status: Status::JustIn,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: Some(now),
+        parent_id: None,
+        origin_id: id,
+        source: raw.source.to_owned(),
+        source_ref: raw.source_ref.map(str::to_owned),
+        dedup_key: key.clone(),
+        body: raw.body.to_vec(),
+        content_type: raw.content_type.to_owned(),
+        headers: redacted_headers(raw.headers)?,
+        body_sha256: sha,
+        created_at: now,
+        updated_at: now,
     };
     Ok((id, key, model))
 }
@@ -143,6 +141,32 @@ pub async fn ingest<C: ConnectionTrait>(conn: &C, raw: &NewRaw<'_>, max_body: us
         .await?
         .pop()
         .unwrap_or_else(|| Err(Error::InvalidInput("nothing ingested".into())))
+}
+
+/// Inserts the rows whose `(source, dedup_key)` is not taken and returns the ids of those
+/// inserted. PostgreSQL gets the rows as one JSON parameter (see `table::pg_json_insert`).
+async fn insert_new<'a, C: ConnectionTrait>(
+    conn: &C,
+    rows: impl Iterator<Item = &'a entity::Model>,
+) -> Result<HashSet<Uuid>> {
+    const ON_CONFLICT: &str = "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id";
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let rows: Vec<&entity::Model> = rows.collect();
+        let json =
+            serde_json::to_string(&rows).map_err(|e| Error::InvalidInput(format!("row to JSON: {e}")))?;
+        let out = conn.query_all_raw(crate::table::pg_json_insert("layer1_raw", json, ON_CONFLICT)).await?;
+        return out.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Error::from)).collect();
+    }
+    Ok(
+        match Entity::insert_many(rows.cloned().map(entity::ActiveModel::from))
+            .on_conflict_do_nothing_on([Column::Source, Column::DedupKey])
+            .exec_with_returning_keys(conn)
+            .await?
+        {
+            TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
+            TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
+        },
+    )
 }
 
 /// Rows per multi-row INSERT (17 columns: well under both engines' bind-parameter limits).
@@ -158,7 +182,7 @@ pub async fn ingest_many<C: ConnectionTrait>(
 ) -> Result<Vec<Result<Ingested>>> {
     let now = Utc::now();
     let mut answers: Vec<Option<Result<Ingested>>> = Vec::with_capacity(raws.len());
-    let mut rows: Vec<(usize, Uuid, String, String, entity::ActiveModel)> = Vec::new();
+    let mut rows: Vec<(usize, Uuid, String, String, entity::Model)> = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
         match prepare(raw, max_body, now) {
             Ok((id, key, m)) => {
@@ -172,15 +196,8 @@ pub async fn ingest_many<C: ConnectionTrait>(
         // ON CONFLICT DO NOTHING on the unique (source, dedup_key) index: concurrent duplicates
         // race in the database, not in our code, and exactly one row wins. RETURNING says which
         // of our rows went in; only the others (duplicates) need a lookup.
-        let inserted: HashSet<Uuid> = match Entity::insert_many(chunk.iter().map(|r| r.4.clone()))
-            .on_conflict_do_nothing_on([Column::Source, Column::DedupKey])
-            .exec_with_returning_keys(conn)
-            .await?
-        {
-            TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
-            TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
-        };
-        let missing: Vec<&(usize, Uuid, String, String, entity::ActiveModel)> =
+        let inserted = insert_new(conn, chunk.iter().map(|r| &r.4)).await?;
+        let missing: Vec<&(usize, Uuid, String, String, entity::Model)> =
             chunk.iter().filter(|r| !inserted.contains(&r.1)).collect();
         let mut existing: HashMap<(String, String), Uuid> = HashMap::new();
         if !missing.is_empty() {

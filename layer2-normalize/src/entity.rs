@@ -5,7 +5,7 @@ use sea_orm::entity::prelude::*;
 use layer1_ingest::{Direction, Layer, LayerTable, Status};
 
 /// A record parsed and validated against the third party's API signature.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "layer2_normalized")]
 pub struct Model {
     /// UUIDv7.

@@ -9,4 +9,4 @@ pub mod stage;
 
 pub use error::{Error, Result};
 pub use normalizer::{Normalizer, RawInput, Record, parse_json, validate};
-pub use stage::{NormalizeStage, Normalizers};
+pub use stage::{NormalizeStage, Normalizers, normalize, record_row};

@@ -5,20 +5,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
 use layer1_ingest::entity as raw;
-use layer1_ingest::table::{claim_due, record_failure, transition_claimed};
+use layer1_ingest::table::{claim_due, insert_rows, record_failure, transition_claimed};
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition, guarded};
 
 use crate::entity;
 use crate::normalizer::{Normalizer, RawInput, Record};
-
-/// Rows per multi-row INSERT: well under PostgreSQL's 65,535 and SQLite's 32,766 bind
-/// parameters at 16 columns a row.
-const INSERT_CHUNK: usize = 500;
 
 /// The normalizers by source name.
 pub type Normalizers = HashMap<String, Arc<dyn Normalizer>>;
@@ -36,74 +32,77 @@ impl NormalizeStage {
     pub fn new(db: DatabaseConnection, normalizers: Arc<Normalizers>, settings: StageSettings) -> Self {
         Self { db, normalizers, settings }
     }
-
-    async fn normalize(&self, row: &raw::Model) -> Result<Vec<Record>, Failure> {
-        let Some(n) = self.normalizers.get(&row.source) else {
-            return Err(Rejection::field(
-                "/source",
-                "known_source",
-                format!("no normalizer for source `{}`", row.source),
-            )
-            .into());
-        };
-        let input = RawInput {
-            id: row.id,
-            source: &row.source,
-            source_ref: row.source_ref.as_deref(),
-            content_type: &row.content_type,
-            body: &row.body,
-        };
-        let records = guarded(n.normalize(&input)).await?;
-        for (i, r) in records.iter().enumerate() {
-            if r.source_ref
-                .as_ref()
-                .is_some_and(|s| s.is_empty() || s.len() > layer1_ingest::ingest::MAX_SOURCE_REF_LEN)
-            {
-                return Err(Rejection::field(
-                    format!("/records/{i}/source_ref"),
-                    "length",
-                    "record id must be 1 to 512 bytes",
-                )
-                .into());
-            }
-            if r.kind.is_empty() || r.kind.len() > 128 {
-                return Err(Rejection::field(
-                    format!("/records/{i}/kind"),
-                    "length",
-                    "record kind must be 1 to 128 bytes",
-                )
-                .into());
-            }
-        }
-        Ok(records)
-    }
 }
 
-fn layer2_row(
+/// Runs `row`'s source normalizer (a panic inside it is a transient failure) and checks what it
+/// returned. Shared by the normalize stage and the hub's fused fast path.
+pub async fn normalize(normalizers: &Normalizers, row: &raw::Model) -> Result<Vec<Record>, Failure> {
+    let Some(n) = normalizers.get(&row.source) else {
+        return Err(Rejection::field(
+            "/source",
+            "known_source",
+            format!("no normalizer for source `{}`", row.source),
+        )
+        .into());
+    };
+    let input = RawInput {
+        id: row.id,
+        source: &row.source,
+        source_ref: row.source_ref.as_deref(),
+        content_type: &row.content_type,
+        body: &row.body,
+    };
+    let records = guarded(n.normalize(&input)).await?;
+    for (i, r) in records.iter().enumerate() {
+        if r.source_ref
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > layer1_ingest::ingest::MAX_SOURCE_REF_LEN)
+        {
+            return Err(Rejection::field(
+                format!("/records/{i}/source_ref"),
+                "length",
+                "record id must be 1 to 512 bytes",
+            )
+            .into());
+        }
+        if r.kind.is_empty() || r.kind.len() > 128 {
+            return Err(Rejection::field(
+                format!("/records/{i}/kind"),
+                "length",
+                "record kind must be 1 to 128 bytes",
+            )
+            .into());
+        }
+    }
+    Ok(records)
+}
+
+/// The `just_in` layer 2 row for record `index` of `parent`.
+pub fn record_row(
     parent: &raw::Model,
     index: usize,
-    rec: Record,
+    rec: &Record,
     now: chrono::DateTime<Utc>,
-) -> Result<entity::ActiveModel, Failure> {
+) -> Result<entity::Model, Failure> {
     let text = serde_json::to_string(&rec.data)
         .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
-    Ok(entity::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        direction: Set(Direction::Upstream),
-        status: Set(Status::JustIn),
-        attempts: Set(0),
-        last_error: Set(None),
-        next_attempt_at: Set(Some(now)),
-        parent_id: Set(Some(parent.id)),
-        origin_id: Set(parent.origin_id),
-        source: Set(parent.source.clone()),
-        source_ref: Set(rec.source_ref),
-        record_kind: Set(rec.kind),
-        record_index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
-        record: Set(text),
-        schema_version: Set(rec.schema_version),
-        created_at: Set(now),
-        updated_at: Set(now),
+    Ok(entity::Model {
+        id: Uuid::now_v7(),
+        direction: Direction::Upstream,
+        status: Status::JustIn,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: Some(now),
+        parent_id: Some(parent.id),
+        origin_id: parent.origin_id,
+        source: parent.source.clone(),
+        source_ref: rec.source_ref.clone(),
+        record_kind: rec.kind.clone(),
+        record_index: i32::try_from(index).unwrap_or(i32::MAX),
+        record: text,
+        schema_version: rec.schema_version.clone(),
+        created_at: now,
+        updated_at: now,
     })
 }
 
@@ -132,11 +131,11 @@ impl Stage for NormalizeStage {
         let mut new_rows = Vec::new();
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {
-            let built = match self.normalize(row).await {
+            let built = match normalize(&self.normalizers, row).await {
                 Ok(records) => records
-                    .into_iter()
+                    .iter()
                     .enumerate()
-                    .map(|(i, rec)| layer2_row(row, i, rec, now))
+                    .map(|(i, rec)| record_row(row, i, rec, now))
                     .collect::<Result<Vec<_>, _>>(),
                 Err(f) => Err(f),
             };
@@ -151,13 +150,12 @@ impl Stage for NormalizeStage {
                 }
             }
         }
-        for chunk in new_rows.chunks(INSERT_CHUNK) {
-            entity::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
-        }
+        let written = new_rows.len();
+        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
         transition_claimed::<raw::Entity, _>(&txn, &forwarded, &Transition::to(Status::Forwarded), now)
             .await?;
         txn.commit().await?;
-        tracing::debug!(claimed = rows.len(), records = new_rows.len(), "normalized");
+        tracing::debug!(claimed = rows.len(), records = written, "normalized");
         Ok(rows.len())
     }
 }

@@ -5,7 +5,7 @@ use sea_orm::entity::prelude::*;
 use layer1_ingest::{Direction, Layer, LayerTable, Status};
 
 /// A core message with the mapping that produced it and its fidelity report.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "layer3_translated")]
 pub struct Model {
     /// UUIDv7.

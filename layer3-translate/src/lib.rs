@@ -6,5 +6,5 @@ pub mod entity;
 pub mod stage;
 pub mod translator;
 
-pub use stage::{TranslateStage, Translators};
+pub use stage::{TranslateStage, Translators, translate};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

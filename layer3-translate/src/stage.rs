@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use layer1_ingest::table::{claim_due, record_failure, transition_claimed};
+use layer1_ingest::table::{claim_due, insert_rows, record_failure, transition_claimed};
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition, guarded};
 use layer2_normalize::entity as normalized;
 
@@ -32,56 +32,72 @@ impl TranslateStage {
     pub fn new(db: DatabaseConnection, translators: Arc<Translators>, settings: StageSettings) -> Self {
         Self { db, translators, settings }
     }
+}
 
-    async fn translate(&self, row: &normalized::Model) -> Result<entity::ActiveModel, Failure> {
-        let key = (row.source.clone(), row.record_kind.clone());
-        let Some(t) = self.translators.get(&key) else {
-            return Err(Rejection::field(
-                "/record_kind",
-                "known_kind",
-                format!("no translator for source `{}` record kind `{}`", row.source, row.record_kind),
-            )
-            .into());
-        };
-        let data: serde_json::Value = serde_json::from_str(&row.record).map_err(|e| {
-            Failure::Rejected(Rejection::whole("json", format!("stored record is not JSON: {e}")))
-        })?;
-        let input = RecordInput {
-            id: row.id,
-            origin_id: row.origin_id,
-            source: &row.source,
-            source_ref: row.source_ref.as_deref(),
-            kind: &row.record_kind,
-            schema_version: row.schema_version.as_deref(),
-            data: &data,
-        };
-        let tr: Translation = guarded(t.translate(&input)).await?;
-        let body = serde_json::to_string(&tr.message.body)
-            .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
-        let fidelity = serde_json::to_string(&tr.fidelity)
-            .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
-        let now = Utc::now();
-        Ok(entity::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            direction: Set(Direction::Upstream),
-            status: Set(Status::JustIn),
-            attempts: Set(0),
-            last_error: Set(None),
-            next_attempt_at: Set(Some(now)),
-            parent_id: Set(Some(row.id)),
-            origin_id: Set(row.origin_id),
-            source: Set(row.source.clone()),
-            source_ref: Set(row.source_ref.clone()),
-            message_type: Set(tr.message.message_type),
-            type_version: Set(tr.message.type_version),
-            body: Set(body),
-            mapping_name: Set(tr.mapping_name),
-            mapping_version: Set(tr.mapping_version),
-            fidelity: Set(fidelity),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-    }
+/// Translates the layer 2 `row` whose record is `data` (its parsed `record`) and builds the
+/// `just_in` layer 3 row, with the core message's parsed body. Shared by the translate stage
+/// and the hub's fused fast path.
+pub async fn translate(
+    translators: &Translators,
+    row: &normalized::Model,
+    data: &serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> Result<(entity::Model, serde_json::Value), Failure> {
+    let key = (row.source.clone(), row.record_kind.clone());
+    let Some(t) = translators.get(&key) else {
+        return Err(Rejection::field(
+            "/record_kind",
+            "known_kind",
+            format!("no translator for source `{}` record kind `{}`", row.source, row.record_kind),
+        )
+        .into());
+    };
+    let input = RecordInput {
+        id: row.id,
+        origin_id: row.origin_id,
+        source: &row.source,
+        source_ref: row.source_ref.as_deref(),
+        kind: &row.record_kind,
+        schema_version: row.schema_version.as_deref(),
+        data,
+    };
+    let tr: Translation = guarded(t.translate(&input)).await?;
+    let body = serde_json::to_string(&tr.message.body)
+        .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
+    let fidelity = serde_json::to_string(&tr.fidelity)
+        .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
+    let model = entity::Model {
+        id: Uuid::now_v7(),
+        direction: Direction::Upstream,
+        status: Status::JustIn,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: Some(now),
+        parent_id: Some(row.id),
+        origin_id: row.origin_id,
+        source: row.source.clone(),
+        source_ref: row.source_ref.clone(),
+        message_type: tr.message.message_type,
+        type_version: tr.message.type_version,
+        body,
+        mapping_name: tr.mapping_name,
+        mapping_version: tr.mapping_version,
+        fidelity,
+        created_at: now,
+        updated_at: now,
+    };
+    Ok((model, tr.message.body))
+}
+
+async fn translate_stored(
+    translators: &Translators,
+    row: &normalized::Model,
+    now: chrono::DateTime<Utc>,
+) -> Result<entity::Model, Failure> {
+    let data: serde_json::Value = serde_json::from_str(&row.record).map_err(|e| {
+        Failure::Rejected(Rejection::whole("json", format!("stored record is not JSON: {e}")))
+    })?;
+    Ok(translate(translators, row, &data, now).await?.0)
 }
 
 #[async_trait]
@@ -109,7 +125,7 @@ impl Stage for TranslateStage {
         let mut new_rows = Vec::with_capacity(rows.len());
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {
-            match self.translate(row).await {
+            match translate_stored(&self.translators, row, now).await {
                 Ok(r) => {
                     new_rows.push(r);
                     forwarded.push(row.id);
@@ -127,9 +143,7 @@ impl Stage for TranslateStage {
                 }
             }
         }
-        for chunk in new_rows.chunks(500) {
-            entity::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
-        }
+        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
         transition_claimed::<normalized::Entity, _>(
             &txn,
             &forwarded,

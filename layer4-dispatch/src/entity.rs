@@ -6,7 +6,7 @@ use sea_orm::entity::prelude::*;
 use layer1_ingest::{Direction, Layer, LayerTable, Status};
 
 /// A core message addressed to one destination queue.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "layer4_dispatch")]
 pub struct Model {
     /// UUIDv7; sent as `hub-message-id`.

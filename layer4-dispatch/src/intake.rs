@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -98,10 +99,12 @@ pub async fn store_inbound(
     }
     let now = Utc::now();
     let rows: Vec<_> = msgs.iter().map(|(h, b)| row(h, b, now)).collect();
-    let res = Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([Column::IntakeKey])
-        .exec_without_returning(db)
-        .await?;
+    // The unique index on intake_key is partial (downstream rows only): the conflict target
+    // names its predicate so that both engines match it.
+    let mut on_conflict = OnConflict::column(Column::IntakeKey);
+    on_conflict.target_and_where(Expr::col(Column::IntakeKey).is_not_null()).do_nothing();
+    let res =
+        Entity::insert_many(rows).on_conflict(on_conflict).try_insert().exec_without_returning(db).await?;
     let stored = match res {
         sea_orm::TryInsertResult::Inserted(n) => usize::try_from(n).unwrap_or(0),
         _ => 0,
@@ -154,8 +157,8 @@ impl IntakeConsumer {
         match store_inbound(&self.db, &msgs).await {
             Ok(out) => {
                 tracing::debug!(?out, "inbound stored");
-                for d in batch {
-                    let _ = d.ack().await;
+                if let Err(e) = crate::transport::ack_all(batch).await {
+                    tracing::warn!(error = %e, "could not ack inbound messages; they will come again and be dropped as duplicates");
                 }
             }
             Err(e) => {

@@ -18,7 +18,7 @@ pub use publish::{PublishSettings, PublishStage};
 pub use receipts::{ReceiptConsumer, ReceiptOutcome, apply_receipts};
 pub use receiver::{Handled, Handler, InboundMessage, Receiver, ReceiverStats};
 pub use route::{Route, RouteTable, Router, Target};
-pub use route_stage::RouteStage;
+pub use route_stage::{RouteStage, dispatch_rows};
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
 pub use transport::{RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};

@@ -66,6 +66,61 @@ const EARLIER_OF_KEY_UNCONFIRMED: &str = "EXISTS (SELECT 1 FROM layer4_dispatch 
      AND (prior.origin_id < layer4_dispatch.origin_id \
           OR (prior.origin_id = layer4_dispatch.origin_id AND prior.id < layer4_dispatch.id)))";
 
+/// Per source, the oldest origin (layer 1 id) of a message still open below layer 4: not yet
+/// rejected, dead or forwarded in layers 1 to 3. Messages are in exactly one layer at a time
+/// and each move is one transaction, so one statement sees every open message once.
+///
+/// Per-key ordering needs it because layer 4 rows are not created in layer 1 order: batches of
+/// the ingest-side stage run side by side, and a record that failed transiently is retried
+/// later. A message cannot be overtaken by one it has not met yet.
+async fn open_fronts(txn: &sea_orm::DatabaseTransaction) -> layer1_ingest::Result<Vec<(String, uuid::Uuid)>> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let backend = txn.get_database_backend();
+    // PostgreSQL before 16 has no min(uuid); the text form sorts like the bytes.
+    let first = if backend == DbBackend::Postgres { "min(origin::text)" } else { "min(origin)" };
+    let sql = format!(
+        "SELECT source, {first} AS first_open FROM ( \
+         SELECT source, id AS origin FROM layer1_raw WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
+         UNION ALL SELECT source, origin_id FROM layer2_normalized WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
+         UNION ALL SELECT source, origin_id FROM layer3_translated WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
+         ) open_messages GROUP BY source"
+    );
+    let rows = txn.query_all_raw(Statement::from_string(backend, sql)).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let source: String = r.try_get("", "source")?;
+        let first_open = if backend == DbBackend::Postgres {
+            let text: String = r.try_get("", "first_open")?;
+            text.parse()
+                .map_err(|e| layer1_ingest::Error::InvalidInput(format!("origin id `{text}`: {e}")))?
+        } else {
+            r.try_get::<uuid::Uuid>("", "first_open")?
+        };
+        out.push((source, first_open));
+    }
+    Ok(out)
+}
+
+/// Whether any row with an ordering key is waiting to be published (the partial ordering
+/// index answers it); only then is [`open_fronts`] worth its query.
+async fn ordered_rows_due(
+    txn: &sea_orm::DatabaseTransaction,
+    now: chrono::DateTime<Utc>,
+) -> layer1_ingest::Result<bool> {
+    use sea_orm::{PaginatorTrait, QuerySelect};
+    let n = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::OrderingKey.is_not_null())
+        .filter(Column::Direction.eq(Direction::Upstream))
+        .filter(Column::Status.is_in([Status::JustIn, Status::Failed, Status::Queued]))
+        .filter(Column::NextAttemptAt.lte(now))
+        .limit(1)
+        .count(txn)
+        .await?;
+    Ok(n > 0)
+}
+
 /// How long rows wait after the broker could not be reached before they are tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
@@ -117,9 +172,19 @@ impl Stage for PublishStage {
         let now = Utc::now();
         let max = self.settings.max_attempts;
         let txn = self.db.begin().await?;
-        let in_order = Condition::any()
-            .add(Column::OrderingKey.is_null())
-            .add(Condition::all().not().add(Expr::cust(EARLIER_OF_KEY_UNCONFIRMED)));
+        let mut settled_before = Condition::all();
+        let fronts = if ordered_rows_due(&txn, now).await? { open_fronts(&txn).await? } else { Vec::new() };
+        for (source, first_open) in fronts {
+            // Ordered rows of `source` that entered layer 1 after its oldest still-open message
+            // wait: that message may yet become an earlier one of their key.
+            settled_before = settled_before
+                .add(Condition::any().add(Column::Source.ne(source)).add(Column::OriginId.lt(first_open)));
+        }
+        let in_order = Condition::any().add(Column::OrderingKey.is_null()).add(
+            Condition::all()
+                .add(Condition::all().not().add(Expr::cust(EARLIER_OF_KEY_UNCONFIRMED)))
+                .add(settled_before),
+        );
         let rows = claim_due_where::<Entity, _>(
             &txn,
             Direction::Upstream,

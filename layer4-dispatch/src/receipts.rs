@@ -158,10 +158,8 @@ impl ReceiptConsumer {
         match apply_receipts(&self.db, &receipts).await {
             Ok(out) => {
                 tracing::debug!(?out, "receipts applied");
-                for d in batch {
-                    if let Err(e) = d.ack().await {
-                        tracing::warn!(error = %e, "could not ack a receipt; it will be redelivered and dropped as a repeat");
-                    }
+                if let Err(e) = crate::transport::ack_all(batch).await {
+                    tracing::warn!(error = %e, "could not ack receipts; they will be redelivered and dropped as repeats");
                 }
                 self.settled.wake();
             }

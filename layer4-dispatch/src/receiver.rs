@@ -82,10 +82,11 @@ impl RecentIds {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Outcome {
-    Accepted,
-    Rejected,
-    Duplicate,
+    Accepted = 0,
+    Rejected = 1,
+    Duplicate = 2,
 }
 
 fn receipt_message(
@@ -233,26 +234,28 @@ impl Receiver {
         let receipts: Vec<OutgoingMessage> = to_settle.iter().map(|(_, m, _)| m.clone()).collect();
         let sent = self.transport.publish(&receipts).await;
         let mut sent = sent.into_iter();
+        let mut acked = Vec::with_capacity(to_settle.len());
+        let mut counts = [0u64; 3];
         for (d, m, outcome) in to_settle {
             match sent.next().unwrap_or(Err(TransportError::Closed)) {
                 Ok(()) => {
-                    if let Err(e) = d.ack().await {
-                        tracing::warn!(receipt = %m.dedup_id, error = %e, "ack failed after the receipt was sent");
-                    }
-                    let counter = match outcome {
-                        Outcome::Accepted => &self.stats.accepted,
-                        Outcome::Rejected => &self.stats.rejected,
-                        Outcome::Duplicate => &self.stats.duplicates,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    acked.push(d);
+                    counts[outcome as usize] += 1;
                 }
                 Err(e) => {
-                    // It comes again and is answered from `seen`, with a receipt.
+                    // It comes again and is answered from `seen`, with a receipt. Given back
+                    // before the acks below, so a cumulative ack does not cover it.
                     tracing::warn!(receipt = %m.dedup_id, error = %e, "receipt not sent; message handed back");
                     let _ = d.nack(true).await;
                 }
             }
         }
+        if let Err(e) = crate::transport::ack_all(acked).await {
+            tracing::warn!(queue = %self.queue, error = %e, "ack failed after the receipts were sent");
+        }
+        self.stats.accepted.fetch_add(counts[Outcome::Accepted as usize], Ordering::Relaxed);
+        self.stats.rejected.fetch_add(counts[Outcome::Rejected as usize], Ordering::Relaxed);
+        self.stats.duplicates.fetch_add(counts[Outcome::Duplicate as usize], Ordering::Relaxed);
     }
 
     async fn discard(&self, d: Delivery, why: &str) {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use layer1_ingest::table::{claim_due, record_failure, transition_claimed};
+use layer1_ingest::table::{claim_due, insert_rows, record_failure, transition_claimed};
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition};
 use layer3_translate::entity as translated;
 
@@ -28,42 +28,53 @@ impl RouteStage {
     pub fn new(db: DatabaseConnection, router: Arc<dyn Router>, settings: StageSettings) -> Self {
         Self { db, router, settings }
     }
+}
 
-    fn route(
-        &self,
-        row: &translated::Model,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Vec<entity::ActiveModel>, Failure> {
-        let body: serde_json::Value = serde_json::from_str(&row.body).map_err(|e| {
-            Failure::Rejected(Rejection::whole("json", format!("stored core message is not JSON: {e}")))
-        })?;
-        let targets = self.router.route(&row.message_type, &body)?;
-        Ok(targets
-            .into_iter()
-            .map(|t| entity::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                direction: Set(Direction::Upstream),
-                status: Set(Status::JustIn),
-                attempts: Set(0),
-                last_error: Set(None),
-                next_attempt_at: Set(Some(now)),
-                parent_id: Set(Some(row.id)),
-                origin_id: Set(row.origin_id),
-                source: Set(row.source.clone()),
-                source_ref: Set(row.source_ref.clone()),
-                destination: Set(t.destination),
-                message_type: Set(row.message_type.clone()),
-                type_version: Set(row.type_version.clone()),
-                body: Set(row.body.clone()),
-                ordering_key: Set(t.ordering_key),
-                queued_at: Set(None),
-                acknowledged_at: Set(None),
-                intake_key: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-            })
-            .collect())
-    }
+/// The `just_in` layer 4 rows (one per destination) of the layer 3 `row` whose core message is
+/// `body` (its parsed `body`). Shared by the route stage and the hub's fused fast path.
+pub fn dispatch_rows(
+    router: &dyn Router,
+    row: &translated::Model,
+    body: &serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<entity::Model>, Failure> {
+    let targets = router.route(&row.message_type, body)?;
+    Ok(targets
+        .into_iter()
+        .map(|t| entity::Model {
+            id: Uuid::now_v7(),
+            direction: Direction::Upstream,
+            status: Status::JustIn,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: Some(now),
+            parent_id: Some(row.id),
+            origin_id: row.origin_id,
+            source: row.source.clone(),
+            source_ref: row.source_ref.clone(),
+            destination: t.destination,
+            message_type: row.message_type.clone(),
+            type_version: row.type_version.clone(),
+            body: row.body.clone(),
+            ordering_key: t.ordering_key,
+            queued_at: None,
+            acknowledged_at: None,
+            intake_key: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect())
+}
+
+fn route_stored(
+    router: &dyn Router,
+    row: &translated::Model,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<entity::Model>, Failure> {
+    let body: serde_json::Value = serde_json::from_str(&row.body).map_err(|e| {
+        Failure::Rejected(Rejection::whole("json", format!("stored core message is not JSON: {e}")))
+    })?;
+    dispatch_rows(router, row, &body, now)
 }
 
 #[async_trait]
@@ -91,7 +102,7 @@ impl Stage for RouteStage {
         let mut new_rows = Vec::with_capacity(rows.len());
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {
-            match self.route(row, now) {
+            match route_stored(self.router.as_ref(), row, now) {
                 Ok(mut r) => {
                     new_rows.append(&mut r);
                     forwarded.push(row.id);
@@ -109,9 +120,7 @@ impl Stage for RouteStage {
                 }
             }
         }
-        for chunk in new_rows.chunks(500) {
-            entity::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
-        }
+        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
         transition_claimed::<translated::Entity, _>(
             &txn,
             &forwarded,

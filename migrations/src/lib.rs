@@ -7,6 +7,7 @@ mod m20261121_000001_layer_tables;
 mod m20261121_000002_dispatch_intake_and_ordering;
 mod m20261121_000003_partial_claim_indexes;
 mod m20261121_000004_leaner_lineage_indexes;
+mod m20261121_000005_partial_dispatch_indexes;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_dispatch_intake_and_ordering::Migration),
             Box::new(m20261121_000003_partial_claim_indexes::Migration),
             Box::new(m20261121_000004_leaner_lineage_indexes::Migration),
+            Box::new(m20261121_000005_partial_dispatch_indexes::Migration),
         ]
     }
 }

@@ -76,6 +76,61 @@ pub trait Acker: Send {
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
     /// Not done: back to the queue (`requeue`) or discarded / dead-lettered.
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), TransportError>;
+
+    /// For brokers where one ack can settle every earlier delivery of the same channel
+    /// (AMQP `multiple`): an identity of that channel. `None`: every delivery is acked alone.
+    fn cumulative_scope(&self) -> Option<u64> {
+        None
+    }
+
+    /// Acks this delivery and every earlier unsettled one of its channel.
+    async fn ack_cumulative(self: Box<Self>) -> Result<(), TransportError> {
+        self.ack().await
+    }
+
+    /// Settled by a later cumulative ack: forget it without touching the broker.
+    fn settled_by_later_ack(self: Box<Self>) {}
+}
+
+/// Acks `deliveries`, which must be in delivery order and include every still-unsettled
+/// delivery before the last of each channel (true of a consumer that settles one batch
+/// before taking the next). Where the broker allows it, each run of one channel costs a
+/// single cumulative ack instead of one per delivery.
+pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), TransportError> {
+    let mut first_err = None;
+    let mut pending: Vec<Box<dyn Acker>> = Vec::new();
+    for d in deliveries {
+        let a = d.acker;
+        let same_run = match (pending.last().and_then(|p| p.cumulative_scope()), a.cumulative_scope()) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        };
+        if !same_run && let Err(e) = flush(&mut pending).await {
+            first_err.get_or_insert(e);
+        }
+        pending.push(a);
+    }
+    if let Err(e) = flush(&mut pending).await {
+        first_err.get_or_insert(e);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn flush(run: &mut Vec<Box<dyn Acker>>) -> Result<(), TransportError> {
+    let Some(last) = run.pop() else { return Ok(()) };
+    if last.cumulative_scope().is_some() {
+        for earlier in run.drain(..) {
+            earlier.settled_by_later_ack();
+        }
+        return last.ack_cumulative().await;
+    }
+    let mut result = Ok(());
+    for a in run.drain(..).chain(std::iter::once(last)) {
+        if let Err(e) = a.ack().await {
+            result = Err(e);
+        }
+    }
+    result
 }
 
 /// A received message. Settle it with [`Delivery::ack`] or [`Delivery::nack`]; one dropped

@@ -288,7 +288,7 @@ impl Subscription for RabbitMqSubscription {
         match self.consumer.next().await {
             Some(Ok(d)) => {
                 let headers = from_table(d.properties.headers().as_ref());
-                let acker = RabbitMqAcker { acker: Some(d.acker) };
+                let acker = RabbitMqAcker { acker: Some(d.acker), channel: u64::from(self._channel.id()) };
                 Ok(Delivery::new(headers, d.data, d.redelivered, Box::new(acker)))
             }
             Some(Err(e)) => Err(conn_err(e)),
@@ -299,6 +299,7 @@ impl Subscription for RabbitMqSubscription {
 
 struct RabbitMqAcker {
     acker: Option<lapin::Acker>,
+    channel: u64,
 }
 
 #[async_trait]
@@ -319,6 +320,23 @@ impl Acker for RabbitMqAcker {
                 .map_err(conn_err),
             None => Ok(()),
         }
+    }
+
+    fn cumulative_scope(&self) -> Option<u64> {
+        Some(self.channel)
+    }
+
+    /// basic.ack with `multiple` (AMQP 0-9-1 §1.8.3.13): this delivery and every earlier
+    /// unacked one on the channel, in one frame.
+    async fn ack_cumulative(mut self: Box<Self>) -> Result<(), TransportError> {
+        match self.acker.take() {
+            Some(a) => a.ack(BasicAckOptions { multiple: true }).await.map(|_| ()).map_err(conn_err),
+            None => Ok(()),
+        }
+    }
+
+    fn settled_by_later_ack(mut self: Box<Self>) {
+        self.acker = None;
     }
 }
 

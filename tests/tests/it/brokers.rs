@@ -483,3 +483,74 @@ async fn downstream_intake_over_rabbitmq_on_postgres() {
 async fn downstream_intake_over_sqs_on_sqlite() {
     downstream_intake(Backend::Sqlite, sqs().await).await;
 }
+
+/// Fails the first two translations of one event: its record waits in layer 2 for a retry
+/// (a second of backoff) while later events of the same customer are translated and routed.
+struct FailsTwiceFor {
+    event: String,
+    failures: AtomicUsize,
+}
+
+#[async_trait]
+impl layer3_translate::Translator for FailsTwiceFor {
+    fn source(&self) -> &str {
+        "payments"
+    }
+    fn record_kind(&self) -> &str {
+        "payment_event"
+    }
+    async fn translate(
+        &self,
+        record: &layer3_translate::RecordInput<'_>,
+    ) -> Result<layer3_translate::Translation, layer1_ingest::Failure> {
+        if record.source_ref == Some(self.event.as_str()) && self.failures.fetch_add(1, Ordering::SeqCst) < 2
+        {
+            return Err(layer1_ingest::Failure::Transient("pricing service briefly down".into()));
+        }
+        hub_worker::integrations::payments::PaymentTranslator.translate(record).await
+    }
+}
+
+/// A message retried in layer 3 is not overtaken by later messages of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_order_holds_when_an_earlier_message_is_retried_upstream() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let transport: Arc<dyn Transport> = Arc::new(layer4_dispatch::InProcessTransport::default());
+    let mut settings = crate::util::test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.stage.base_backoff = Duration::from_secs(1);
+    let hub = broker_builder(&tdb.url, transport.clone(), &q)
+        .settings(settings)
+        .translator(Arc::new(FailsTwiceFor { event: "evt_up_003".into(), failures: AtomicUsize::new(0) }))
+        .build()
+        .await
+        .expect("hub");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn(Receiver::new(transport.clone(), q.payments.clone(), core.clone()).run(cancel.clone()));
+    let items: Vec<Vec<u8>> =
+        (0..12).map(|i| payment(&format!("evt_up_{i:03}"), "1.00", "cus_same")).collect();
+    let batch: Vec<(&[u8], IngestMeta)> =
+        items.iter().map(|b| (b.as_slice(), IngestMeta::default())).collect();
+    for r in hub.ingest_batch("payments", &batch).await.expect("ingest") {
+        r.expect("stored");
+    }
+    settle(&hub, 60).await;
+    all_l4_acknowledged(&hub).await;
+    let l4_rows = l4::Entity::find().all(hub.db()).await.expect("l4");
+    let created =
+        |evt: &str| l4_rows.iter().find(|r| r.source_ref.as_deref() == Some(evt)).map(|r| r.created_at);
+    assert!(
+        created("evt_up_003") > created("evt_up_004"),
+        "the retried message reached layer 4 after its successor (else this test proves nothing)"
+    );
+    let got: Vec<String> =
+        core.got.lock().expect("lock").iter().filter_map(|m| m.headers.source_ref.clone()).collect();
+    let want: Vec<String> = (0..12).map(|i| format!("evt_up_{i:03}")).collect();
+    assert_eq!(got, want, "in layer 1 order despite the retry");
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
