@@ -33,6 +33,7 @@ pub struct FusedStage {
     translators: Arc<Translators>,
     router: Arc<dyn Router>,
     settings: StageSettings,
+    handoff: Option<(tokio::sync::mpsc::Sender<Vec<l4::Model>>, chrono::Duration)>,
 }
 
 impl FusedStage {
@@ -44,7 +45,18 @@ impl FusedStage {
         router: Arc<dyn Router>,
         settings: StageSettings,
     ) -> Self {
-        Self { db, normalizers, translators, router, settings }
+        Self { db, normalizers, translators, router, settings, handoff: None }
+    }
+
+    /// Hands layer 4 rows without an ordering key straight to the publisher, written already
+    /// leased for `lease` (see `layer4_dispatch::publish::handoff`).
+    pub fn with_handoff(
+        mut self,
+        tx: tokio::sync::mpsc::Sender<Vec<l4::Model>>,
+        lease: std::time::Duration,
+    ) -> Self {
+        self.handoff = Some((tx, chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)));
+        self
     }
 }
 
@@ -123,12 +135,31 @@ impl Stage for FusedStage {
                 }
             }
         }
+        // Rows without an ordering key go straight to the publisher if it has room: written
+        // leased, so nobody else publishes them unless the handoff is lost and the lease ends.
+        let permit = match &self.handoff {
+            Some((tx, lease)) if rows4.iter().any(|r| r.ordering_key.is_none()) => {
+                tx.try_reserve().ok().map(|p| (p, *lease))
+            }
+            _ => None,
+        };
+        let mut direct = Vec::new();
+        if let Some((_, lease)) = &permit {
+            for r in rows4.iter_mut().filter(|r| r.ordering_key.is_none()) {
+                r.attempts = 1;
+                r.next_attempt_at = Some(now + *lease);
+                direct.push(r.clone());
+            }
+        }
         insert_rows::<l2::Entity, _>(&txn, rows2).await?;
         insert_rows::<l3::Entity, _>(&txn, rows3).await?;
         insert_rows::<l4::Entity, _>(&txn, rows4).await?;
         transition_claimed::<raw::Entity, _>(&txn, &forwarded, &Transition::to(Status::Forwarded), now)
             .await?;
         txn.commit().await?;
+        if let Some((p, _)) = permit {
+            p.send(direct);
+        }
         Ok(rows.len())
     }
 }

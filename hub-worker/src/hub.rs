@@ -261,16 +261,21 @@ impl Hub {
         let copies = if layer1_ingest::db::is_sqlite(&i.db) { 1 } else { s.stage_tasks.max(1) };
         // (stage, its wake-up, whom it wakes, copies)
         type Spec = (Arc<dyn Stage>, Wakeup, Vec<Wakeup>, usize);
+        let (handoff_tx, handoff_rx) = layer4_dispatch::publish::handoff(4 * copies);
+        let handoff_rx = Arc::new(Mutex::new(handoff_rx));
         let stages: Vec<Spec> = vec![
             (
                 // Layer 1 -> 2 (-> 3 -> 4 when all goes straight through) in one transaction.
-                Arc::new(FusedStage::new(
-                    i.db.clone(),
-                    i.normalizers.clone(),
-                    i.translators.clone(),
-                    i.router.clone(),
-                    s.stage.clone(),
-                )),
+                Arc::new(
+                    FusedStage::new(
+                        i.db.clone(),
+                        i.normalizers.clone(),
+                        i.translators.clone(),
+                        i.router.clone(),
+                        s.stage.clone(),
+                    )
+                    .with_handoff(handoff_tx, s.publish.lease),
+                ),
                 i.wake.normalize.clone(),
                 vec![
                     i.wake.translate.clone(),
@@ -293,12 +298,10 @@ impl Hub {
                 1,
             ),
             (
-                Arc::new(PublishStage::new(
-                    i.db.clone(),
-                    i.transport.clone(),
-                    s.stage.clone(),
-                    s.publish.clone(),
-                )),
+                Arc::new(
+                    PublishStage::new(i.db.clone(), i.transport.clone(), s.stage.clone(), s.publish.clone())
+                        .with_handoff(handoff_rx),
+                ),
                 i.wake.publish.clone(),
                 vec![i.wake.settled.clone()],
                 copies,

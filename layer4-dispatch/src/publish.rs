@@ -47,12 +47,24 @@ impl Default for PublishSettings {
 }
 
 /// Publishes due layer 4 rows (new, failed and due for retry, or queued past their ack
-/// deadline).
+/// deadline), and rows handed over directly by the stage that wrote them.
 pub struct PublishStage {
     db: DatabaseConnection,
     transport: Arc<dyn Transport>,
     settings: StageSettings,
     publish: PublishSettings,
+    handoff: Option<Arc<std::sync::Mutex<Handoff>>>,
+}
+
+/// The receiving end of a direct handoff (see [`handoff`]).
+pub type Handoff = tokio::sync::mpsc::Receiver<Vec<entity::Model>>;
+
+/// A channel for rows written already leased (`attempts` 1, `next_attempt_at` = the lease's
+/// end) by a stage in the same process: the publisher takes them without a claim query and a
+/// lease update. If they are never taken (the process dies), the lease ends and the ordinary
+/// claim publishes them. `capacity` is in batches.
+pub fn handoff(capacity: usize) -> (tokio::sync::mpsc::Sender<Vec<entity::Model>>, Handoff) {
+    tokio::sync::mpsc::channel(capacity.max(1))
 }
 
 /// Per-key ordering: a row with an ordering key waits while an earlier row (by layer 1 arrival,
@@ -136,7 +148,19 @@ impl PublishStage {
         settings: StageSettings,
         publish: PublishSettings,
     ) -> Self {
-        Self { db, transport, settings, publish }
+        Self { db, transport, settings, publish, handoff: None }
+    }
+
+    /// Also takes rows handed over directly (shared by every copy of the stage).
+    pub fn with_handoff(mut self, rx: Arc<std::sync::Mutex<Handoff>>) -> Self {
+        self.handoff = Some(rx);
+        self
+    }
+
+    fn handed_off(&self) -> Option<Vec<entity::Model>> {
+        let rx = self.handoff.as_ref()?;
+        let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+        rx.try_recv().ok()
     }
 
     fn outgoing(&self, row: &entity::Model) -> OutgoingMessage {
@@ -169,6 +193,11 @@ impl Stage for PublishStage {
 
     #[instrument(skip_all, name = "publish_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
+        if let Some(rows) = self.handed_off() {
+            let n = rows.len();
+            self.publish_leased(&rows).await?;
+            return Ok(n);
+        }
         let now = Utc::now();
         let max = self.settings.max_attempts;
         let txn = self.db.begin().await?;
@@ -222,10 +251,22 @@ impl Stage for PublishStage {
                 .await?;
         }
         txn.commit().await?;
-        if live.is_empty() {
-            return Ok(rows.len());
-        }
+        // In memory now as in the table: this publish is counted.
+        let live: Vec<entity::Model> =
+            live.into_iter().map(|r| entity::Model { attempts: r.attempts + 1, ..r.clone() }).collect();
+        self.publish_leased(&live).await?;
+        Ok(rows.len())
+    }
+}
 
+impl PublishStage {
+    /// Publishes rows this worker holds a lease on (their `attempts` already count this
+    /// publish) and records the outcomes in one transaction.
+    async fn publish_leased(&self, live: &[entity::Model]) -> layer1_ingest::Result<()> {
+        if live.is_empty() {
+            return Ok(());
+        }
+        let max = self.settings.max_attempts;
         let msgs: Vec<OutgoingMessage> = live.iter().map(|r| self.outgoing(r)).collect();
         let results = self.transport.publish(&msgs).await;
 
@@ -246,7 +287,7 @@ impl Stage for PublishStage {
                     unreachable.push(row.id);
                 }
                 Err(e) => {
-                    let attempts = row.attempts + 1;
+                    let attempts = row.attempts;
                     let t = if !e.is_transient() {
                         Transition::to(Status::Rejected).because(e.to_string())
                     } else if attempts >= max {
@@ -286,7 +327,7 @@ impl Stage for PublishStage {
                 .await?;
         }
         txn.commit().await?;
-        tracing::debug!(published = confirmed.len(), claimed = rows.len(), "published");
-        Ok(rows.len())
+        tracing::debug!(published = confirmed.len(), leased = live.len(), "published");
+        Ok(())
     }
 }
