@@ -1,7 +1,8 @@
 //! `hub-worker`'s configuration: one TOML file plus `HUB_`-prefixed environment variables
 //! (`HUB_DATABASE__URL` sets `database.url`), loaded and validated once, before anything runs.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,117 @@ pub struct Config {
     /// Core message type -> destination queue rules; every matching rule is a destination.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The HTTP server (webhook intake); none: no server.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// How each source's webhooks are authenticated and bounded, by source name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, `127.0.0.1:8080`.
+    pub listen: String,
+}
+
+/// `[sources.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `standard-webhooks`, `github`, `stripe`, `api-key` or `bearer`.
+    pub verify: String,
+    /// Environment variable holding the secret(s); several, comma-separated, during a rotation.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret(s), one per line (instead of `secret_env`).
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Seconds a signed timestamp may be away from now (Standard Webhooks, Stripe).
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// The header carrying the key (`api-key`), `x-api-key` by default.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Largest body, bytes (default 1 MiB).
+    #[serde(default = "default_source_body")]
+    pub max_body_bytes: usize,
+    /// Accepted content types (default `application/json`); empty accepts any.
+    #[serde(default = "default_content_types")]
+    pub content_types: Vec<String>,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+fn default_source_body() -> usize {
+    1024 * 1024
+}
+fn default_content_types() -> Vec<String> {
+    vec!["application/json".into()]
+}
+
+impl SourceConfig {
+    /// Reads the secrets (never logged, never stored) and builds the source's door.
+    pub fn door(&self, name: &str) -> Result<crate::http::ingest::Door> {
+        use crate::http::verify::{Verifier, standard_webhooks_key};
+        let raw: Vec<String> = match (&self.secret_env, &self.secrets_file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| {
+                    Error::Config(format!("sources.{name}.secret_env: environment variable {var} is not set"))
+                })?
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("sources.{name}.secrets_file {}: {e}", path.display())))?
+                .lines()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            _ => {
+                return Err(Error::Config(format!(
+                    "sources.{name}: give exactly one of secret_env and secrets_file"
+                )));
+            }
+        };
+        if raw.is_empty() {
+            return Err(Error::Config(format!("sources.{name}: no secret configured")));
+        }
+        let bytes = || raw.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        let tolerance = Duration::from_secs(self.tolerance_secs);
+        let verifier = match self.verify.as_str() {
+            "standard-webhooks" => Verifier::StandardWebhooks {
+                keys: raw
+                    .iter()
+                    .map(|s| {
+                        standard_webhooks_key(s).map_err(|e| Error::Config(format!("sources.{name}: {e}")))
+                    })
+                    .collect::<Result<_>>()?,
+                tolerance,
+            },
+            "github" => Verifier::Github { secrets: bytes() },
+            "stripe" => Verifier::Stripe { secrets: bytes(), tolerance },
+            "api-key" => Verifier::ApiKey {
+                header: self.header.clone().unwrap_or_else(|| "x-api-key".into()).to_ascii_lowercase(),
+                keys: bytes(),
+            },
+            "bearer" => Verifier::Bearer { tokens: bytes() },
+            other => {
+                return Err(Error::Config(format!(
+                    "sources.{name}.verify: unknown scheme `{other}` (standard-webhooks, github, stripe, api-key, bearer)"
+                )));
+            }
+        };
+        Ok(crate::http::ingest::Door {
+            verifier,
+            max_body_bytes: self.max_body_bytes,
+            content_types: self.content_types.iter().map(|c| c.to_ascii_lowercase()).collect(),
+        })
+    }
 }
 
 /// `[database]`
@@ -156,7 +268,8 @@ impl TransportConfig {
 
 /// The top-level keys; only `HUB_<KEY>...` variables for these are configuration (others, such
 /// as `HUB_LOG` or `HUB_TEST_PG`, belong to someone else).
-const SECTIONS: &[&str] = &["database", "stages", "publish", "ingest", "transport", "integrations", "routes"];
+const SECTIONS: &[&str] =
+    &["database", "stages", "publish", "ingest", "transport", "integrations", "routes", "http", "sources"];
 
 fn figment(path: Option<&Path>) -> Result<Figment> {
     let mut fig = Figment::new();
@@ -223,6 +336,12 @@ impl Config {
                 )));
             }
         }
+        for (name, src) in &self.sources {
+            if !self.integrations.contains(name) {
+                return Err(Error::Config(format!("sources.{name}: no integration `{name}` is enabled")));
+            }
+            src.door(name)?;
+        }
         if self.routes.is_empty() {
             return Err(Error::Config("no routes: add [[routes]] with type and destination".into()));
         }
@@ -250,6 +369,11 @@ impl Config {
             migrate: true,
             stage_tasks: s.tasks,
         }
+    }
+
+    /// Every configured source's door (secrets read now).
+    pub fn doors(&self) -> Result<HashMap<String, crate::http::ingest::Door>> {
+        self.sources.iter().map(|(n, s)| Ok((n.clone(), s.door(n)?))).collect()
     }
 
     /// A hub builder with everything this config names.

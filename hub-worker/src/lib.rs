@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 mod fused;
+pub mod http;
 mod hub;
 pub mod integrations;
 pub mod lineage;

@@ -170,10 +170,27 @@ async fn main() -> anyhow::Result<()> {
             let cfg = Config::load(Some(&config))?;
             let hub = cfg.hub_builder().await?.build().await?;
             hub.start();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let server = match &cfg.http {
+                Some(http) => {
+                    let listener = tokio::net::TcpListener::bind(&http.listen)
+                        .await
+                        .with_context(|| format!("listening on {}", http.listen))?;
+                    eprintln!("webhook intake on http://{}", listener.local_addr()?);
+                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), cfg.doors()?);
+                    let app = hub_worker::http::router(state);
+                    Some(tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())))
+                }
+                None => None,
+            };
             tracing::info!("hub running; Ctrl-C stops it");
             eprintln!("hub-worker running on {} (Ctrl-C to stop)", redact_url(&cfg.database.url));
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-            eprintln!("stopping: finishing claimed batches");
+            eprintln!("stopping: finishing requests in flight and claimed batches");
+            cancel.cancel();
+            if let Some(s) = server {
+                s.await.context("http server task")?.context("http server")?;
+            }
             hub.shutdown().await;
         }
     }

@@ -94,7 +94,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
             pointer = format!("{pointer}/{}", escape_pointer(&f));
             "required"
         } else if let Some(f) = named("unknown field `") {
-            pointer = format!("{pointer}/{}", escape_pointer(&f));
+            // The path already ends at the unknown key.
+            let leaf = format!("/{}", escape_pointer(&f));
+            if !pointer.ends_with(&leaf) {
+                pointer.push_str(&leaf);
+            }
             "unknown_field"
         } else if text.starts_with("unknown variant") {
             "enum"
@@ -185,6 +189,13 @@ mod tests {
         items: Vec<Item>,
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        a: u32,
+    }
+
     #[derive(Debug, Deserialize, Validate)]
     struct Item {
         #[validate(email)]
@@ -211,5 +222,7 @@ mod tests {
         assert_eq!(r.rule, "json");
         let r = parse_json::<Batch>(br#"{"items":[{"email":"a@b.co"}]}"#).expect_err("missing");
         assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/items/0/qty"), "required"));
+        let r = parse_json::<Strict>(br#"{"a":1,"extra":2}"#).expect_err("unknown");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/extra"), "unknown_field"));
     }
 }

@@ -5,6 +5,7 @@ mod util;
 mod brokers;
 mod concurrency;
 mod crash;
+mod front_door;
 mod ingest;
 mod pipeline;
 mod receipts;

@@ -1,0 +1,212 @@
+//! `POST /v1/ingest/{source}`: authenticate, bound, store byte for byte, answer with the
+//! layer 1 id. Concurrent requests are grouped into one multi-row insert; each request is
+//! answered only after its row is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::problem::Problem;
+use super::verify::Verifier;
+use crate::error::Error;
+use crate::hub::{Hub, IngestMeta};
+use layer1_ingest::Ingested;
+
+/// How one source's requests are received.
+#[derive(Debug, Clone)]
+pub struct Door {
+    /// Authentication.
+    pub verifier: Verifier,
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+    /// Accepted content types (media type only, lower case); empty accepts any.
+    pub content_types: Vec<String>,
+}
+
+/// One request waiting for its row.
+struct Job {
+    source: String,
+    body: Vec<u8>,
+    meta: IngestMeta,
+    reply: oneshot::Sender<Result<Ingested, Error>>,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct IngestState {
+    doors: Arc<HashMap<String, Door>>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Most requests grouped into one insert.
+const GROUP: usize = 256;
+/// Most header lines kept per request, and their longest value.
+const KEEP_HEADERS: usize = 48;
+const KEEP_HEADER_BYTES: usize = 1024;
+
+impl IngestState {
+    /// The doors, and the task that groups concurrent requests into batch inserts.
+    pub fn new(hub: Hub, doors: HashMap<String, Door>) -> Self {
+        let (tx, rx) = mpsc::channel(GROUP * 4);
+        tokio::spawn(group_inserts(hub, rx));
+        Self { doors: Arc::new(doors), jobs: tx }
+    }
+}
+
+async fn group_inserts(hub: Hub, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut by_source: HashMap<String, Vec<Job>> = HashMap::new();
+        for j in jobs {
+            by_source.entry(j.source.clone()).or_default().push(j);
+        }
+        for (source, jobs) in by_source {
+            let items: Vec<(&[u8], IngestMeta)> =
+                jobs.iter().map(|j| (j.body.as_slice(), j.meta.clone())).collect();
+            match hub.ingest_batch(&source, &items).await {
+                Ok(answers) => {
+                    for (j, a) in jobs.into_iter().zip(answers) {
+                        let _ = j.reply.send(a);
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    for j in jobs {
+                        let _ = j.reply.send(Err(Error::Config(text.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    id: uuid::Uuid,
+    duplicate: bool,
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str().ok().map(|v| (k.as_str().to_owned(), v.chars().take(KEEP_HEADER_BYTES).collect()))
+        })
+        .take(KEEP_HEADERS)
+        .collect()
+}
+
+/// The handler.
+pub async fn ingest(
+    State(state): State<IngestState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(door) = state.doors.get(&source) else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-source",
+            "Unknown source",
+            format!("no source `{source}` is configured"),
+        )
+        .into_response();
+    };
+    let media = media_type(&headers);
+    if !door.content_types.is_empty() && !media.as_ref().is_some_and(|m| door.content_types.contains(m)) {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            format!(
+                "source `{source}` accepts {}; got {}",
+                door.content_types.join(", "),
+                media.as_deref().unwrap_or("no content type")
+            ),
+        )
+        .into_response();
+    }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("source `{source}` accepts bodies up to {} bytes", door.max_body_bytes),
+        )
+        .into_response()
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > door.max_body_bytes) {
+        return too_large();
+    }
+    let Ok(bytes) = to_bytes(body, door.max_body_bytes).await else {
+        return too_large();
+    };
+    let now = chrono::Utc::now().timestamp();
+    let verified = match door.verifier.verify(&headers, &bytes, now) {
+        Ok(v) => v,
+        Err(why) => {
+            // The reason, never the credential.
+            tracing::warn!(source = %source, scheme = door.verifier.scheme(), reason = %why, "request not authenticated");
+            return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Not authenticated",
+                why.to_string(),
+            )
+            .into_response();
+        }
+    };
+    let meta =
+        IngestMeta { source_ref: verified.event_id, content_type: media, headers: kept_headers(&headers) };
+    let (tx, rx) = oneshot::channel();
+    let job = Job { source: source.clone(), body: bytes.to_vec(), meta, reply: tx };
+    let unavailable = |detail: String| {
+        let mut p =
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Storage unavailable", detail);
+        p.retry_after = Some(5);
+        p.into_response()
+    };
+    if state.jobs.send(job).await.is_err() {
+        return unavailable("intake is shutting down; nothing was stored".into());
+    }
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(i))) => {
+            let status = if i.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+            (status, Json(Accepted { id: i.id, duplicate: i.duplicate })).into_response()
+        }
+        Ok(Ok(Err(Error::Base(layer1_ingest::Error::BodyTooLarge { .. })))) => too_large(),
+        Ok(Ok(Err(Error::Base(layer1_ingest::Error::InvalidInput(why))))) => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", why).into_response()
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!(source = %source, error = %e, "could not store a request");
+            unavailable("the database is unavailable; nothing was stored, retry later".into())
+        }
+        _ => unavailable("no answer from storage in time; retry later (a retry is deduplicated)".into()),
+    }
+}

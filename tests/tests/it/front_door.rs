@@ -1,0 +1,278 @@
+//! The webhook front door over real HTTP: each provider's scheme, signatures computed here with
+//! the providers' published algorithms (not the server's code), and the problem answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sea_orm::EntityTrait;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use hub_worker::Hub;
+use hub_worker::config::SourceConfig;
+use hub_worker::http::ingest::IngestState;
+use hub_worker::integrations::payments::PaymentNormalizer;
+use layer1_ingest::{Failure, Status, entity as l1};
+use layer2_normalize::{Normalizer, RawInput, Record};
+
+use crate::on_both;
+use crate::util::{Backend, TestDb, payment};
+
+/// The payment normalizer under another source name, one per scheme.
+struct As(&'static str);
+
+#[async_trait]
+impl Normalizer for As {
+    fn source(&self) -> &str {
+        self.0
+    }
+    fn event_ref(&self, body: &[u8]) -> Option<String> {
+        PaymentNormalizer.event_ref(body)
+    }
+    async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
+        PaymentNormalizer.normalize(raw).await
+    }
+}
+
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const GH_SECRET: &str = "gh-secret-for-tests";
+const STRIPE_SECRET: &str = "whsec_stripe_test_secret";
+const API_KEY: &str = "key-0123456789";
+const TOKEN: &str = "token-abcdef";
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    m.update(msg);
+    m.finalize().into_bytes().to_vec()
+}
+
+struct Server {
+    base: String,
+    hub: Hub,
+    cancel: CancellationToken,
+    client: reqwest::Client,
+    dir: std::path::PathBuf,
+}
+
+async fn server(tdb: &TestDb) -> Server {
+    let dir = std::env::temp_dir().join(format!("po-door-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut b = crate::util::builder(&tdb.url, Arc::new(layer4_dispatch::InProcessTransport::default()));
+    for name in ["sw", "gh", "stripe", "key", "bearer"] {
+        b = b.normalizer(Arc::new(As(name)));
+    }
+    let hub = b.build().await.expect("hub");
+    let mut doors = HashMap::new();
+    for (name, scheme, secret) in [
+        ("sw", "standard-webhooks", SW_SECRET),
+        ("gh", "github", GH_SECRET),
+        ("stripe", "stripe", STRIPE_SECRET),
+        ("key", "api-key", API_KEY),
+        ("bearer", "bearer", TOKEN),
+    ] {
+        let file = dir.join(name);
+        // Two secrets: a rotation in progress; the second is the live one.
+        std::fs::write(&file, format!("old-{secret}-retired\n{secret}\n")).expect("secret file");
+        let cfg: SourceConfig = serde_json::from_value(serde_json::json!({
+            "verify": scheme,
+            "secrets_file": file,
+            "max_body_bytes": 4096,
+        }))
+        .expect("source config");
+        let cfg = if name == "sw" {
+            // Standard Webhooks secrets are base64: the retired one must be too.
+            std::fs::write(&file, format!("whsec_cmV0aXJlZA==\n{secret}\n")).expect("secret file");
+            cfg
+        } else {
+            cfg
+        };
+        doors.insert(name.to_owned(), cfg.door(name).expect("door"));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let cancel = CancellationToken::new();
+    let app = hub_worker::http::router(IngestState::new(hub.clone(), doors));
+    tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone()));
+    Server { base, hub, cancel, client: reqwest::Client::new(), dir }
+}
+
+impl Server {
+    async fn post(&self, source: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/ingest/{source}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let problem = resp.headers().get("content-type").is_some_and(|c| c == "application/problem+json");
+        let json: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if status >= 400 {
+            assert!(problem, "errors are problem+json: {status} {json}");
+        }
+        (status, json)
+    }
+
+    async fn stored(&self) -> usize {
+        l1::Entity::find().all(self.hub.db()).await.expect("rows").len()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.hub.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Request headers to add.
+type Headers = Vec<(&'static str, String)>;
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn sw_headers(id: &str, ts: i64, body: &[u8], secret: &str) -> Vec<(&'static str, String)> {
+    let key =
+        base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).expect("b64");
+    let signed = [id.as_bytes(), b".", ts.to_string().as_bytes(), b".", body].concat();
+    let sig = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, &signed));
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", format!("v1,{sig}")),
+    ]
+}
+
+fn gh_headers(body: &[u8], secret: &str, delivery: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-hub-signature-256", format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), body)))),
+        ("x-github-delivery", delivery.to_owned()),
+        ("x-github-event", "push".to_owned()),
+    ]
+}
+
+fn stripe_headers(ts: i64, body: &[u8], secret: &str) -> Vec<(&'static str, String)> {
+    let signed = [ts.to_string().as_bytes(), b".", body].concat();
+    vec![("stripe-signature", format!("t={ts},v1={}", hex::encode(hmac_sha256(secret.as_bytes(), &signed))))]
+}
+
+async fn each_scheme_accepts_good_and_refuses_bad_requests(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let s = server(&tdb).await;
+    let body = payment("evt_door_1", "10.00", "cus_1");
+    let tampered = payment("evt_door_1", "99.00", "cus_1");
+    let t = now();
+
+    // Each refused request: right status, nothing stored.
+    let refused: Vec<(&str, &[u8], Headers, &str)> = vec![
+        ("sw", &body, sw_headers("msg_1", t, &body, "whsec_d3JvbmcgcmlnaHQ="), "signature"),
+        ("sw", &tampered, sw_headers("msg_1", t, &body, SW_SECRET), "signature"),
+        ("sw", &body, sw_headers("msg_1", t - 3600, &body, SW_SECRET), "tolerance"),
+        ("sw", &body, vec![], "missing header"),
+        ("gh", &body, gh_headers(&body, "wrong", "d-1"), "signature"),
+        ("gh", &tampered, gh_headers(&body, GH_SECRET, "d-1"), "signature"),
+        ("gh", &body, vec![], "missing header"),
+        ("stripe", &body, stripe_headers(t, &body, "whsec_wrong"), "signature"),
+        ("stripe", &tampered, stripe_headers(t, &body, STRIPE_SECRET), "signature"),
+        ("stripe", &body, stripe_headers(t - 3600, &body, STRIPE_SECRET), "tolerance"),
+        ("stripe", &body, vec![], "missing header"),
+        ("key", &body, vec![("x-api-key", "nope".into())], "not accepted"),
+        ("key", &body, vec![], "missing header"),
+        ("bearer", &body, vec![("authorization", "Bearer nope".into())], "not accepted"),
+        ("bearer", &body, vec![], "missing header"),
+    ];
+    for (source, b, h, why) in &refused {
+        let (status, problem) = s.post(source, b, h).await;
+        assert_eq!(status, 401, "{source}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(why), "{source}: `{detail}` should say {why}");
+        assert!(!detail.contains("secret") && !detail.contains(STRIPE_SECRET), "{detail}");
+    }
+    assert_eq!(s.stored().await, 0, "nothing stored for refused requests");
+
+    // Each accepted: 202 with the layer 1 id, the bytes stored as sent; again: 200, same id.
+    let accepted: Vec<(&str, Vec<u8>, Headers)> = vec![
+        ("sw", payment("evt_sw", "1.00", "c"), vec![]),
+        ("gh", payment("evt_gh", "1.00", "c"), vec![]),
+        ("stripe", payment("evt_st", "1.00", "c"), vec![]),
+        ("key", payment("evt_key", "1.00", "c"), vec![("x-api-key", API_KEY.into())]),
+        ("bearer", payment("evt_bearer", "1.00", "c"), vec![("authorization", format!("Bearer {TOKEN}"))]),
+    ];
+    for (source, b, extra) in &accepted {
+        let h = match *source {
+            "sw" => sw_headers("msg_ok", now(), b, SW_SECRET),
+            "gh" => gh_headers(b, GH_SECRET, "delivery-ok"),
+            "stripe" => stripe_headers(now(), b, STRIPE_SECRET),
+            _ => extra.clone(),
+        };
+        let (status, answer) = s.post(source, b, &h).await;
+        assert_eq!(status, 202, "{source}: {answer}");
+        let id: uuid::Uuid = answer["id"].as_str().and_then(|i| i.parse().ok()).expect("id");
+        let row = l1::Entity::find_by_id(id).one(s.hub.db()).await.expect("q").expect("stored");
+        assert_eq!(&row.body, b, "byte for byte");
+        let (again, second) = s.post(source, b, &h).await;
+        assert_eq!((again, second["id"].as_str()), (200, answer["id"].as_str()), "{source}: duplicate");
+        if *source == "key" || *source == "bearer" {
+            assert!(!row.headers.contains(API_KEY) && !row.headers.contains(TOKEN), "credentials not stored");
+        }
+    }
+    // The event id: from the scheme's header where it has one, else the body's `id`.
+    let rows = l1::Entity::find().all(s.hub.db()).await.expect("rows");
+    let refs: Vec<Option<&str>> = ["sw", "gh", "stripe"]
+        .iter()
+        .map(|src| rows.iter().find(|r| r.source == *src).and_then(|r| r.source_ref.as_deref()))
+        .collect();
+    assert_eq!(refs, vec![Some("msg_ok"), Some("delivery-ok"), Some("evt_st")]);
+    assert_eq!(s.stored().await, 5);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+async fn bad_requests_get_the_right_problem(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let s = server(&tdb).await;
+    let key = vec![("x-api-key", API_KEY.to_owned())];
+
+    let (status, p) = s.post("nowhere", b"{}", &key).await;
+    assert_eq!(status, 404, "{p}");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("nowhere"));
+
+    let big = vec![b' '; 5000];
+    let (status, p) = s.post("key", &big, &key).await;
+    assert_eq!(status, 413, "{p}");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("4096"));
+
+    let resp = s
+        .client
+        .post(format!("{}/v1/ingest/key", s.base))
+        .header("content-type", "text/plain")
+        .header("x-api-key", API_KEY)
+        .body("hello")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 415);
+    assert_eq!(s.stored().await, 0);
+
+    // Malformed JSON from an authenticated sender: stored, then rejected at layer 2 with the
+    // reason. Nothing lost.
+    s.hub.start();
+    let (status, answer) = s.post("key", b"{\"id\": \"evt_broken\", \"object\": ", &key).await;
+    assert_eq!(status, 202, "{answer}");
+    let id: uuid::Uuid = answer["id"].as_str().and_then(|i| i.parse().ok()).expect("id");
+    assert!(s.hub.wait_settled(Duration::from_secs(20)).await.expect("settle"));
+    let row = l1::Entity::find_by_id(id).one(s.hub.db()).await.expect("q").expect("row");
+    assert_eq!(row.status, Status::Rejected);
+    assert!(row.last_error.as_deref().is_some_and(|e| e.contains("rule `json`")), "{:?}", row.last_error);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+on_both!(each_scheme_accepts_good_and_refuses_bad_requests, bad_requests_get_the_right_problem);
