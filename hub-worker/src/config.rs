@@ -58,6 +58,30 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address to listen on, `127.0.0.1:8080`.
     pub listen: String,
+    /// Environment variable holding the bearer token of the audit and replay API (required).
+    #[serde(default = "default_admin_env")]
+    pub admin_token_env: String,
+}
+
+fn default_admin_env() -> String {
+    "HUB_ADMIN_TOKEN".into()
+}
+
+impl HttpConfig {
+    /// The admin token, read from the environment now (never logged).
+    pub fn admin_token(&self) -> Result<String> {
+        match std::env::var(&self.admin_token_env) {
+            Ok(t) if t.len() >= 16 => Ok(t),
+            Ok(_) => Err(Error::Config(format!(
+                "http.admin_token_env: {} must hold at least 16 characters",
+                self.admin_token_env
+            ))),
+            Err(_) => Err(Error::Config(format!(
+                "http.admin_token_env: environment variable {} is not set",
+                self.admin_token_env
+            ))),
+        }
+    }
 }
 
 /// `[sources.<name>]`
@@ -335,6 +359,9 @@ impl Config {
                     "routes[{i}].ordering_key `{k}` is not a JSON pointer (starts with /)"
                 )));
             }
+        }
+        if let Some(h) = &self.http {
+            h.admin_token()?;
         }
         for (name, src) in &self.sources {
             if !self.integrations.contains(name) {

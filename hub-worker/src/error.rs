@@ -23,6 +23,12 @@ pub enum Error {
     /// No row in any layer has this id.
     #[error("no message with id {0} in any layer")]
     NotFound(Uuid),
+    /// A request's parameters are unusable (the text names the parameter).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request conflicts with the message's state (replaying a message still moving).
+    #[error("{0}")]
+    Conflict(String),
     /// The configuration is unusable (the text names the key).
     #[error("configuration: {0}")]
     Config(String),

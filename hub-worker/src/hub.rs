@@ -358,6 +358,19 @@ impl Hub {
         }
     }
 
+    /// Wakes every stage (after a replay, say).
+    pub fn wake(&self) {
+        let w = &self.inner.wake;
+        for x in [&w.normalize, &w.translate, &w.route, &w.publish] {
+            x.wake();
+        }
+    }
+
+    /// Whether the transport answers: it can declare the receipts queue.
+    pub async fn transport_ready(&self) -> Result<()> {
+        Ok(self.inner.transport.ensure_queue(&self.inner.settings.publish.receipts_queue).await?)
+    }
+
     /// The whole chain of the message `id` names, from any layer's id.
     pub async fn lineage(&self, id: Uuid) -> Result<Lineage> {
         lineage(&self.inner.db, id).await

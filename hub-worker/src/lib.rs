@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod demo;

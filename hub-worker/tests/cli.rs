@@ -122,6 +122,6 @@ fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
     let out = child.wait_with_output().expect("exits");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("finishing claimed batches"), "{err}");
+    assert!(err.contains("claimed batches"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

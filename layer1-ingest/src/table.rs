@@ -35,6 +35,8 @@ pub trait LayerTable: EntityTrait {
     const ORIGIN_ID: Self::Column;
     /// `updated_at`
     const UPDATED_AT: Self::Column;
+    /// `created_at`
+    const CREATED_AT: Self::Column;
 }
 
 /// Selects up to `limit` rows in one of `statuses` whose `next_attempt_at` has passed, oldest

@@ -70,6 +70,7 @@ impl LayerTable for Entity {
     const SOURCE: Column = Column::Source;
     const ORIGIN_ID: Column = Column::OriginId;
     const UPDATED_AT: Column = Column::UpdatedAt;
+    const CREATED_AT: Column = Column::CreatedAt;
 }
 
 impl From<&Model> for layer1_ingest::LineageEntry {

@@ -1,5 +1,6 @@
-//! The HTTP front door: signed webhook intake (`POST /v1/ingest/{source}`) and health.
+//! The HTTP front door (signed webhook intake) and the audit desk.
 
+pub mod audit;
 pub mod ingest;
 pub mod problem;
 pub mod verify;
@@ -9,12 +10,18 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The routes, over `state`.
-pub fn router(state: ingest::IngestState) -> Router {
-    Router::new()
-        .route("/v1/ingest/{source}", post(ingest::ingest))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state)
+/// The routes: intake over `ingest`, the audit desk over `audit`.
+pub fn router(ingest: ingest::IngestState, audit: audit::AuditState) -> Router {
+    let intake = Router::new().route("/v1/ingest/{source}", post(ingest::ingest)).with_state(ingest);
+    let desk = Router::new()
+        .route("/v1/messages", get(audit::list))
+        .route("/v1/messages/{id}", get(audit::message))
+        .route("/v1/messages/{id}/replay", post(audit::replay))
+        .route("/v1/stats", get(audit::stats))
+        .route("/readyz", get(audit::ready))
+        .route("/metrics", get(audit::metrics))
+        .with_state(audit);
+    Router::new().route("/healthz", get(|| async { "ok" })).merge(intake).merge(desk)
 }
 
 /// Serves `router` on `listener` until `cancel` fires; requests in flight are finished.

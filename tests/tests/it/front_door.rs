@@ -43,6 +43,8 @@ const GH_SECRET: &str = "gh-secret-for-tests";
 const STRIPE_SECRET: &str = "whsec_stripe_test_secret";
 const API_KEY: &str = "key-0123456789";
 const TOKEN: &str = "token-abcdef";
+/// The audit desk's bearer token.
+pub const ADMIN: &str = "admin-token-for-the-audit-desk";
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
@@ -50,18 +52,20 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-struct Server {
-    base: String,
-    hub: Hub,
+pub struct Server {
+    pub base: String,
+    pub hub: Hub,
+    pub transport: Arc<layer4_dispatch::InProcessTransport>,
     cancel: CancellationToken,
-    client: reqwest::Client,
+    pub client: reqwest::Client,
     dir: std::path::PathBuf,
 }
 
-async fn server(tdb: &TestDb) -> Server {
+pub async fn server(tdb: &TestDb) -> Server {
     let dir = std::env::temp_dir().join(format!("po-door-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut b = crate::util::builder(&tdb.url, Arc::new(layer4_dispatch::InProcessTransport::default()));
+    let transport = Arc::new(layer4_dispatch::InProcessTransport::default());
+    let mut b = crate::util::builder(&tdb.url, transport.clone());
     for name in ["sw", "gh", "stripe", "key", "bearer"] {
         b = b.normalizer(Arc::new(As(name)));
     }
@@ -95,13 +99,19 @@ async fn server(tdb: &TestDb) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let cancel = CancellationToken::new();
-    let app = hub_worker::http::router(IngestState::new(hub.clone(), doors));
+    let audit = hub_worker::http::audit::AuditState::new(hub.clone(), ADMIN.to_owned());
+    let app = hub_worker::http::router(IngestState::new(hub.clone(), doors), audit);
     tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone()));
-    Server { base, hub, cancel, client: reqwest::Client::new(), dir }
+    Server { base, hub, transport, cancel, client: reqwest::Client::new(), dir }
 }
 
 impl Server {
-    async fn post(&self, source: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+    pub async fn post(
+        &self,
+        source: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> (u16, serde_json::Value) {
         let mut req = self
             .client
             .post(format!("{}/v1/ingest/{source}", self.base))
@@ -124,7 +134,7 @@ impl Server {
         l1::Entity::find().all(self.hub.db()).await.expect("rows").len()
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.cancel.cancel();
         self.hub.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.dir);

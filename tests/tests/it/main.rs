@@ -2,6 +2,7 @@
 
 mod util;
 
+mod audit_desk;
 mod brokers;
 mod concurrency;
 mod crash;

@@ -1,0 +1,312 @@
+//! What auditors and operators ask of the post office: one message's whole story, listings,
+//! per-destination health, and replay. Shared by the HTTP audit desk and the CLI.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use layer1_ingest::entity as l1;
+use layer1_ingest::table::insert_rows;
+use layer1_ingest::{Direction, Layer, LayerTable, LineageEntry, Status};
+use layer2_normalize::entity as l2;
+use layer3_translate::entity as l3;
+use layer4_dispatch::entity as l4;
+
+use crate::error::{Error, Result};
+use crate::hub::{StatusCount, counts};
+use crate::lineage::{Lineage, lineage};
+
+/// The raw bytes of a message, re-checked against their stored hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawBody {
+    /// The layer 1 id.
+    pub id: Uuid,
+    /// The sender's content type.
+    pub content_type: String,
+    /// The bytes, base64.
+    pub body_base64: String,
+    /// The SHA-256 stored at ingest, hex.
+    pub sha256: String,
+    /// Whether the stored bytes still hash to it (checked now).
+    pub sha256_verified: bool,
+}
+
+/// A message's whole story.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    /// Every row of the flow, in layer order.
+    #[serde(flatten)]
+    pub lineage: Lineage,
+    /// The raw bytes of every layer 1 row of the flow (one, or more after replays).
+    pub raw: Vec<RawBody>,
+}
+
+/// One message from any layer's id.
+pub async fn message(db: &DatabaseConnection, id: Uuid) -> Result<MessageView> {
+    let lineage = lineage(db, id).await?;
+    let raw_ids: Vec<Uuid> = lineage.entries.iter().filter(|e| e.layer == Layer::Raw).map(|e| e.id).collect();
+    let rows = l1::Entity::find().filter(l1::Column::Id.is_in(raw_ids)).all(db).await?;
+    let raw = rows
+        .into_iter()
+        .map(|r| RawBody {
+            id: r.id,
+            content_type: r.content_type.clone(),
+            sha256_verified: layer1_ingest::ingest::sha256_hex(&r.body) == r.body_sha256,
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&r.body),
+            sha256: r.body_sha256,
+        })
+        .collect();
+    Ok(MessageView { lineage, raw })
+}
+
+/// A listing's filters. Ordered by id (UUIDv7: creation order); `cursor` is the last id of the
+/// previous page.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListQuery {
+    /// Layer 1 to 4 (default 1).
+    pub layer: Option<u8>,
+    /// Status name.
+    pub status: Option<String>,
+    /// Source name.
+    pub source: Option<String>,
+    /// `upstream` or `downstream`.
+    pub direction: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u64>,
+    /// The last id of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+/// One page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// The rows.
+    pub items: Vec<LineageEntry>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+async fn list_in<E>(db: &DatabaseConnection, q: &ListQuery, limit: u64) -> Result<Vec<LineageEntry>>
+where
+    E: LayerTable,
+    for<'a> LineageEntry: From<&'a E::Model>,
+{
+    let mut f = E::find();
+    if let Some(s) = &q.status {
+        let s: Status = s.parse().map_err(|_| Error::BadRequest(format!("status `{s}` is not a status")))?;
+        f = f.filter(E::STATUS.eq(s));
+    }
+    if let Some(s) = &q.source {
+        f = f.filter(E::SOURCE.eq(s.clone()));
+    }
+    if let Some(d) = &q.direction {
+        let d = match d.as_str() {
+            "upstream" => Direction::Upstream,
+            "downstream" => Direction::Downstream,
+            other => return Err(Error::BadRequest(format!("direction `{other}`: upstream or downstream"))),
+        };
+        f = f.filter(E::DIRECTION.eq(d));
+    }
+    if let Some(t) = q.since {
+        f = f.filter(E::CREATED_AT.gte(t));
+    }
+    if let Some(t) = q.until {
+        f = f.filter(E::CREATED_AT.lt(t));
+    }
+    if let Some(c) = q.cursor {
+        f = f.filter(E::ID.gt(c));
+    }
+    let rows = f.order_by_asc(E::ID).limit(limit).all(db).await?;
+    Ok(rows.iter().map(LineageEntry::from).collect())
+}
+
+/// One page of one layer's rows.
+pub async fn list(db: &DatabaseConnection, q: &ListQuery) -> Result<Page> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let mut items = match q.layer.unwrap_or(1) {
+        1 => list_in::<l1::Entity>(db, q, limit + 1).await?,
+        2 => list_in::<l2::Entity>(db, q, limit + 1).await?,
+        3 => list_in::<l3::Entity>(db, q, limit + 1).await?,
+        4 => list_in::<l4::Entity>(db, q, limit + 1).await?,
+        n => return Err(Error::BadRequest(format!("layer {n}: 1 to 4"))),
+    };
+    let more = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(|e| e.id) } else { None };
+    Ok(Page { items, next_cursor })
+}
+
+/// Per destination: what an operator watches.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationStats {
+    /// The queue.
+    pub destination: String,
+    /// Published, no receipt yet.
+    pub queued: i64,
+    /// Receipts recorded.
+    pub acknowledged: i64,
+    /// Not yet acknowledged at all (waiting, queued, failed).
+    pub unacknowledged: i64,
+    /// Age in seconds of the oldest row not acknowledged and not final.
+    pub oldest_unacknowledged_secs: Option<i64>,
+}
+
+/// Counts and per-destination health.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Rows per layer, source, direction and status.
+    pub counts: Vec<StatusCount>,
+    /// Upstream destinations.
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// The stats.
+pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
+    let counts = counts(db).await?;
+    let per: Vec<(String, Status, i64)> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::Destination)
+        .column(l4::Column::Status)
+        .column_as(Expr::col(l4::Column::Id).count(), "n")
+        .filter(l4::Column::Direction.eq(Direction::Upstream))
+        .group_by(l4::Column::Destination)
+        .group_by(l4::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let oldest: Vec<(String, Option<DateTime<Utc>>)> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::Destination)
+        .column_as(Expr::from(Func::min(Expr::col(l4::Column::CreatedAt))), "oldest")
+        .filter(l4::Column::Direction.eq(Direction::Upstream))
+        .filter(l4::Column::Status.is_in([Status::JustIn, Status::Failed, Status::Queued]))
+        .group_by(l4::Column::Destination)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let now = Utc::now();
+    let mut names: Vec<String> = per.iter().map(|(d, _, _)| d.clone()).collect();
+    names.sort();
+    names.dedup();
+    let destinations = names
+        .into_iter()
+        .map(|d| {
+            let n = |s: Status| {
+                per.iter().filter(|(x, st, _)| *x == d && *st == s).map(|(_, _, n)| n).sum::<i64>()
+            };
+            DestinationStats {
+                queued: n(Status::Queued),
+                acknowledged: n(Status::Acknowledged),
+                unacknowledged: n(Status::JustIn) + n(Status::Failed) + n(Status::Queued),
+                oldest_unacknowledged_secs: oldest
+                    .iter()
+                    .find(|(x, _)| *x == d)
+                    .and_then(|(_, t)| *t)
+                    .map(|t| (now - t).num_seconds()),
+                destination: d,
+            }
+        })
+        .collect();
+    Ok(Stats { counts, destinations })
+}
+
+/// Why a replay was refused.
+fn not_replayable(id: Uuid, why: impl Into<String>) -> Error {
+    Error::Conflict(format!("message {id} cannot be replayed: {}", why.into()))
+}
+
+/// Sends the message `id` names through again from layer `from_layer`: every row of that layer
+/// on the message's path is copied as a new `just_in` row whose `parent_id` is the old row
+/// (same origin), and the stages carry the copies on. Old rows stay as they are. Only final
+/// rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would be
+/// delivered twice. Returns the new rows' ids.
+pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result<Vec<Uuid>> {
+    let lin = lineage(db, id).await?;
+    let targets: Vec<&LineageEntry> =
+        lin.chain(id).into_iter().filter(|e| e.layer.number() == from_layer).collect();
+    if !(1..=4).contains(&from_layer) {
+        return Err(Error::BadRequest(format!("from_layer {from_layer}: 1 to 4")));
+    }
+    if targets.is_empty() {
+        return Err(not_replayable(id, format!("it has no layer {from_layer} row on its path")));
+    }
+    if let Some(busy) = targets.iter().find(|e| !e.status.is_final()) {
+        return Err(not_replayable(id, format!("row {} is still {}", busy.id, busy.status)));
+    }
+    let ids: Vec<Uuid> = targets.iter().map(|e| e.id).collect();
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let mut new_ids = Vec::new();
+    macro_rules! fresh {
+        ($m:expr) => {{
+            let new_id = Uuid::now_v7();
+            new_ids.push(new_id);
+            let mut m = $m;
+            m.parent_id = Some(m.id);
+            m.id = new_id;
+            m.status = Status::JustIn;
+            m.attempts = 0;
+            m.last_error = None;
+            m.next_attempt_at = Some(now);
+            m.created_at = now;
+            m.updated_at = now;
+            m
+        }};
+    }
+    match from_layer {
+        1 => {
+            let rows = l1::Entity::find().filter(l1::Column::Id.is_in(ids)).all(&txn).await?;
+            let copies: Vec<l1::Model> = rows
+                .into_iter()
+                .map(|r| {
+                    let mut m = fresh!(r);
+                    // A replay is a new arrival of the same bytes, not a duplicate of the old one.
+                    m.dedup_key = format!("replay:{}", m.id);
+                    m
+                })
+                .collect();
+            insert_rows::<l1::Entity, _>(&txn, copies).await?;
+        }
+        2 => {
+            let rows = l2::Entity::find().filter(l2::Column::Id.is_in(ids)).all(&txn).await?;
+            insert_rows::<l2::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
+        }
+        3 => {
+            let rows = l3::Entity::find().filter(l3::Column::Id.is_in(ids)).all(&txn).await?;
+            insert_rows::<l3::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
+        }
+        _ => {
+            let rows = l4::Entity::find().filter(l4::Column::Id.is_in(ids)).all(&txn).await?;
+            let copies = rows
+                .into_iter()
+                .map(|r| {
+                    let mut m = fresh!(r);
+                    m.queued_at = None;
+                    m.acknowledged_at = None;
+                    m.intake_key = None;
+                    m
+                })
+                .collect();
+            insert_rows::<l4::Entity, _>(&txn, copies).await?;
+        }
+    }
+    txn.commit().await?;
+    tracing::info!(%id, from_layer, replayed = new_ids.len(), "replayed");
+    Ok(new_ids)
+}
+
+/// Whether the database answers.
+pub async fn ping(db: &DatabaseConnection) -> Result<()> {
+    db.execute_unprepared("SELECT 1").await?;
+    Ok(())
+}
