@@ -88,11 +88,64 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Lists messages of one layer (JSON, keyset pages).
+    Messages {
+        #[command(subcommand)]
+        what: MessagesCommand,
+    },
+    /// Counts per layer and status, and per destination health (JSON).
+    Stats {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Sends a message through again from a layer; the new rows link to the old ones.
+    Replay {
+        /// Any layer's id of the message.
+        id: uuid::Uuid,
+        /// The layer to go through again from, 1 to 4.
+        #[arg(long)]
+        from_layer: u8,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Runs the stages until Ctrl-C.
     Run {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MessagesCommand {
+    /// One page of a layer's rows.
+    List {
+        /// Layer 1 to 4.
+        #[arg(long, default_value_t = 1)]
+        layer: u8,
+        /// Status (`rejected`, `dead`, ...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Source.
+        #[arg(long)]
+        source: Option<String>,
+        /// `upstream` or `downstream`.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<uuid::Uuid>,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -165,6 +218,37 @@ async fn main() -> anyhow::Result<()> {
                 r.queued_ms.0, r.queued_ms.1
             );
             println!("  ingest -> acknowledged: p50 {:>8.1} ms  p99 {:>8.1} ms", r.acked_ms.0, r.acked_ms.1);
+        }
+        Command::Messages {
+            what: MessagesCommand::List { layer, status, source, direction, since, until, limit, cursor, db },
+        } => {
+            let conn = layer1_ingest::db::connect(&db.url()?).await?;
+            let q = hub_worker::audit::ListQuery {
+                layer: Some(layer),
+                status,
+                source,
+                direction,
+                since,
+                until,
+                limit: Some(limit),
+                cursor,
+            };
+            println!("{}", serde_json::to_string_pretty(&hub_worker::audit::list(&conn, &q).await?)?);
+        }
+        Command::Stats { db } => {
+            let conn = layer1_ingest::db::connect(&db.url()?).await?;
+            println!("{}", serde_json::to_string_pretty(&hub_worker::audit::stats(&conn).await?)?);
+        }
+        Command::Replay { id, from_layer, db } => {
+            let conn = layer1_ingest::db::connect(&db.url()?).await?;
+            let ids = hub_worker::audit::replay(&conn, id, from_layer).await?;
+            println!(
+                "replayed from layer {from_layer} as {} new row(s); a running worker carries them on:",
+                ids.len()
+            );
+            for i in ids {
+                println!("  {i}");
+            }
         }
         Command::Run { config } => {
             let cfg = Config::load(Some(&config))?;

@@ -48,6 +48,40 @@ fn demo_then_migrate_and_trace_on_its_database() {
     }
     assert!(trace.contains("acknowledged"), "{trace}");
 
+    // The audit commands on the same database.
+    let out = hub_worker()
+        .args(["messages", "list", "--layer", "1", "--status", "rejected", "--database-url", &url])
+        .output()
+        .expect("runs");
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json page");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    let rejected = page["items"][0]["id"].as_str().expect("id").to_owned();
+    let out = hub_worker().args(["stats", "--database-url", &url]).output().expect("runs");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json stats");
+    let acked: i64 =
+        stats["destinations"].as_array().expect("d").iter().filter_map(|d| d["acknowledged"].as_i64()).sum();
+    assert_eq!(acked, 5, "{stats}");
+    let out = hub_worker()
+        .args(["replay", &rejected, "--from-layer", "1", "--database-url", &url])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hub_worker()
+        .args(["messages", "list", "--layer", "1", "--status", "just_in", "--database-url", &url])
+        .output()
+        .expect("runs");
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json page");
+    assert_eq!(
+        page["items"][0]["parent_id"].as_str(),
+        Some(rejected.as_str()),
+        "the replay links to the old row"
+    );
+    let out = hub_worker()
+        .args(["replay", &rejected, "--from-layer", "3", "--database-url", &url])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "a payload rejected at layer 2 has no layer 3 row to replay from");
+
     let out = hub_worker()
         .args(["trace", "01a1fca4-0000-7000-8000-000000000000", "--database-url", &url])
         .output()
