@@ -54,6 +54,15 @@ ensure_postgres() {
   done
 }
 
+ensure_python_tools() {
+  if [ ! -x "$MOTO_VENV/bin/moto_server" ] || [ ! -x "$MOTO_VENV/bin/openapi-spec-validator" ]; then
+    log "installing moto[server] and openapi-spec-validator into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$MOTO_VENV"; }
+    "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]' openapi-spec-validator
+  fi
+  export HUB_TEST_OPENAPI_VALIDATOR="$MOTO_VENV/bin/openapi-spec-validator"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
@@ -72,11 +81,6 @@ ensure_rabbitmq() {
 
 ensure_moto() {
   port_open 4566 && return
-  if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
-    log "installing moto[server] into $MOTO_VENV"
-    python3 -m venv "$MOTO_VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$MOTO_VENV"; }
-    "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]'
-  fi
   log "starting moto_server on 127.0.0.1:4566"
   mkdir -p target
   nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p 4566 >target/moto.log 2>&1 &
@@ -88,6 +92,7 @@ ensure_postgres
 log "PostgreSQL ready at ${PG_SERVER#*@}"
 ensure_rabbitmq
 log "RabbitMQ ready on 127.0.0.1:5672"
+ensure_python_tools
 ensure_moto
 log "SQS-compatible server ready at $HUB_TEST_SQS"
 log_file=$(mktemp)

@@ -23,7 +23,7 @@ use crate::hub::{StatusCount, counts};
 use crate::lineage::{Lineage, lineage};
 
 /// The raw bytes of a message, re-checked against their stored hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RawBody {
     /// The layer 1 id.
     pub id: Uuid,
@@ -38,7 +38,7 @@ pub struct RawBody {
 }
 
 /// A message's whole story.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     /// Every row of the flow, in layer order.
     #[serde(flatten)]
@@ -67,7 +67,8 @@ pub async fn message(db: &DatabaseConnection, id: Uuid) -> Result<MessageView> {
 
 /// A listing's filters. Ordered by id (UUIDv7: creation order); `cursor` is the last id of the
 /// previous page.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Layer 1 to 4 (default 1).
     pub layer: Option<u8>,
@@ -88,7 +89,7 @@ pub struct ListQuery {
 }
 
 /// One page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page {
     /// The rows.
     pub items: Vec<LineageEntry>,
@@ -147,7 +148,7 @@ pub async fn list(db: &DatabaseConnection, q: &ListQuery) -> Result<Page> {
 }
 
 /// Per destination: what an operator watches.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DestinationStats {
     /// The queue.
     pub destination: String,
@@ -162,7 +163,7 @@ pub struct DestinationStats {
 }
 
 /// Counts and per-destination health.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Rows per layer, source, direction and status.
     pub counts: Vec<StatusCount>,

@@ -167,7 +167,7 @@ pub struct Hub {
 }
 
 /// Rows of one layer in one status.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct StatusCount {
     /// Layer.
     pub layer: Layer,

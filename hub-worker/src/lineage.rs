@@ -11,7 +11,7 @@ use layer1_ingest::{LayerTable, LineageEntry};
 use crate::error::{Error, Result};
 
 /// Every row of one flow, in layer order, each layer oldest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Lineage {
     /// The id that was asked for.
     pub focus: Uuid,

@@ -9,6 +9,7 @@ use crate::status::{Direction, Layer, Status};
 /// A layer row seen from the lineage: the columns every layer has, plus a one-line summary of
 /// the layer's own payload (record kind, core type, destination...).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LineageEntry {
     /// Which layer.
     pub layer: Layer,

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Status {
     /// Stored, waiting for its layer's stage (or, in layer 4, for the publisher).
     #[sea_orm(string_value = "just_in")]
@@ -144,6 +145,7 @@ impl FromStr for Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Direction {
     /// Third party -> core app.
     #[sea_orm(string_value = "upstream")]
@@ -164,6 +166,7 @@ impl fmt::Display for Direction {
 
 /// The four layers, numbered as in the design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Layer {
     /// `layer1_raw`
     Raw = 1,

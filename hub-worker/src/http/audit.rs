@@ -90,6 +90,19 @@ fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
 }
 
 /// `GET /v1/messages/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "audit",
+    security(("admin" = [])),
+    params(("id" = Uuid, Path, description = "Any layer's id of the message")),
+    responses(
+        (status = 200, description = "Every row of the message, and its raw bytes re-checked", body = crate::audit::MessageView),
+        (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn message(State(s): State<AuditState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Response {
     if let Err(r) = s.check(&headers) {
         return *r;
@@ -98,6 +111,19 @@ pub async fn message(State(s): State<AuditState>, headers: HeaderMap, Path(id): 
 }
 
 /// `GET /v1/messages`
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    tag = "audit",
+    security(("admin" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page, in id (creation) order", body = crate::audit::Page),
+        (status = 400, description = "Unusable filter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(State(s): State<AuditState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
     if let Err(r) = s.check(&headers) {
         return *r;
@@ -106,6 +132,17 @@ pub async fn list(State(s): State<AuditState>, headers: HeaderMap, Query(q): Que
 }
 
 /// `GET /v1/stats`
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "audit",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Counts per source, layer and status; per destination health", body = crate::audit::Stats),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn stats(State(s): State<AuditState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.check(&headers) {
         return *r;
@@ -114,13 +151,36 @@ pub async fn stats(State(s): State<AuditState>, headers: HeaderMap) -> Response 
 }
 
 /// Replay parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReplayQuery {
     /// The layer to go through again from, 1 to 4.
     pub from_layer: u8,
 }
 
+/// The answer to a replay.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// The new rows' ids.
+    pub replayed: Vec<Uuid>,
+}
+
 /// `POST /v1/messages/{id}/replay?from_layer=N`
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{id}/replay",
+    tag = "audit",
+    security(("admin" = [])),
+    params(("id" = Uuid, Path, description = "Any layer's id of the message"), ReplayQuery),
+    responses(
+        (status = 202, description = "New rows written; the stages carry them on", body = Replayed),
+        (status = 400, description = "No such layer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Still moving, or no row in that layer", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn replay(
     State(s): State<AuditState>,
     headers: HeaderMap,
@@ -133,13 +193,22 @@ pub async fn replay(
     match audit::replay(s.hub.db(), id, q.from_layer).await {
         Ok(ids) => {
             s.hub.wake();
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "replayed": ids }))).into_response()
+            (StatusCode::ACCEPTED, Json(Replayed { replayed: ids })).into_response()
         }
         Err(e) => problem(e),
     }
 }
 
 /// `GET /readyz`: the database answers and the transport can declare the receipts queue.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Database and transport reachable", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready (the detail says which)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn ready(State(s): State<AuditState>) -> Response {
     if let Err(e) = audit::ping(s.hub.db()).await {
         return Problem::new(
@@ -163,6 +232,17 @@ pub async fn ready(State(s): State<AuditState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn metrics(State(s): State<AuditState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.check(&headers) {
         return *r;
@@ -217,4 +297,10 @@ pub async fn metrics(State(s): State<AuditState>, headers: HeaderMap) -> Respons
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Up", body = String, content_type = "text/plain")))]
+pub async fn health() -> &'static str {
+    "ok"
 }

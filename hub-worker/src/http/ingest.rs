@@ -94,10 +94,13 @@ async fn group_inserts(hub: Hub, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-#[derive(Serialize)]
-struct Accepted {
-    id: uuid::Uuid,
-    duplicate: bool,
+/// The answer to an accepted webhook.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The layer 1 id (the existing one for a duplicate).
+    pub id: uuid::Uuid,
+    /// Whether the same event was already on record.
+    pub duplicate: bool,
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -118,6 +121,23 @@ fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// The handler.
+#[utoipa::path(
+    post,
+    path = "/v1/ingest/{source}",
+    tag = "intake",
+    params(("source" = String, Path, description = "The integration's name")),
+    request_body(content = String, description = "The third party's payload, stored byte for byte", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored (durable) as a new message", body = Accepted),
+        (status = 200, description = "Already on record (same event id)", body = Accepted),
+        (status = 400, description = "Unusable request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad signature, key or token; timestamp outside tolerance", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown source", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the source's limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content type the source does not accept", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable: nothing stored, retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn ingest(
     State(state): State<IngestState>,
     Path(source): Path<String>,

@@ -9,6 +9,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 /// The routes: intake over `ingest`, the audit desk over `audit`.
 pub fn router(ingest: ingest::IngestState, audit: audit::AuditState) -> Router {
@@ -21,7 +22,33 @@ pub fn router(ingest: ingest::IngestState, audit: audit::AuditState) -> Router {
         .route("/readyz", get(audit::ready))
         .route("/metrics", get(audit::metrics))
         .with_state(audit);
-    Router::new().route("/healthz", get(|| async { "ok" })).merge(intake).merge(desk)
+    Router::new()
+        .route("/healthz", get(audit::health))
+        .route("/v1/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
+        .merge(intake)
+        .merge(desk)
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "post office", description = "Webhook intake and the audit desk of the post office."),
+    paths(ingest::ingest, audit::message, audit::list, audit::stats, audit::replay, audit::ready, audit::metrics, audit::health),
+    modifiers(&AdminToken)
+)]
+pub struct ApiDoc;
+
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
 }
 
 /// Serves `router` on `listener` until `cancel` fires; requests in flight are finished.
