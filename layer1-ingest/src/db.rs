@@ -14,7 +14,8 @@ use crate::error::Result;
 /// means. It also keeps an in-memory database alive for the whole pool's life.
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url.to_owned());
-    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
+    // Fail fast when the database is away: callers answer 503 or retry the batch later.
+    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
     if url.starts_with("sqlite:") {
         opts.max_connections(1)
             .min_connections(1)

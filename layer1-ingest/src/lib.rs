@@ -9,6 +9,7 @@ pub mod entity;
 pub mod error;
 pub mod ingest;
 pub mod lineage;
+pub mod metrics;
 pub mod outcome;
 pub mod stage;
 pub mod status;

@@ -92,16 +92,12 @@ pub async fn run_stage(
         let began = std::time::Instant::now();
         let idle = match stage.run_batch().await {
             Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(
-                        stage = name,
-                        rows = n,
-                        micros = began.elapsed().as_micros() as u64,
-                        "batch"
-                    );
-                }
                 error_streak = 0;
                 if n > 0 {
+                    let took = began.elapsed();
+                    tracing::debug!(stage = name, rows = n, micros = took.as_micros() as u64, "batch");
+                    crate::metrics::batch(name, took.as_secs_f64());
+                    crate::metrics::count("stage_rows", name, n as u64);
                     downstream.iter().for_each(Wakeup::wake);
                 }
                 // Only an empty batch means no work: a short one can still leave work behind
@@ -110,6 +106,7 @@ pub async fn run_stage(
                 n == 0
             }
             Err(e) => {
+                crate::metrics::count("stage_errors", name, 1);
                 error_streak += 1;
                 tracing::warn!(stage = name, error = %e, "batch failed; will retry");
                 let pause = settings.backoff(error_streak).to_std().unwrap_or(settings.max_backoff);

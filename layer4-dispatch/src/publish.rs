@@ -327,6 +327,13 @@ impl PublishStage {
                 .await?;
         }
         txn.commit().await?;
+        layer1_ingest::metrics::count("publish", "confirmed", confirmed.len() as u64);
+        layer1_ingest::metrics::count("publish", "unreachable", unreachable.len() as u64);
+        layer1_ingest::metrics::count(
+            "publish",
+            "failed",
+            (live.len() - confirmed.len() - unreachable.len()) as u64,
+        );
         tracing::debug!(published = confirmed.len(), leased = live.len(), "published");
         Ok(())
     }

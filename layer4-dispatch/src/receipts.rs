@@ -94,6 +94,9 @@ pub async fn apply_receipts(
         out.repeated += acked.len() - res.rows_affected as usize;
     }
     txn.commit().await?;
+    layer1_ingest::metrics::count("receipts", "applied", out.applied as u64);
+    layer1_ingest::metrics::count("receipts", "unknown", out.unknown as u64);
+    layer1_ingest::metrics::count("receipts", "repeated", out.repeated as u64);
     Ok(out)
 }
 
@@ -152,7 +155,10 @@ impl ReceiptConsumer {
         for d in &batch {
             match serde_json::from_slice::<Receipt>(&d.body) {
                 Ok(r) => receipts.push(r),
-                Err(e) => tracing::warn!(error = %e, bytes = d.body.len(), "malformed receipt dropped"),
+                Err(e) => {
+                    layer1_ingest::metrics::count("receipts", "malformed", 1);
+                    tracing::warn!(error = %e, bytes = d.body.len(), "malformed receipt dropped");
+                }
             }
         }
         match apply_receipts(&self.db, &receipts).await {

@@ -292,6 +292,7 @@ pub async fn metrics(State(s): State<AuditState>, headers: HeaderMap) -> Respons
             );
         }
     }
+    out.push_str(&layer1_ingest::metrics::render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -192,6 +192,7 @@ pub async fn ingest(
         Err(why) => {
             // The reason, never the credential.
             tracing::warn!(source = %source, scheme = door.verifier.scheme(), reason = %why, "request not authenticated");
+            layer1_ingest::metrics::count("http_ingest", "unauthenticated", 1);
             return Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -217,6 +218,11 @@ pub async fn ingest(
     match tokio::time::timeout(Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(i))) => {
             let status = if i.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+            layer1_ingest::metrics::count(
+                "http_ingest",
+                if i.duplicate { "duplicate" } else { "accepted" },
+                1,
+            );
             (status, Json(Accepted { id: i.id, duplicate: i.duplicate })).into_response()
         }
         Ok(Ok(Err(Error::Base(layer1_ingest::Error::BodyTooLarge { .. })))) => too_large(),

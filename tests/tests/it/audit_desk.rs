@@ -171,6 +171,8 @@ async fn audit_desk_answers(backend: Backend) {
     let (status, text) = s.text("/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("post_office_messages{layer=\"4\",source=\"payments\",direction=\"upstream\",status=\"acknowledged\"} 8"), "{text}");
+    assert!(text.contains("post_office_stage_batch_seconds_count{stage=\"publish\"}"), "{text}");
+    assert!(text.contains("post_office_receipts_total{kind=\"applied\"}"), "{text}");
     cancel.cancel();
     s.stop().await;
     tdb.cleanup().await;

@@ -286,3 +286,48 @@ async fn bad_requests_get_the_right_problem(backend: Backend) {
 }
 
 on_both!(each_scheme_accepts_good_and_refuses_bad_requests, bad_requests_get_the_right_problem);
+
+/// The database goes away: the third party gets 503 with Retry-After and nothing half-stored;
+/// when it is back, intake works again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unavailable_is_503_and_recovers() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let s = server(&tdb).await;
+    let key = vec![("x-api-key", API_KEY.to_owned())];
+    assert_eq!(s.post("key", &payment("evt_up_1", "1.00", "c"), &key).await.0, 202);
+
+    let admin = Database::connect(crate::util::pg_admin_url()).await.expect("admin");
+    let run = |sql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .execute_raw(Statement::from_string(admin.get_database_backend(), sql))
+                .await
+                .expect("admin sql")
+        }
+    };
+    let name = tdb.name().to_owned();
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    run(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).await;
+
+    let resp = s
+        .client
+        .post(format!("{}/v1/ingest/key", s.base))
+        .header("content-type", "application/json")
+        .header("x-api-key", API_KEY)
+        .body(payment("evt_down", "1.00", "c"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let p: serde_json::Value = resp.json().await.expect("problem");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("nothing was stored"), "{p}");
+
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    assert_eq!(s.post("key", &payment("evt_down", "1.00", "c"), &key).await.0, 202, "the retry is stored");
+    assert_eq!(s.stored().await, 2);
+    s.stop().await;
+    tdb.cleanup().await;
+}

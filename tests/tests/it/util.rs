@@ -60,6 +60,11 @@ impl TestDb {
         }
     }
 
+    /// The database's name (PostgreSQL) or file (SQLite).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A connection as the hub makes it.
     pub async fn connect(&self) -> DatabaseConnection {
         let db = layer1_ingest::db::connect(&self.url).await.expect("connect");
