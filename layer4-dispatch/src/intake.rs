@@ -127,32 +127,17 @@ impl IntakeConsumer {
     }
 
     /// Runs until `cancel` fires; resubscribes with a pause when the subscription breaks.
-    pub async fn run(self, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            let prefetch = u16::try_from(self.batch * 2).unwrap_or(u16::MAX);
-            let mut sub = match self.transport.subscribe(&self.queue, prefetch).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "cannot consume the inbound queue; retrying");
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = cancel.cancelled() => return }
-                }
-            };
-            loop {
-                let first = tokio::select! { d = sub.next() => d, _ = cancel.cancelled() => return };
-                let Ok(first) = first else { break };
-                let mut batch = vec![first];
-                while batch.len() < self.batch {
-                    match tokio::time::timeout(Duration::from_millis(2), sub.next()).await {
-                        Ok(Ok(d)) => batch.push(d),
-                        _ => break,
-                    }
-                }
-                self.handle(batch).await;
-            }
-        }
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let prefetch = u16::try_from(self.batch * 2).unwrap_or(u16::MAX);
+        let (transport, queue, batch) = (self.transport.clone(), self.queue.clone(), self.batch);
+        crate::transport::consume_batches(transport.as_ref(), &queue, batch, prefetch, &cancel, &mut self)
+            .await;
     }
+}
 
-    async fn handle(&self, batch: Vec<Delivery>) {
+#[async_trait::async_trait]
+impl crate::transport::BatchHandler for IntakeConsumer {
+    async fn handle(&mut self, batch: Vec<Delivery>) {
         let msgs: Vec<(&Headers, &[u8])> = batch.iter().map(|d| (&d.headers, d.body.as_slice())).collect();
         match store_inbound(&self.db, &msgs).await {
             Ok(out) => {

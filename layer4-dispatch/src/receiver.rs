@@ -104,6 +104,13 @@ fn receipt_message(
     })
 }
 
+#[async_trait]
+impl crate::transport::BatchHandler for Receiver {
+    async fn handle(&mut self, batch: Vec<Delivery>) {
+        self.settle_batch(batch).await;
+    }
+}
+
 /// Consumes one queue for the core app.
 pub struct Receiver {
     transport: Arc<dyn Transport>,
@@ -149,36 +156,20 @@ impl Receiver {
     /// Deliveries already waiting are taken together (up to the prefetch): handled one by one,
     /// then their receipts go out in one confirmed publish, then each is acked.
     pub async fn run(mut self, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            let mut sub = match self.transport.subscribe(&self.queue, self.prefetch).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "cannot consume; retrying");
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = cancel.cancelled() => return }
-                }
-            };
-            loop {
-                let next = tokio::select! { d = sub.next() => d, _ = cancel.cancelled() => return };
-                let first = match next {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(queue = %self.queue, error = %e, "subscription broke; resubscribing");
-                        break;
-                    }
-                };
-                let mut batch = vec![first];
-                while batch.len() < usize::from(self.prefetch) {
-                    match tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
-                        Ok(Ok(d)) => batch.push(d),
-                        _ => break,
-                    }
-                }
-                self.batch(batch).await;
-            }
-        }
+        let (transport, queue) = (self.transport.clone(), self.queue.clone());
+        let prefetch = self.prefetch;
+        crate::transport::consume_batches(
+            transport.as_ref(),
+            &queue,
+            usize::from(prefetch),
+            prefetch,
+            &cancel,
+            &mut self,
+        )
+        .await;
     }
 
-    async fn batch(&mut self, batch: Vec<Delivery>) {
+    async fn settle_batch(&mut self, batch: Vec<Delivery>) {
         let mut to_settle: Vec<(Delivery, OutgoingMessage, Outcome)> = Vec::with_capacity(batch.len());
         let mut retry = Vec::new();
         for d in batch {

@@ -201,6 +201,56 @@ pub trait Transport: Send + Sync + 'static {
     async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError>;
 }
 
+/// What a batch consumer does with each batch (and must settle every delivery of).
+#[async_trait]
+pub trait BatchHandler: Send {
+    /// Handles and settles `batch`.
+    async fn handle(&mut self, batch: Vec<Delivery>);
+}
+
+/// Consumes `queue` in batches until `cancel` fires: waits for one delivery, takes what is
+/// already waiting (up to `max`, without waiting for more) and hands the batch to `handle`,
+/// which settles it. A broken subscription is made again after a pause. The receipt consumer,
+/// downstream intake and the core app's `Receiver` all consume this way.
+pub async fn consume_batches(
+    transport: &dyn Transport,
+    queue: &str,
+    max: usize,
+    prefetch: u16,
+    cancel: &tokio_util::sync::CancellationToken,
+    handler: &mut dyn BatchHandler,
+) {
+    use std::time::Duration;
+    while !cancel.is_cancelled() {
+        let mut sub = match transport.subscribe(queue, prefetch).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "cannot consume; retrying");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = cancel.cancelled() => return }
+            }
+        };
+        loop {
+            let first = tokio::select! { d = sub.next() => d, _ = cancel.cancelled() => return };
+            let first = match first {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "subscription broke; resubscribing");
+                    break;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < max.max(1) {
+                // Subscriptions are cancel-safe: a delivery is never lost to this timeout.
+                match tokio::time::timeout(Duration::from_millis(2), sub.next()).await {
+                    Ok(Ok(d)) => batch.push(d),
+                    _ => break,
+                }
+            }
+            handler.handle(batch).await;
+        }
+    }
+}
+
 /// The size of a message as the transport limits count it: body plus header names and values.
 pub fn message_size(m: &OutgoingMessage) -> usize {
     m.body.len() + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
