@@ -12,13 +12,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
 use layer1_ingest::entity as raw;
-use layer1_ingest::table::{claim_due, insert_rows, record_failure, transition_claimed};
-use layer1_ingest::{Direction, Stage, StageSettings, Status, Transition};
+use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
+use layer1_ingest::{Stage, StageSettings, Status, Transition};
 use layer2_normalize::entity as l2;
 use layer2_normalize::{Normalizers, normalize, record_row};
 use layer3_translate::entity as l3;
@@ -73,20 +72,10 @@ impl Stage for FusedStage {
 
     #[instrument(skip_all, name = "fused_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let now = Utc::now();
-        let txn = self.db.begin().await?;
-        let rows = claim_due::<raw::Entity, _>(
-            &txn,
-            Direction::Upstream,
-            &[Status::JustIn, Status::Failed],
-            now,
-            self.settings.batch_size,
-        )
-        .await?;
-        if rows.is_empty() {
-            txn.commit().await?;
+        let Some((txn, rows, now)) = begin_claim::<raw::Entity>(&self.db, self.settings.batch_size).await?
+        else {
             return Ok(0);
-        }
+        };
         let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -55,6 +55,24 @@ pub async fn claim_due<E: LayerTable, C: ConnectionTrait>(
     claim_due_where::<E, C>(txn, direction, statuses, now, limit, Condition::all()).await
 }
 
+/// The start of a stage's batch: a transaction holding a claim on up to `limit` due upstream
+/// `just_in`/`failed` rows of `E`, or `None` when there is nothing to do.
+pub async fn begin_claim<E: LayerTable>(
+    db: &sea_orm::DatabaseConnection,
+    limit: u64,
+) -> Result<Option<(sea_orm::DatabaseTransaction, Vec<E::Model>, DateTime<Utc>)>> {
+    use sea_orm::TransactionTrait;
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let rows =
+        claim_due::<E, _>(&txn, Direction::Upstream, &[Status::JustIn, Status::Failed], now, limit).await?;
+    if rows.is_empty() {
+        txn.commit().await?;
+        return Ok(None);
+    }
+    Ok(Some((txn, rows, now)))
+}
+
 /// [`claim_due`] with a further condition on the rows (the publisher's per-key ordering).
 pub async fn claim_due_where<E: LayerTable, C: ConnectionTrait>(
     txn: &C,

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use tracing::instrument;
 use uuid::Uuid;
 
-use layer1_ingest::table::{claim_due, insert_rows, record_failure, transition_claimed};
+use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition};
 use layer3_translate::entity as translated;
 
@@ -85,20 +85,11 @@ impl Stage for RouteStage {
 
     #[instrument(skip_all, name = "route_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let now = Utc::now();
-        let txn = self.db.begin().await?;
-        let rows = claim_due::<translated::Entity, _>(
-            &txn,
-            Direction::Upstream,
-            &[Status::JustIn, Status::Failed],
-            now,
-            self.settings.batch_size,
-        )
-        .await?;
-        if rows.is_empty() {
-            txn.commit().await?;
+        let Some((txn, rows, now)) =
+            begin_claim::<translated::Entity>(&self.db, self.settings.batch_size).await?
+        else {
             return Ok(0);
-        }
+        };
         let mut new_rows = Vec::with_capacity(rows.len());
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {
