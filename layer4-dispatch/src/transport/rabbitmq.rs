@@ -282,6 +282,20 @@ struct RabbitMqSubscription {
     consumer: Consumer,
 }
 
+impl Drop for RabbitMqSubscription {
+    /// Closing the channel hands every delivery it still holds (prefetched, not yet taken, or
+    /// taken and unsettled) back to the queue at once (AMQP 0-9-1: unacked messages are
+    /// requeued when their channel closes); otherwise they would wait for the connection.
+    fn drop(&mut self) {
+        let ch = self._channel.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = ch.close(200, "subscription dropped".into()).await;
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl Subscription for RabbitMqSubscription {
     async fn next(&mut self) -> Result<Delivery, TransportError> {
