@@ -232,17 +232,30 @@ fn not_replayable(id: Uuid, why: impl Into<String>) -> Error {
 /// rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would be
 /// delivered twice. Returns the new rows' ids.
 pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result<Vec<Uuid>> {
-    let lin = lineage(db, id).await?;
-    let targets: Vec<&LineageEntry> =
-        lin.chain(id).into_iter().filter(|e| e.layer.number() == from_layer).collect();
     if !(1..=4).contains(&from_layer) {
         return Err(Error::BadRequest(format!("from_layer {from_layer}: 1 to 4")));
     }
+    let lin = lineage(db, id).await?;
+    // The newest copy of each row only: a row replayed before has a same-layer child (its
+    // copy), and replaying both would send the message twice more.
+    fn newest<'a>(entries: &'a [LineageEntry], mut e: &'a LineageEntry) -> &'a LineageEntry {
+        while let Some(copy) =
+            entries.iter().filter(|x| x.layer == e.layer && x.parent_id == Some(e.id)).max_by_key(|x| x.id)
+        {
+            e = copy;
+        }
+        e
+    }
+    let mut targets: Vec<&LineageEntry> = lin
+        .chain(id)
+        .into_iter()
+        .filter(|e| e.layer.number() == from_layer)
+        .map(|e| newest(&lin.entries, e))
+        .collect();
+    targets.sort_by_key(|e| e.id);
+    targets.dedup_by_key(|e| e.id);
     if targets.is_empty() {
         return Err(not_replayable(id, format!("it has no layer {from_layer} row on its path")));
-    }
-    if let Some(busy) = targets.iter().find(|e| !e.status.is_final()) {
-        return Err(not_replayable(id, format!("row {} is still {}", busy.id, busy.status)));
     }
     let ids: Vec<Uuid> = targets.iter().map(|e| e.id).collect();
     let now = Utc::now();
@@ -266,7 +279,7 @@ pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result
     }
     match from_layer {
         1 => {
-            let rows = l1::Entity::find().filter(l1::Column::Id.is_in(ids)).all(&txn).await?;
+            let rows = locked_final::<l1::Entity>(&txn, id, &ids).await?;
             let copies: Vec<l1::Model> = rows
                 .into_iter()
                 .map(|r| {
@@ -279,15 +292,15 @@ pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result
             insert_rows::<l1::Entity, _>(&txn, copies).await?;
         }
         2 => {
-            let rows = l2::Entity::find().filter(l2::Column::Id.is_in(ids)).all(&txn).await?;
+            let rows = locked_final::<l2::Entity>(&txn, id, &ids).await?;
             insert_rows::<l2::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
         }
         3 => {
-            let rows = l3::Entity::find().filter(l3::Column::Id.is_in(ids)).all(&txn).await?;
+            let rows = locked_final::<l3::Entity>(&txn, id, &ids).await?;
             insert_rows::<l3::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
         }
         _ => {
-            let rows = l4::Entity::find().filter(l4::Column::Id.is_in(ids)).all(&txn).await?;
+            let rows = locked_final::<l4::Entity>(&txn, id, &ids).await?;
             let copies = rows
                 .into_iter()
                 .map(|r| {
@@ -304,6 +317,28 @@ pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result
     txn.commit().await?;
     tracing::info!(%id, from_layer, replayed = new_ids.len(), "replayed");
     Ok(new_ids)
+}
+
+/// Locks the rows to replay, and checks under the lock that they are final and not replayed
+/// by someone else meanwhile (a concurrent or retried replay gets 409, not a second copy).
+async fn locked_final<E>(txn: &sea_orm::DatabaseTransaction, id: Uuid, ids: &[Uuid]) -> Result<Vec<E::Model>>
+where
+    E: LayerTable,
+    E::Model: Sync,
+    for<'a> LineageEntry: From<&'a E::Model>,
+{
+    use sea_orm::PaginatorTrait;
+    let rows = E::find().filter(E::ID.is_in(ids.iter().copied())).lock_exclusive().all(txn).await?;
+    for r in &rows {
+        let e = LineageEntry::from(r);
+        if !e.status.is_final() {
+            return Err(not_replayable(id, format!("row {} is still {}", e.id, e.status)));
+        }
+    }
+    if E::find().filter(E::PARENT_ID.is_in(ids.iter().copied())).count(txn).await? > 0 {
+        return Err(not_replayable(id, "it was replayed meanwhile"));
+    }
+    Ok(rows)
 }
 
 /// Whether the database answers.

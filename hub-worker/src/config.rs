@@ -148,6 +148,12 @@ impl SourceConfig {
         if raw.is_empty() {
             return Err(Error::Config(format!("sources.{name}: no secret configured")));
         }
+        // A short shared secret is guessable; a forged signature or key would be accepted.
+        if self.verify != "standard-webhooks" && raw.iter().any(|s| s.len() < 16) {
+            return Err(Error::Config(format!(
+                "sources.{name}: every secret must be at least 16 characters"
+            )));
+        }
         let bytes = || raw.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
         let tolerance = Duration::from_secs(self.tolerance_secs);
         let verifier = match self.verify.as_str() {

@@ -24,7 +24,7 @@ pub const MAX_HEADERS: usize = 64;
 /// Header names whose values are never stored: a credential in the database is a leak waiting
 /// for a backup to be copied.
 const SECRET_HEADER_PARTS: &[&str] =
-    &["authorization", "signature", "cookie", "token", "secret", "api-key", "apikey", "password"];
+    &["authorization", "signature", "cookie", "token", "secret", "key", "password", "auth"];
 
 /// What a caller hands to layer 1.
 #[derive(Debug, Clone)]
@@ -87,6 +87,11 @@ fn redacted_headers(headers: &[(String, String)]) -> Result<String> {
 fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() || value.len() > max {
         return Err(Error::InvalidInput(format!("{what} must be 1 to {max} bytes, got {}", value.len())));
+    }
+    // PostgreSQL text cannot hold NUL, and control characters in an id are a mistake or an
+    // attack: refuse this item alone rather than fail the batch it would be inserted with.
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!("{what} contains control characters")));
     }
     Ok(())
 }
@@ -224,14 +229,18 @@ pub async fn ingest_many<C: ConnectionTrait>(
             } else {
                 match existing.get(&(source.clone(), key.clone())) {
                     Some(earlier) => Ok(Ingested { id: *earlier, duplicate: true }),
-                    None => Err(Error::InvalidInput(format!("row for key `{key}` vanished after insert"))),
+                    None => Err(Error::Db(sea_orm::DbErr::Custom(format!(
+                        "row for key `{key}` vanished after insert"
+                    )))),
                 }
             });
         }
     }
     Ok(answers
         .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(Error::InvalidInput("not ingested".into()))))
+        .map(|a| {
+            a.unwrap_or_else(|| Err(Error::Db(sea_orm::DbErr::Custom("payload was not ingested".into()))))
+        })
         .collect())
 }
 

@@ -31,6 +31,8 @@ pub trait LayerTable: EntityTrait {
     const NEXT_ATTEMPT_AT: Self::Column;
     /// `source`
     const SOURCE: Self::Column;
+    /// `parent_id`
+    const PARENT_ID: Self::Column;
     /// `origin_id`
     const ORIGIN_ID: Self::Column;
     /// `updated_at`

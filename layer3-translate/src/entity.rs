@@ -62,6 +62,7 @@ impl LayerTable for Entity {
     const LAST_ERROR: Column = Column::LastError;
     const NEXT_ATTEMPT_AT: Column = Column::NextAttemptAt;
     const SOURCE: Column = Column::Source;
+    const PARENT_ID: Column = Column::ParentId;
     const ORIGIN_ID: Column = Column::OriginId;
     const UPDATED_AT: Column = Column::UpdatedAt;
     const CREATED_AT: Column = Column::CreatedAt;

@@ -98,24 +98,54 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     m
 }
 
-/// Constant-time: `verify_slice` compares the whole tag whatever the first differing byte.
+/// At most this many signatures are looked at per request: a rotation needs two or three, and
+/// every one costs a comparison.
+const MAX_CANDIDATES: usize = 8;
+/// An HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+/// Each key's tag is computed once (one pass over the body per key), then compared with every
+/// candidate in constant time.
 fn any_key_matches(keys: &[Vec<u8>], parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
-    keys.iter().any(|k| candidates.iter().any(|sig| mac(k, parts).verify_slice(sig).is_ok()))
+    use subtle::ConstantTimeEq;
+    keys.iter().any(|k| {
+        let tag: [u8; TAG_LEN] = mac(k, parts).finalize().into_bytes().into();
+        candidates.iter().fold(false, |found, c| found | bool::from(tag.as_slice().ct_eq(c)))
+    })
 }
 
+/// Keeps well-formed candidates only, and not too many of them.
+fn candidates(raw: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
+    raw.filter(|c| c.len() == TAG_LEN).take(MAX_CANDIDATES).collect()
+}
+
+/// Compares digests, so neither the content nor the length of an accepted value leaks through
+/// timing.
 fn constant_time_in(value: &[u8], accepted: &[Vec<u8>]) -> bool {
     use subtle::ConstantTimeEq;
-    accepted.iter().fold(false, |found, a| found | bool::from(a.as_slice().ct_eq(value)))
+    let v = digest(value);
+    accepted.iter().fold(false, |found, a| found | bool::from(digest(a).ct_eq(&v)))
+}
+
+/// SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(bytes).into()
 }
 
 fn check_time(ts: &str, name: &'static str, now: i64, tolerance: Duration) -> Result<(), Unauthenticated> {
     let t: i64 =
         ts.trim().parse().map_err(|_| Unauthenticated::Malformed(name, "timestamp is not an integer"))?;
-    let distance = (now - t).abs();
-    if distance > tolerance.as_secs() as i64 {
-        return Err(Unauthenticated::Stale(now - t, tolerance.as_secs()));
+    if now.abs_diff(t) > tolerance.as_secs() {
+        return Err(Unauthenticated::Stale(now.saturating_sub(t), tolerance.as_secs()));
     }
     Ok(())
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme name in any case).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 impl Verifier {
@@ -138,11 +168,9 @@ impl Verifier {
                 let ts = header(headers, "webhook-timestamp")?;
                 let sigs = header(headers, "webhook-signature")?;
                 check_time(ts, "webhook-timestamp", now, *tolerance)?;
-                let candidates: Vec<Vec<u8>> = sigs
-                    .split(' ')
-                    .filter_map(|s| s.strip_prefix("v1,"))
-                    .filter_map(|b| B64.decode(b).ok())
-                    .collect();
+                let candidates = candidates(
+                    sigs.split(' ').filter_map(|s| s.strip_prefix("v1,")).filter_map(|b| B64.decode(b).ok()),
+                );
                 if candidates.is_empty() {
                     return Err(Unauthenticated::Malformed("webhook-signature", "no v1 signature"));
                 }
@@ -168,18 +196,19 @@ impl Verifier {
             Verifier::Stripe { secrets, tolerance } => {
                 let sig = header(headers, "stripe-signature")?;
                 let mut ts = None;
-                let mut candidates = Vec::new();
+                let mut raw = Vec::new();
                 for part in sig.split(',') {
                     match part.split_once('=') {
                         Some(("t", v)) => ts = Some(v),
                         Some(("v1", v)) => {
-                            if let Ok(raw) = hex::decode(v) {
-                                candidates.push(raw);
+                            if let Ok(r) = hex::decode(v) {
+                                raw.push(r);
                             }
                         }
                         _ => {}
                     }
                 }
+                let candidates = candidates(raw.into_iter());
                 let ts = ts.ok_or(Unauthenticated::Malformed("stripe-signature", "no t= timestamp"))?;
                 if candidates.is_empty() {
                     return Err(Unauthenticated::Malformed("stripe-signature", "no v1= signature"));
@@ -199,8 +228,7 @@ impl Verifier {
             }
             Verifier::Bearer { tokens } => {
                 let v = header(headers, "authorization")?;
-                let token = v
-                    .strip_prefix("Bearer ")
+                let token = bearer_token(v)
                     .ok_or(Unauthenticated::Malformed("authorization", "expected Bearer <token>"))?;
                 if !constant_time_in(token.as_bytes(), tokens) {
                     return Err(Unauthenticated::BadCredential);
@@ -211,10 +239,16 @@ impl Verifier {
     }
 }
 
-/// The key of a Standard Webhooks secret (`whsec_<base64>`; the prefix is optional).
+/// The key of a Standard Webhooks secret (`whsec_<base64>`; the prefix is optional): 24 to 64
+/// bytes, as the specification asks.
 pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
     let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    B64.decode(b64).map_err(|_| "a Standard Webhooks secret is whsec_ followed by base64".to_owned())
+    let key =
+        B64.decode(b64).map_err(|_| "a Standard Webhooks secret is whsec_ followed by base64".to_owned())?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!("a Standard Webhooks key must be 24 to 64 bytes, this one is {}", key.len()));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

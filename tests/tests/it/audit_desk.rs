@@ -151,6 +151,12 @@ async fn audit_desk_answers(backend: Backend) {
     assert_eq!(l4s.len(), 2);
     assert!(l4s.iter().all(|e| e["status"] == "acknowledged"));
     assert_eq!(core.got.lock().expect("lock").iter().filter(|m| m.headers.origin_id == ids[0]).count(), 2);
+    // Again from the same (old) id: one more copy, of the newest row, not one per earlier copy.
+    let (status, r) = s.replay(&l4, 3).await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["replayed"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
+    assert_eq!(core.got.lock().expect("lock").iter().filter(|m| m.headers.origin_id == ids[0]).count(), 3);
 
     // Replay the rejected payload from layer 1: a new arrival of the same bytes, rejected again
     // (the integration has not changed), the first rejection kept.
@@ -170,7 +176,7 @@ async fn audit_desk_answers(backend: Backend) {
     assert_eq!(s.text("/readyz").await.0, 200);
     let (status, text) = s.text("/metrics").await;
     assert_eq!(status, 200);
-    assert!(text.contains("post_office_messages{layer=\"4\",source=\"payments\",direction=\"upstream\",status=\"acknowledged\"} 8"), "{text}");
+    assert!(text.contains("post_office_messages{layer=\"4\",source=\"payments\",direction=\"upstream\",status=\"acknowledged\"} 9"), "{text}");
     assert!(text.contains("post_office_stage_batch_seconds_count{stage=\"publish\"}"), "{text}");
     assert!(text.contains("post_office_receipts_total{kind=\"applied\"}"), "{text}");
     cancel.cancel();

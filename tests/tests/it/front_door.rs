@@ -41,8 +41,8 @@ impl Normalizer for As {
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GH_SECRET: &str = "gh-secret-for-tests";
 const STRIPE_SECRET: &str = "whsec_stripe_test_secret";
-const API_KEY: &str = "key-0123456789";
-const TOKEN: &str = "token-abcdef";
+const API_KEY: &str = "key-0123456789abcdef";
+const TOKEN: &str = "token-abcdef-0123456";
 /// The audit desk's bearer token.
 pub const ADMIN: &str = "admin-token-for-the-audit-desk";
 
@@ -89,7 +89,8 @@ pub async fn server(tdb: &TestDb) -> Server {
         .expect("source config");
         let cfg = if name == "sw" {
             // Standard Webhooks secrets are base64: the retired one must be too.
-            std::fs::write(&file, format!("whsec_cmV0aXJlZA==\n{secret}\n")).expect("secret file");
+            std::fs::write(&file, format!("whsec_cmV0aXJlZC1rZXktcmV0aXJlZC1rZXktMTIzNDU=\n{secret}\n"))
+                .expect("secret file");
             cfg
         } else {
             cfg
@@ -182,7 +183,12 @@ async fn each_scheme_accepts_good_and_refuses_bad_requests(backend: Backend) {
 
     // Each refused request: right status, nothing stored.
     let refused: Vec<(&str, &[u8], Headers, &str)> = vec![
-        ("sw", &body, sw_headers("msg_1", t, &body, "whsec_d3JvbmcgcmlnaHQ="), "signature"),
+        (
+            "sw",
+            &body,
+            sw_headers("msg_1", t, &body, "whsec_YS13cm9uZy1rZXktb2YtZW5vdWdoLWxlbmd0aA=="),
+            "signature",
+        ),
         ("sw", &tampered, sw_headers("msg_1", t, &body, SW_SECRET), "signature"),
         ("sw", &body, sw_headers("msg_1", t - 3600, &body, SW_SECRET), "tolerance"),
         ("sw", &body, vec![], "missing header"),
