@@ -57,6 +57,20 @@ pub async fn claim_due<E: LayerTable, C: ConnectionTrait>(
     claim_due_where::<E, C>(txn, direction, statuses, now, limit, Condition::all()).await
 }
 
+/// Lets this transaction commit without waiting for the WAL flush (PostgreSQL). Only for
+/// transactions whose results nothing outside the database acts on before a later durable
+/// commit: a database crash can then lose the last few hundred milliseconds of them, each
+/// whole, and a lost one is done again from the layer below. Not for a transaction that writes
+/// layer 4 rows a publisher could send (a lost row would be recreated under a new id and the
+/// core app would get the message twice, undetectably), nor for ingest (the sender was told
+/// "stored").
+pub async fn relax_commit<C: ConnectionTrait>(txn: &C) -> Result<()> {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
+    }
+    Ok(())
+}
+
 /// The start of a stage's batch: a transaction holding a claim on up to `limit` due upstream
 /// `just_in`/`failed` rows of `E`, or `None` when there is nothing to do.
 pub async fn begin_claim<E: LayerTable>(
@@ -92,14 +106,7 @@ pub async fn claim_due_where<E: LayerTable, C: ConnectionTrait>(
         // dead versions until vacuum. An index scan in order marks them dead as it passes (and
         // stops at the batch size); a bitmap scan, which the planner picks on fresh statistics,
         // reads every one of them on every claim. SET LOCAL ends with the transaction.
-        //
-        // synchronous_commit off: a stage's commit need not wait for the WAL flush. A crash of
-        // the database can lose only the last few hundred milliseconds of stage transactions,
-        // each whole (never half), and a lost one is simply done again from the layer below:
-        // its rows are still in their old status. Ingest, where a sender was told "stored",
-        // keeps the server's setting.
-        txn.execute_unprepared("SET LOCAL enable_bitmapscan = off; SET LOCAL synchronous_commit = off")
-            .await?;
+        txn.execute_unprepared("SET LOCAL enable_bitmapscan = off").await?;
     }
     let in_list = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
     Ok(E::find()

@@ -118,6 +118,8 @@ impl Stage for NormalizeStage {
         else {
             return Ok(0);
         };
+        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+        layer1_ingest::table::relax_commit(&txn).await?;
         let mut new_rows = Vec::new();
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -62,6 +62,21 @@ pub async fn translate(
         data,
     };
     let tr: Translation = guarded(t.translate(&input)).await?;
+    // Checked here, not by the database: an oversized value would fail the whole batch's insert.
+    for (what, v, max) in [
+        ("message_type", &tr.message.message_type, 128),
+        ("type_version", &tr.message.type_version, 32),
+        ("mapping_name", &tr.mapping_name, 128),
+        ("mapping_version", &tr.mapping_version, 64),
+    ] {
+        if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+            return Err(Rejection::whole(
+                "translation",
+                format!("translator gave a {what} that is not 1 to {max} bytes of text"),
+            )
+            .into());
+        }
+    }
     let body = serde_json::to_string(&tr.message.body)
         .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
     let fidelity = serde_json::to_string(&tr.fidelity)
@@ -113,6 +128,8 @@ impl Stage for TranslateStage {
         else {
             return Ok(0);
         };
+        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+        layer1_ingest::table::relax_commit(&txn).await?;
         let mut new_rows = Vec::with_capacity(rows.len());
         let mut forwarded = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -32,6 +32,11 @@ pub struct IntakeOutcome {
     pub duplicates: usize,
 }
 
+/// Text as a column can hold it: no NUL (PostgreSQL text cannot), at most `max` characters.
+fn fit(v: &str, max: usize) -> String {
+    v.chars().filter(|c| *c != '\0').take(max).collect()
+}
+
 fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::ActiveModel {
     let id = Uuid::now_v7();
     let get = |k: &str| headers.get(k).filter(|v| !v.is_empty()).cloned();
@@ -49,6 +54,13 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         || core_id.as_ref().is_some_and(|c| c.len() > 400)
     {
         Some("target or core message id too long".to_owned())
+    } else if [&target, &core_id, &message_type]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)))
+    {
+        Some("a header holds control characters".to_owned())
+    } else if body.contains(&0) {
+        Some("body holds a NUL byte".to_owned())
     } else {
         match text.map(serde_json::from_str::<serde_json::Value>) {
             None => Some("body is not UTF-8".to_owned()),
@@ -74,12 +86,13 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         next_attempt_at: Set(next),
         parent_id: Set(None),
         origin_id: Set(id),
-        source: Set(target.clone().unwrap_or_else(|| "unknown".into())),
-        source_ref: Set(core_id),
-        destination: Set(target.unwrap_or_else(|| "unknown".into())),
-        message_type: Set(message_type.unwrap_or_else(|| "unknown".into()).chars().take(128).collect()),
-        type_version: Set(get(wire::TYPE_VERSION).unwrap_or_else(|| "1".into()).chars().take(32).collect()),
-        body: Set(String::from_utf8_lossy(body).into_owned()),
+        // A breach is stored with whatever fits: the reason says what was wrong.
+        source: Set(fit(target.as_deref().unwrap_or("unknown"), 128)),
+        source_ref: Set(core_id.map(|c| fit(&c, 512))),
+        destination: Set(fit(target.as_deref().unwrap_or("unknown"), 255)),
+        message_type: Set(fit(message_type.as_deref().unwrap_or("unknown"), 128)),
+        type_version: Set(fit(get(wire::TYPE_VERSION).as_deref().unwrap_or("1"), 32)),
+        body: Set(fit(&String::from_utf8_lossy(body), usize::MAX)),
         ordering_key: Set(None),
         queued_at: Set(None),
         acknowledged_at: Set(None),

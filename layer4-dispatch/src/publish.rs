@@ -239,6 +239,8 @@ impl Stage for PublishStage {
             };
             transition::<Entity, _>(&txn, &[r.id], &Transition::to(Status::Dead).because(why), now).await?;
         }
+        // A lost lease only means the row is published again under the same id.
+        layer1_ingest::table::relax_commit(&txn).await?;
         let live_ids: Vec<_> = live.iter().map(|r| r.id).collect();
         if !live_ids.is_empty() {
             // The lease: ours until `now + lease`; the publish counts as an attempt.

@@ -72,8 +72,17 @@ pub async fn apply_receipts(
             }
             Some(_) if to == Status::Acknowledged => acked.push(r.message_id),
             Some(_) => {
-                let reason =
-                    format!("receiver rejected: {}", r.reason.as_deref().unwrap_or("no reason given"));
+                // The core app's text, bounded and without control characters (PostgreSQL text
+                // cannot hold NUL, and one bad receipt must not block the batch).
+                let given: String = r
+                    .reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+                    .chars()
+                    .filter(|c| !c.is_control() || *c == '\n')
+                    .take(1000)
+                    .collect();
+                let reason = format!("receiver rejected: {given}");
                 out.applied +=
                     transition::<Entity, _>(&txn, &[r.message_id], &Transition::to(to).because(reason), now)
                         .await? as usize;

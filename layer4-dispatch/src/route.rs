@@ -84,6 +84,15 @@ impl Router for RouteTable {
                     }
                 }),
             };
+            if let Some(k) = &ordering_key
+                && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+            {
+                return Err(Rejection::field(
+                    r.ordering_key.clone().unwrap_or_default(),
+                    "ordering_key",
+                    "an ordering key must be 1 to 255 bytes without control characters",
+                ));
+            }
             out.push(Target { destination: r.destination.clone(), ordering_key });
         }
         if out.is_empty() {

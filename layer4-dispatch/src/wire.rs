@@ -45,7 +45,8 @@ pub struct Receipt {
     /// Why, for a rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// When the core app decided.
+    /// When the core app decided (informational; now when absent).
+    #[serde(default = "Utc::now")]
     pub at: DateTime<Utc>,
 }
 
