@@ -54,6 +54,9 @@ pub struct PublishStage {
     settings: StageSettings,
     publish: PublishSettings,
     handoff: Option<Arc<std::sync::Mutex<Handoff>>>,
+    /// Handoff batches since the last claim: the claim path (ordered rows, retries, republishes
+    /// after the ack timeout) gets its turn at least every few batches.
+    handoffs_in_a_row: std::sync::atomic::AtomicU32,
 }
 
 /// The receiving end of a direct handoff (see [`handoff`]).
@@ -148,7 +151,7 @@ impl PublishStage {
         settings: StageSettings,
         publish: PublishSettings,
     ) -> Self {
-        Self { db, transport, settings, publish, handoff: None }
+        Self { db, transport, settings, publish, handoff: None, handoffs_in_a_row: Default::default() }
     }
 
     /// Also takes rows handed over directly (shared by every copy of the stage).
@@ -158,7 +161,12 @@ impl PublishStage {
     }
 
     fn handed_off(&self) -> Option<Vec<entity::Model>> {
+        use std::sync::atomic::Ordering;
         let rx = self.handoff.as_ref()?;
+        if self.handoffs_in_a_row.fetch_add(1, Ordering::Relaxed) >= 4 {
+            self.handoffs_in_a_row.store(0, Ordering::Relaxed);
+            return None;
+        }
         let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
         rx.try_recv().ok()
     }

@@ -2,7 +2,7 @@
 //! destination queue, drop duplicates by `hub-message-id`, run the app's handler, send the
 //! receipt, and only then ack the broker.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -59,24 +59,26 @@ pub struct ReceiverStats {
 }
 
 /// Remembers the last `capacity` message ids.
+/// Remembers the last `capacity` message ids with the verdict given, so a redelivery is
+/// answered with the same receipt.
 struct RecentIds {
-    set: HashSet<Uuid>,
+    verdicts: HashMap<Uuid, (ReceiptStatus, Option<String>)>,
     order: VecDeque<Uuid>,
     capacity: usize,
 }
 
 impl RecentIds {
-    fn contains(&self, id: &Uuid) -> bool {
-        self.set.contains(id)
+    fn get(&self, id: &Uuid) -> Option<&(ReceiptStatus, Option<String>)> {
+        self.verdicts.get(id)
     }
 
-    fn insert(&mut self, id: Uuid) {
-        if self.set.insert(id) {
+    fn insert(&mut self, id: Uuid, verdict: (ReceiptStatus, Option<String>)) {
+        if self.verdicts.insert(id, verdict).is_none() {
             self.order.push_back(id);
             if self.order.len() > self.capacity
                 && let Some(old) = self.order.pop_front()
             {
-                self.set.remove(&old);
+                self.verdicts.remove(&old);
             }
         }
     }
@@ -130,7 +132,7 @@ impl Receiver {
             queue: queue.into(),
             handler,
             prefetch: 64,
-            seen: RecentIds { set: HashSet::new(), order: VecDeque::new(), capacity: 100_000 },
+            seen: RecentIds { verdicts: HashMap::new(), order: VecDeque::new(), capacity: 100_000 },
             stats: Arc::default(),
         }
     }
@@ -173,6 +175,12 @@ impl Receiver {
         let mut to_settle: Vec<(Delivery, OutgoingMessage, Outcome)> = Vec::with_capacity(batch.len());
         let mut retry = Vec::new();
         for d in batch {
+            // After a retry, the rest of the batch waits too: handling a later message of the
+            // same key first would break its order.
+            if !retry.is_empty() {
+                retry.push(d);
+                continue;
+            }
             let headers = match HubHeaders::parse(&d.headers) {
                 Ok(h) => h,
                 Err(why) => {
@@ -188,9 +196,9 @@ impl Receiver {
                 }
             };
             let id = headers.message_id;
-            let (status, reason, outcome) = if self.seen.contains(&id) {
-                // Seen: the hub did not get our receipt in time. Receipt again, no handler.
-                (ReceiptStatus::Acknowledged, None, Outcome::Duplicate)
+            let (status, reason, outcome) = if let Some((status, reason)) = self.seen.get(&id) {
+                // Seen: the hub did not get our receipt in time. The same receipt again, no handler.
+                (*status, reason.clone(), Outcome::Duplicate)
             } else {
                 let msg = InboundMessage { headers: headers.clone(), body, redelivered: d.redelivered };
                 match self.handler.handle(&msg).await {
@@ -204,7 +212,7 @@ impl Receiver {
                 }
             };
             // The handler ran: remember it now, so a redelivery (receipt lost) is not handled twice.
-            self.seen.insert(id);
+            self.seen.insert(id, (status, reason.clone()));
             match receipt_message(&headers, status, reason) {
                 Ok(m) => to_settle.push((d, m, outcome)),
                 Err(e) => {
@@ -213,10 +221,12 @@ impl Receiver {
                 }
             }
         }
+        let mut nack_failed = false;
         if !retry.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            for d in retry {
-                let _ = d.nack(true).await;
+            // Last first: a broker that requeues at the head keeps the original order.
+            for d in retry.into_iter().rev() {
+                nack_failed |= d.nack(true).await.is_err();
             }
         }
         if to_settle.is_empty() {
@@ -237,11 +247,17 @@ impl Receiver {
                     // It comes again and is answered from `seen`, with a receipt. Given back
                     // before the acks below, so a cumulative ack does not cover it.
                     tracing::warn!(receipt = %m.dedup_id, error = %e, "receipt not sent; message handed back");
-                    let _ = d.nack(true).await;
+                    nack_failed |= d.nack(true).await.is_err();
                 }
             }
         }
-        if let Err(e) = crate::transport::ack_all(acked).await {
+        // A cumulative ack would also settle a delivery whose nack did not reach the broker.
+        let acks = if nack_failed {
+            crate::transport::ack_each(acked).await
+        } else {
+            crate::transport::ack_all(acked).await
+        };
+        if let Err(e) = acks {
             tracing::warn!(queue = %self.queue, error = %e, "ack failed after the receipts were sent");
         }
         self.stats.accepted.fetch_add(counts[Outcome::Accepted as usize], Ordering::Relaxed);

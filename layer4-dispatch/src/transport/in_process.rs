@@ -160,8 +160,9 @@ impl Acker for InProcessAcker {
 
     async fn nack(mut self: Box<Self>, requeue: bool) -> Result<(), TransportError> {
         if let Some(mut e) = self.envelope.take().filter(|_| requeue) {
+            // Back at the head, where it was: as a broker requeues.
             e.redelivered = true;
-            self.queue.push_back(e);
+            self.queue.push_front(e);
         }
         Ok(())
     }

@@ -116,6 +116,17 @@ pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), TransportError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Acks each delivery on its own.
+pub async fn ack_each(deliveries: Vec<Delivery>) -> Result<(), TransportError> {
+    let mut result = Ok(());
+    for d in deliveries {
+        if let Err(e) = d.ack().await {
+            result = Err(e);
+        }
+    }
+    result
+}
+
 async fn flush(run: &mut Vec<Box<dyn Acker>>) -> Result<(), TransportError> {
     let Some(last) = run.pop() else { return Ok(()) };
     if last.cumulative_scope().is_some() {

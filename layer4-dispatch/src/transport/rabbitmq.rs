@@ -119,7 +119,10 @@ impl RabbitMqTransport {
             }
             tracing::warn!("rabbitmq connection lost; reconnecting");
         }
-        *guard = None;
+        if let Some(old) = guard.take() {
+            // A live connection whose publish channel broke is closed, not leaked.
+            let _ = old.conn.close(200, "replaced".into()).await;
+        }
         let props = ConnectionProperties::default().with_connection_name("post-office hub".into());
         let conn = Arc::new(
             tokio::time::timeout(
@@ -137,7 +140,9 @@ impl RabbitMqTransport {
         let queues: Vec<String> =
             self.declared.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         for q in queues {
-            self.declare(&publish, &q).await?;
+            // Not the message's fault: reported as a connection problem, so rows are not
+            // pushed towards `dead` while the broker refuses a declaration.
+            self.declare(&publish, &q).await.map_err(|e| TransportError::Connection(e.to_string()))?;
         }
         *guard = Some(Link { conn: conn.clone(), publish: publish.clone() });
         tracing::info!("connected to rabbitmq");

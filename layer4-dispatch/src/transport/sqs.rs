@@ -174,7 +174,17 @@ impl SqsTransport {
                 }
             }
             Err(e) => {
-                let err = sdk_err(e);
+                // The service answered (a bad request, a missing queue): counted and retried, so
+                // it ends `dead` if it never passes. No answer: the broker is away, not counted.
+                let text = DisplayErrorContext(&e).to_string();
+                let err = if text.contains("NonExistentQueue") {
+                    self.urls.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, u| u != url);
+                    TransportError::Unroutable(url.to_owned())
+                } else if e.as_service_error().is_some() {
+                    TransportError::Refused(text)
+                } else {
+                    TransportError::Connection(text)
+                };
                 out.extend(sent.into_iter().map(|i| (i, Err(err.clone()))));
             }
         }
@@ -258,9 +268,24 @@ impl Transport for SqsTransport {
                 }
             };
             let fifo = is_fifo(queue);
-            for chunk in msgs.chunks(10) {
+            // At most ten entries, and at most `max_message_bytes` in all: SQS limits the
+            // whole request's payload too (BatchRequestTooLong).
+            let mut start = 0;
+            while start < msgs.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < msgs.len() && end - start < 10 {
+                    let size = sqs_size(msgs[end].1);
+                    if end > start && bytes + size > self.config.max_message_bytes {
+                        break;
+                    }
+                    bytes += size;
+                    end += 1;
+                }
+                let chunk = &msgs[start..end];
                 let url = url.clone();
                 calls.push(async move { self.send_chunk(&url, fifo, chunk).await });
+                start = end;
             }
         }
         // Chunks go out together; within a FIFO group the publisher never has two messages of

@@ -70,9 +70,10 @@ async fn receipts_settle_rows_and_repeats_change_nothing(backend: Backend) {
         .expect("apply");
     assert_eq!(out, ReceiptOutcome { applied: 0, unknown: 1, repeated: 0 });
 
-    let out = apply_receipts(db, &[receipt(ids[1], ReceiptStatus::Rejected, Some("member is archived\u{0}"))])
-        .await
-        .expect("apply");
+    let out =
+        apply_receipts(db, &[receipt(ids[1], ReceiptStatus::Rejected, Some("member is archived\u{0}"))])
+            .await
+            .expect("apply");
     assert_eq!(out.applied, 1);
     let out = apply_receipts(db, &[receipt(ids[1], ReceiptStatus::Acknowledged, None)]).await.expect("apply");
     assert_eq!(out.repeated, 1, "rejected is final");
