@@ -108,6 +108,13 @@ pub struct SourceConfig {
     /// Accepted content types (default `application/json`); empty accepts any.
     #[serde(default = "default_content_types")]
     pub content_types: Vec<String>,
+    /// Seconds to receive a request's body (default 30).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_secs: u64,
+}
+
+fn default_read_timeout() -> u64 {
+    30
 }
 
 fn default_tolerance() -> u64 {
@@ -183,6 +190,7 @@ impl SourceConfig {
             verifier,
             max_body_bytes: self.max_body_bytes,
             content_types: self.content_types.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            read_timeout: Duration::from_secs(self.read_timeout_secs.max(1)),
         })
     }
 }

@@ -29,6 +29,9 @@ pub struct Door {
     pub max_body_bytes: usize,
     /// Accepted content types (media type only, lower case); empty accepts any.
     pub content_types: Vec<String>,
+    /// Longest time to receive the body: a sender trickling bytes (or gone) holds no buffer
+    /// for longer.
+    pub read_timeout: Duration,
 }
 
 /// One request waiting for its row.
@@ -133,6 +136,7 @@ fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         (status = 400, description = "Unusable request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or bad signature, key or token; timestamp outside tolerance", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown source", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within the source's read timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the source's limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type the source does not accept", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable: nothing stored, retry", body = Problem, content_type = "application/problem+json"),
@@ -183,8 +187,21 @@ pub async fn ingest(
     if declared.is_some_and(|n| n > door.max_body_bytes) {
         return too_large();
     }
-    let Ok(bytes) = to_bytes(body, door.max_body_bytes).await else {
-        return too_large();
+    let bytes = match tokio::time::timeout(door.read_timeout, to_bytes(body, door.max_body_bytes)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Body too slow",
+                format!(
+                    "the body did not arrive within {} s; nothing was stored",
+                    door.read_timeout.as_secs()
+                ),
+            )
+            .into_response();
+        }
     };
     let now = chrono::Utc::now().timestamp();
     let verified = match door.verifier.verify(&headers, &bytes, now) {

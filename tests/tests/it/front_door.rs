@@ -85,6 +85,7 @@ pub async fn server(tdb: &TestDb) -> Server {
             "verify": scheme,
             "secrets_file": file,
             "max_body_bytes": 4096,
+            "read_timeout_secs": 1,
         }))
         .expect("source config");
         let cfg = if name == "sw" {
@@ -334,6 +335,31 @@ async fn database_unavailable_is_503_and_recovers() {
     run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     assert_eq!(s.post("key", &payment("evt_down", "1.00", "c"), &key).await.0, 202, "the retry is stored");
     assert_eq!(s.stored().await, 2);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+/// A sender that trickles its body gets 408 once the read timeout passes, and nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let s = server(&tdb).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/ingest/key HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Api-Key: {API_KEY}\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(s.stored().await, 0);
     s.stop().await;
     tdb.cleanup().await;
 }
