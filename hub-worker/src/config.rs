@@ -61,6 +61,13 @@ pub struct HttpConfig {
     /// Environment variable holding the bearer token of the audit and replay API (required).
     #[serde(default = "default_admin_env")]
     pub admin_token_env: String,
+    /// Intake requests handled at once; more are answered 503 with Retry-After.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_in_flight() -> usize {
+    crate::http::ingest::DEFAULT_IN_FLIGHT
 }
 
 fn default_admin_env() -> String {

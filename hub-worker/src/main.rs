@@ -261,7 +261,8 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("listening on {}", http.listen))?;
                     eprintln!("webhook intake on http://{}", listener.local_addr()?);
-                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), cfg.doors()?);
+                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), cfg.doors()?)
+                        .max_in_flight(http.max_in_flight);
                     let audit = hub_worker::http::audit::AuditState::new(hub.clone(), http.admin_token()?);
                     let app = hub_worker::http::router(state, audit);
                     Some(tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())))

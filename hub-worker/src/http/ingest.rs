@@ -47,7 +47,13 @@ struct Job {
 pub struct IngestState {
     doors: Arc<HashMap<String, Door>>,
     jobs: mpsc::Sender<Job>,
+    /// Requests being read, verified or stored at once: each may buffer a body, before anyone
+    /// knows who sent it, so their number is bounded.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Requests handled at once by default.
+pub const DEFAULT_IN_FLIGHT: usize = 512;
 
 /// Most requests grouped into one insert.
 const GROUP: usize = 256;
@@ -60,7 +66,17 @@ impl IngestState {
     pub fn new(hub: Hub, doors: HashMap<String, Door>) -> Self {
         let (tx, rx) = mpsc::channel(GROUP * 4);
         tokio::spawn(group_inserts(hub, rx));
-        Self { doors: Arc::new(doors), jobs: tx }
+        Self {
+            doors: Arc::new(doors),
+            jobs: tx,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_IN_FLIGHT)),
+        }
+    }
+
+    /// At most `n` requests handled at once; more are answered 503 at once.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.in_flight = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 }
 
@@ -139,7 +155,7 @@ fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         (status = 408, description = "The body did not arrive within the source's read timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the source's limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type the source does not accept", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable: nothing stored, retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or too many requests in flight: nothing stored, retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ingest(
@@ -156,6 +172,16 @@ pub async fn ingest(
             format!("no source `{source}` is configured"),
         )
         .into_response();
+    };
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "Too many requests in flight",
+            "the intake is at its limit of concurrent requests; nothing was stored, retry later",
+        );
+        p.retry_after = Some(1);
+        return p.into_response();
     };
     let media = media_type(&headers);
     if !door.content_types.is_empty() && !media.as_ref().is_some_and(|m| door.content_types.contains(m)) {

@@ -62,6 +62,10 @@ pub struct Server {
 }
 
 pub async fn server(tdb: &TestDb) -> Server {
+    server_with(tdb, hub_worker::http::ingest::DEFAULT_IN_FLIGHT).await
+}
+
+async fn server_with(tdb: &TestDb, in_flight: usize) -> Server {
     let dir = std::env::temp_dir().join(format!("po-door-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let transport = Arc::new(layer4_dispatch::InProcessTransport::default());
@@ -102,7 +106,7 @@ pub async fn server(tdb: &TestDb) -> Server {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let cancel = CancellationToken::new();
     let audit = hub_worker::http::audit::AuditState::new(hub.clone(), ADMIN.to_owned());
-    let app = hub_worker::http::router(IngestState::new(hub.clone(), doors), audit);
+    let app = hub_worker::http::router(IngestState::new(hub.clone(), doors).max_in_flight(in_flight), audit);
     tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone()));
     Server { base, hub, transport, cancel, client: reqwest::Client::new(), dir }
 }
@@ -360,6 +364,33 @@ async fn a_slow_body_times_out() {
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(s.stored().await, 0);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+/// Concurrent requests are bounded before anyone is authenticated: over the limit, 503 with
+/// Retry-After at once; when a slot frees, intake goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let s = server_with(&tdb, 1).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // One request holds the only slot: its body never completes (until the 1 s read timeout).
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/ingest/key HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = vec![("x-api-key", API_KEY.to_owned())];
+    let (status, p) = s.post("key", &payment("evt_busy", "1.00", "c"), &key).await;
+    assert_eq!(status, 503, "{p}");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("limit"), "{p}");
+    let mut answer = vec![0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer)).await;
+    let (status, _) = s.post("key", &payment("evt_busy", "1.00", "c"), &key).await;
+    assert_eq!(status, 202, "the slot is free again");
     s.stop().await;
     tdb.cleanup().await;
 }
