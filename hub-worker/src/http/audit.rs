@@ -74,14 +74,12 @@ fn problem(e: Error) -> Response {
         Error::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", d),
         other => {
             tracing::error!(error = %other, "audit query failed");
-            let mut p = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Problem::unavailable(
                 "unavailable",
                 "Storage unavailable",
                 "the database did not answer; retry later",
-            );
-            p.retry_after = Some(5);
-            p
+                Some(5),
+            )
         }
     }
     .into_response()
@@ -215,23 +213,16 @@ pub async fn replay(
     )
 )]
 pub async fn ready(State(s): State<AuditState>) -> Response {
+    // The detail goes to the log only: this endpoint is open, and errors name hosts and users.
     if let Err(e) = audit::ping(s.hub.db()).await {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "Not ready",
-            format!("database: {e}"),
-        )
-        .into_response();
+        tracing::warn!(error = %e, "not ready: database");
+        return Problem::unavailable("not-ready", "Not ready", "the database does not answer", None)
+            .into_response();
     }
     if let Err(e) = s.hub.transport_ready().await {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "Not ready",
-            format!("transport: {e}"),
-        )
-        .into_response();
+        tracing::warn!(error = %e, "not ready: transport");
+        return Problem::unavailable("not-ready", "Not ready", "the transport does not answer", None)
+            .into_response();
     }
     (StatusCode::OK, "ready").into_response()
 }

@@ -174,14 +174,13 @@ pub async fn ingest(
         .into_response();
     };
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        let mut p = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Problem::unavailable(
             "busy",
             "Too many requests in flight",
             "the intake is at its limit of concurrent requests; nothing was stored, retry later",
-        );
-        p.retry_after = Some(1);
-        return p.into_response();
+            Some(1),
+        )
+        .into_response();
     };
     let media = media_type(&headers);
     if !door.content_types.is_empty() && !media.as_ref().is_some_and(|m| door.content_types.contains(m)) {
@@ -250,10 +249,7 @@ pub async fn ingest(
     let (tx, rx) = oneshot::channel();
     let job = Job { source: source.clone(), body: bytes.to_vec(), meta, reply: tx };
     let unavailable = |detail: String| {
-        let mut p =
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Storage unavailable", detail);
-        p.retry_after = Some(5);
-        p.into_response()
+        Problem::unavailable("unavailable", "Storage unavailable", detail, Some(5)).into_response()
     };
     if state.jobs.send(job).await.is_err() {
         return unavailable("intake is shutting down; nothing was stored".into());

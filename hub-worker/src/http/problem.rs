@@ -34,6 +34,15 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// A 503: nothing was done; retry after `retry_after` seconds when given.
+    pub fn unavailable(slug: &str, title: &str, detail: impl Into<String>, retry_after: Option<u32>) -> Self {
+        let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, slug, title, detail);
+        p.retry_after = retry_after;
+        p
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
