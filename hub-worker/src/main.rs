@@ -191,7 +191,12 @@ async fn main() -> anyhow::Result<()> {
                 InProcessTransport, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport, Transport,
             };
             let t: std::sync::Arc<dyn Transport> = match transport.as_str() {
-                "rabbitmq" => std::sync::Arc::new(RabbitMqTransport::new(RabbitMqConfig::new(amqp_url))),
+                "rabbitmq" => {
+                    // The run's queues go away a minute after it ends.
+                    let mut c = RabbitMqConfig::new(amqp_url);
+                    c.queue_expires_ms = Some(60_000);
+                    std::sync::Arc::new(RabbitMqTransport::new(c))
+                }
                 "sqs" => std::sync::Arc::new(SqsTransport::new(SqsConfig::local(sqs_endpoint)).await),
                 "in-process" => std::sync::Arc::new(InProcessTransport::default()),
                 other => bail!("unknown transport `{other}` (rabbitmq, sqs, in-process)"),

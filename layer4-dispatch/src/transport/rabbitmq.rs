@@ -43,6 +43,11 @@ pub struct RabbitMqConfig {
     /// Seconds to wait for a connection to open.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Delete a queue after it has been unused (no consumer, no declaration) this long, in
+    /// milliseconds (`x-expires`). For short-lived destinations (tests, benchmarks); leave it out
+    /// for real ones.
+    #[serde(default)]
+    pub queue_expires_ms: Option<u32>,
 }
 
 fn default_max() -> usize {
@@ -64,6 +69,7 @@ impl RabbitMqConfig {
             max_message_bytes: default_max(),
             confirm_timeout_secs: default_confirm_timeout(),
             connect_timeout_secs: default_connect_timeout(),
+            queue_expires_ms: None,
         }
     }
 }
@@ -93,6 +99,10 @@ impl RabbitMqTransport {
 
     fn queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
+        if let Some(ms) = self.config.queue_expires_ms {
+            // x-expires (RabbitMQ "Time-To-Live and Expiration"): the queue goes when unused.
+            args.insert("x-expires".into(), AMQPValue::LongUInt(ms));
+        }
         if self.config.quorum_queues {
             // x-queue-type=quorum: replicated queue (RabbitMQ docs, "Quorum Queues").
             args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));

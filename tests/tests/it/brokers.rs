@@ -19,8 +19,15 @@ use layer4_dispatch::{RabbitMqConfig, RabbitMqTransport, Receiver, SqsConfig, Sq
 
 use crate::util::{Backend, Collect, Queues, TestDb, amqp_url, broker_builder, payment, sqs_url};
 
+/// Test queues go away a minute after their test stops using them.
+fn rabbit_config() -> RabbitMqConfig {
+    let mut c = RabbitMqConfig::new(amqp_url());
+    c.queue_expires_ms = Some(60_000);
+    c
+}
+
 async fn rabbit() -> Arc<dyn Transport> {
-    Arc::new(RabbitMqTransport::new(RabbitMqConfig::new(amqp_url())))
+    Arc::new(RabbitMqTransport::new(rabbit_config()))
 }
 
 async fn sqs() -> Arc<dyn Transport> {
@@ -99,7 +106,7 @@ async fn rabbitmq_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_quorum_queues_end_to_end() {
-    let mut cfg = RabbitMqConfig::new(amqp_url());
+    let mut cfg = rabbit_config();
     cfg.quorum_queues = true;
     end_to_end(Arc::new(RabbitMqTransport::new(cfg)), false).await;
 }
@@ -292,7 +299,7 @@ async fn oversized_message_is_rejected_with_its_size(transport: Arc<dyn Transpor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_oversized_message_is_rejected() {
-    let mut cfg = RabbitMqConfig::new(amqp_url());
+    let mut cfg = rabbit_config();
     cfg.max_message_bytes = 64 * 1024;
     oversized_message_is_rejected_with_its_size(Arc::new(RabbitMqTransport::new(cfg)), 100 * 1024).await;
 }
