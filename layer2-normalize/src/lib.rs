@@ -3,10 +3,8 @@
 //! field (JSON pointer) and the rule that failed; the raw bytes stay in layer 1.
 
 pub mod entity;
-pub mod error;
 pub mod normalizer;
 pub mod stage;
 
-pub use error::{Error, Result};
 pub use normalizer::{Normalizer, RawInput, Record, parse_json, validate};
 pub use stage::{NormalizeStage, Normalizers, normalize, record_row};

@@ -55,6 +55,18 @@ impl AuditState {
     }
 }
 
+/// Middleware in front of every audit route but `/readyz`: the admin bearer token, or 401.
+pub async fn require_admin(
+    State(s): State<AuditState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match s.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => *r,
+    }
+}
+
 fn unauthorized(detail: &str) -> Response {
     let mut r = Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Not authenticated", detail)
         .into_response();
@@ -106,10 +118,7 @@ fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn message(State(s): State<AuditState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return *r;
-    }
+pub async fn message(State(s): State<AuditState>, Path(id): Path<Uuid>) -> Response {
     answer(audit::message(s.hub.db(), id).await)
 }
 
@@ -127,10 +136,7 @@ pub async fn message(State(s): State<AuditState>, headers: HeaderMap, Path(id): 
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(State(s): State<AuditState>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return *r;
-    }
+pub async fn list(State(s): State<AuditState>, Query(q): Query<ListQuery>) -> Response {
     answer(audit::list(s.hub.db(), &q).await)
 }
 
@@ -146,10 +152,7 @@ pub async fn list(State(s): State<AuditState>, headers: HeaderMap, Query(q): Que
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn stats(State(s): State<AuditState>, headers: HeaderMap) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return *r;
-    }
+pub async fn stats(State(s): State<AuditState>) -> Response {
     answer(audit::stats(s.hub.db()).await)
 }
 
@@ -186,13 +189,9 @@ pub struct Replayed {
 )]
 pub async fn replay(
     State(s): State<AuditState>,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
     Query(q): Query<ReplayQuery>,
 ) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return *r;
-    }
     match audit::replay(s.hub.db(), id, q.from_layer).await {
         Ok(ids) => {
             s.hub.wake();
@@ -239,10 +238,7 @@ pub async fn ready(State(s): State<AuditState>) -> Response {
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn metrics(State(s): State<AuditState>, headers: HeaderMap) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return *r;
-    }
+pub async fn metrics(State(s): State<AuditState>) -> Response {
     let stats = match audit::stats(s.hub.db()).await {
         Ok(v) => v,
         Err(e) => return problem(e),

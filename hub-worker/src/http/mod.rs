@@ -14,13 +14,15 @@ use utoipa::OpenApi;
 /// The routes: intake over `ingest`, the audit desk over `audit`.
 pub fn router(ingest: ingest::IngestState, audit: audit::AuditState) -> Router {
     let intake = Router::new().route("/v1/ingest/{source}", post(ingest::ingest)).with_state(ingest);
+    // One guard for every admin route, so a route added later cannot forget it.
     let desk = Router::new()
         .route("/v1/messages", get(audit::list))
         .route("/v1/messages/{id}", get(audit::message))
         .route("/v1/messages/{id}/replay", post(audit::replay))
         .route("/v1/stats", get(audit::stats))
-        .route("/readyz", get(audit::ready))
         .route("/metrics", get(audit::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(audit.clone(), audit::require_admin))
+        .route("/readyz", get(audit::ready))
         .with_state(audit);
     Router::new()
         .route("/healthz", get(audit::health))
