@@ -8,6 +8,7 @@ pub mod db;
 pub mod entity;
 pub mod error;
 pub mod ingest;
+pub mod json;
 pub mod lineage;
 pub mod metrics;
 pub mod outcome;

@@ -3,8 +3,10 @@
 //! rounding (JSON numbers are carried as their exact text).
 
 pub mod entity;
+pub mod mapping;
 pub mod stage;
 pub mod translator;
 
+pub use mapping::{FieldRule, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped};
 pub use stage::{TranslateStage, Translators, translate};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

@@ -109,7 +109,7 @@ async fn translate_stored(
     row: &normalized::Model,
     now: chrono::DateTime<Utc>,
 ) -> Result<entity::Model, Failure> {
-    let data: serde_json::Value = serde_json::from_str(&row.record).map_err(|e| {
+    let data = layer1_ingest::json::parse_stored(&row.record).map_err(|e| {
         Failure::Rejected(Rejection::whole("json", format!("stored record is not JSON: {e}")))
     })?;
     Ok(translate(translators, row, &data, now).await?.0)

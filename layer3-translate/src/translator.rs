@@ -46,6 +46,12 @@ pub struct Fidelity {
     pub ignored: Vec<String>,
     /// Core fields filled with a default because the record had no value.
     pub defaulted: Vec<String>,
+    /// Record fields no rule maps, carried in the core message's extras (`keep-in-extras`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extras: Vec<String>,
+    /// Losses the mapping asked for by name: `<core field>: <loss>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lossy: Vec<String>,
 }
 
 /// A translator's result.

@@ -192,7 +192,7 @@ impl Translator for ContactTranslator {
             message: CoreMessage { message_type: "member.upsert".into(), type_version: "1".into(), body },
             mapping_name: "crm-contact-to-member".into(),
             mapping_version: "1".into(),
-            fidelity: Fidelity { mapped: leaf_pointers(record.data), ignored: vec![], defaulted: vec![] },
+            fidelity: Fidelity { mapped: leaf_pointers(record.data), ..Default::default() },
         })
     }
 }

@@ -139,7 +139,7 @@ impl Translator for PaymentTranslator {
             message: CoreMessage { message_type: "payment.recorded".into(), type_version: "1".into(), body },
             mapping_name: "payment-event-to-payment-recorded".into(),
             mapping_version: "1".into(),
-            fidelity: Fidelity { mapped, ignored: vec!["/object".into()], defaulted: vec![] },
+            fidelity: Fidelity { mapped, ignored: vec!["/object".into()], ..Default::default() },
         })
     }
 }

@@ -1,0 +1,228 @@
+//! A [`Normalizer`] described by data instead of code: where the records sit in a payload,
+//! which record kind each one is, the JSON Schema (and its version) each kind is checked
+//! against, and which field is the record's own id. Integration files compile to this.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use layer1_ingest::json::{Condition, parse_exact};
+use layer1_ingest::{Failure, Rejection};
+
+use crate::normalizer::{Normalizer, RawInput, Record};
+use crate::schema::JsonSchema;
+
+/// Most records one payload may carry unless the integration says otherwise.
+pub const DEFAULT_MAX_RECORDS: usize = 10_000;
+
+/// One record kind: its schema, version and how to recognise it.
+#[derive(Debug)]
+pub struct DeclaredKind {
+    /// The kind's name (`contact`): picks the translator.
+    pub name: String,
+    /// The schema version stored with every layer 2 row of this kind.
+    pub schema_version: String,
+    /// The schema records of this kind must satisfy.
+    pub schema: JsonSchema,
+    /// Pointer (inside the record) to the record's id at the third party.
+    pub source_ref: Option<String>,
+    /// Which records are of this kind; none: every record (for the only, or last, kind).
+    pub when: Option<Condition>,
+}
+
+/// Splits and checks one source's payloads as its integration file declares.
+#[derive(Debug)]
+pub struct DeclaredNormalizer {
+    source: String,
+    records: Option<String>,
+    event_ref: Option<String>,
+    max_records: usize,
+    kinds: Vec<DeclaredKind>,
+}
+
+impl DeclaredNormalizer {
+    /// A normalizer for `source`. `records` points at the array of records in a payload (none:
+    /// the payload is one record); `event_ref` points at the payload's event id (the
+    /// idempotency key). Kinds are tried in order; the first whose `when` holds is the kind.
+    pub fn new(
+        source: impl Into<String>,
+        records: Option<String>,
+        event_ref: Option<String>,
+        max_records: usize,
+        kinds: Vec<DeclaredKind>,
+    ) -> Self {
+        Self { source: source.into(), records, event_ref, max_records, kinds }
+    }
+
+    fn kind_of(&self, record: &Value) -> Option<&DeclaredKind> {
+        self.kinds.iter().find(|k| k.when.as_ref().is_none_or(|c| c.holds(record)))
+    }
+}
+
+/// The text of an id-like value: strings as they are, numbers as written.
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Normalizer for DeclaredNormalizer {
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn event_ref(&self, body: &[u8]) -> Option<String> {
+        let p = self.event_ref.as_deref()?;
+        serde_json::from_slice::<Value>(body).ok()?.pointer(p).and_then(id_text)
+    }
+
+    async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
+        // Exact parsing: numbers keep their text and a repeated key is an error, not a loss.
+        let payload = parse_exact(raw.body)
+            .map_err(|e| Rejection::whole("json", format!("payload is not JSON: {e}")))?;
+        let (prefix, records): (&str, Vec<&Value>) = match &self.records {
+            None => ("", vec![&payload]),
+            Some(p) => match payload.pointer(p) {
+                Some(Value::Array(items)) => (p.as_str(), items.iter().collect()),
+                Some(_) => {
+                    return Err(Rejection::field(p.clone(), "type", "records must be an array").into());
+                }
+                None => {
+                    return Err(
+                        Rejection::field(p.clone(), "required", "the payload has no records array").into()
+                    );
+                }
+            },
+        };
+        if records.len() > self.max_records {
+            return Err(Rejection::field(
+                prefix,
+                "max_records",
+                format!(
+                    "{} records in one payload; at most {} are accepted",
+                    records.len(),
+                    self.max_records
+                ),
+            )
+            .into());
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for (i, record) in records.into_iter().enumerate() {
+            let at = if self.records.is_some() { format!("{prefix}/{i}") } else { String::new() };
+            let Some(kind) = self.kind_of(record) else {
+                return Err(Rejection::field(
+                    if at.is_empty() { "/".to_owned() } else { at },
+                    "record_kind",
+                    "the record matches none of the integration's record kinds",
+                )
+                .into());
+            };
+            kind.schema.check(record, &at)?;
+            let source_ref = match &kind.source_ref {
+                None => None,
+                Some(p) => Some(record.pointer(p).and_then(id_text).ok_or_else(|| {
+                    Rejection::field(
+                        format!("{at}{p}"),
+                        "source_ref",
+                        "the record's id is missing or is not a string or number",
+                    )
+                })?),
+            };
+            out.push(Record {
+                kind: kind.name.clone(),
+                source_ref,
+                schema_version: Some(kind.schema_version.clone()),
+                data: record.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn normalizer() -> DeclaredNormalizer {
+        let schema = |v| JsonSchema::compile(v).expect("schema");
+        DeclaredNormalizer::new(
+            "iot",
+            Some("/readings".into()),
+            Some("/batch".into()),
+            3,
+            vec![
+                DeclaredKind {
+                    name: "alarm".into(),
+                    schema_version: "1".into(),
+                    schema: schema(json!({"type": "object", "required": ["device"]})),
+                    source_ref: None,
+                    when: Some(Condition {
+                        pointer: "/alarm".into(),
+                        equals: Some(json!(true)),
+                        one_of: None,
+                        exists: None,
+                    }),
+                },
+                DeclaredKind {
+                    name: "reading".into(),
+                    schema_version: "2".into(),
+                    schema: schema(json!({"type": "object", "required": ["id", "value"],
+                        "properties": {"value": {"type": "number"}}})),
+                    source_ref: Some("/id".into()),
+                    when: None,
+                },
+            ],
+        )
+    }
+
+    async fn run(n: &DeclaredNormalizer, body: &str) -> Result<Vec<Record>, Failure> {
+        let raw = RawInput {
+            id: Uuid::now_v7(),
+            source: "iot",
+            source_ref: None,
+            content_type: "application/json",
+            body: body.as_bytes(),
+        };
+        n.normalize(&raw).await
+    }
+
+    fn rejection(r: Result<Vec<Record>, Failure>) -> Rejection {
+        match r {
+            Err(Failure::Rejected(r)) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_picks_kinds_and_keeps_numbers() {
+        let n = normalizer();
+        let out =
+            run(&n, r#"{"batch":"b1","readings":[{"id":7,"value":1E400},{"alarm":true,"device":"d"}]}"#)
+                .await
+                .expect("valid");
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].kind.as_str(), out[0].source_ref.as_deref()), ("reading", Some("7")));
+        assert_eq!(out[0].schema_version.as_deref(), Some("2"));
+        assert_eq!(serde_json::to_string(&out[0].data).expect("text"), r#"{"id":7,"value":1E400}"#);
+        assert_eq!(out[1].kind, "alarm");
+        assert_eq!(n.event_ref(br#"{"batch":"b1"}"#).as_deref(), Some("b1"));
+    }
+
+    #[tokio::test]
+    async fn rejections_name_where_and_why() {
+        let n = normalizer();
+        let r = rejection(run(&n, r#"{"readings":[{"id":"a","value":1},{"id":"b","value":"x"}]}"#).await);
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/readings/1/value"), "type"));
+        let r = rejection(run(&n, r#"{"readings":[{"value":1}]}"#).await);
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/readings/0/id"), "required"));
+        let r = rejection(run(&n, r#"{"readings":{}}"#).await);
+        assert_eq!(r.rule, "type");
+        let r = rejection(run(&n, r#"{"readings":[{"id":1,"value":1},{"id":2,"value":1},{"id":3,"value":1},{"id":4,"value":1}]}"#).await);
+        assert_eq!(r.rule, "max_records");
+        assert_eq!(rejection(run(&n, "{").await).rule, "json");
+    }
+}

@@ -1,0 +1,272 @@
+//! JSON Schema, compiled once, with what the post office needs around it: a violation as a
+//! [`Rejection`] naming the offending value's pointer and the keyword it broke, and a small
+//! static reading of the schema (can this pointer exist? which pointers are required?) used by
+//! the linter to catch mappings that could never work.
+
+use serde_json::Value;
+
+use jsonschema::error::ValidationErrorKind;
+use layer1_ingest::Rejection;
+use layer1_ingest::json::{escape_token, tokens};
+
+/// How deep `$ref`s and combinators are followed before the reading gives up (and answers
+/// "possible", the conservative answer).
+const MAX_DEPTH: usize = 48;
+
+/// A compiled JSON Schema and its source document.
+#[derive(Debug)]
+pub struct JsonSchema {
+    validator: jsonschema::Validator,
+    document: Value,
+}
+
+impl JsonSchema {
+    /// Compiles `document`. Formats (`email`, `date-time`, ...) are checked; `$ref`s resolve only
+    /// inside the document (no network, no file system), so a schema cannot reach out.
+    pub fn compile(document: Value) -> Result<Self, String> {
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&document)
+            .map_err(|e| format!("schema does not compile: {e}"))?;
+        Ok(Self { validator, document })
+    }
+
+    /// The schema as written.
+    pub fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// Checks `value`; the first violation names the pointer (prefixed with `at`, the value's
+    /// place in its payload) and the keyword as the rule.
+    pub fn check(&self, value: &Value, at: &str) -> Result<(), Rejection> {
+        let Some(e) = self.validator.iter_errors(value).next() else {
+            return Ok(());
+        };
+        let mut pointer = format!("{at}{}", e.instance_path().as_str());
+        // Point at the missing or unexpected property itself, not at its parent object.
+        match e.kind() {
+            ValidationErrorKind::Required { property } => {
+                if let Some(p) = property.as_str() {
+                    pointer = format!("{pointer}/{}", escape_token(p));
+                }
+            }
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                if let Some(p) = unexpected.first() {
+                    pointer = format!("{pointer}/{}", escape_token(p));
+                }
+            }
+            _ => {}
+        }
+        let rule = e.kind().keyword().to_owned();
+        let message = format!("value at `{pointer}` breaks `{rule}`: {e}");
+        Err(if pointer.is_empty() {
+            Rejection::whole(rule, message)
+        } else {
+            Rejection::field(pointer, rule, message)
+        })
+    }
+
+    /// Whether a value can exist at `pointer` in an instance: `false` only when the schema
+    /// rules it out (a property not declared where `additionalProperties` is false, a path
+    /// below a scalar type, a `false` schema). Array positions may be written `0` or `*`.
+    pub fn can_exist(&self, pointer: &str) -> bool {
+        match tokens(pointer) {
+            Some(t) => self.allows(&self.document, &t, 0),
+            None => false,
+        }
+    }
+
+    /// The schema's JSON `type`s at `pointer`, when it states them (`["integer"]`).
+    pub fn types_at(&self, pointer: &str) -> Vec<String> {
+        let Some(t) = tokens(pointer) else { return Vec::new() };
+        let mut node = self.resolve(&self.document, 0);
+        for tok in &t {
+            let Some(next) = child(node, tok) else { return Vec::new() };
+            node = self.resolve(next, 0);
+        }
+        types_of(node)
+    }
+
+    /// Pointers every valid instance has: `required` properties, followed into required objects
+    /// and into array items (written `*`).
+    pub fn required_pointers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect_required(&self.document, String::new(), &mut out, 0);
+        out
+    }
+
+    fn resolve<'a>(&'a self, mut node: &'a Value, depth: usize) -> &'a Value {
+        let mut d = depth;
+        while let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            match r.strip_prefix('#').and_then(|p| self.document.pointer(p)) {
+                Some(target) if d < MAX_DEPTH => {
+                    node = target;
+                    d += 1;
+                }
+                _ => break,
+            }
+        }
+        node
+    }
+
+    fn allows(&self, node: &Value, toks: &[String], depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return true;
+        }
+        let node = match node {
+            Value::Bool(b) => return *b,
+            Value::Object(_) => self.resolve(node, depth),
+            _ => return true,
+        };
+        if let Value::Bool(b) = node {
+            return *b;
+        }
+        for sub in node.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+            if !self.allows(sub, toks, depth + 1) {
+                return false;
+            }
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(subs) = node.get(key).and_then(Value::as_array)
+                && !subs.iter().any(|s| self.allows(s, toks, depth + 1))
+            {
+                return false;
+            }
+        }
+        let Some((tok, rest)) = toks.split_first() else { return true };
+        let types = types_of(node);
+        let may = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+        let as_object = may("object") && {
+            if let Some(p) = node.get("properties").and_then(|p| p.get(tok.as_str())) {
+                self.allows(p, rest, depth + 1)
+            } else if node.get("patternProperties").is_some() {
+                true
+            } else {
+                match node.get("additionalProperties") {
+                    Some(Value::Bool(false)) => false,
+                    Some(s @ Value::Object(_)) => self.allows(s, rest, depth + 1),
+                    _ => true,
+                }
+            }
+        };
+        let is_index = tok == "*" || tok.parse::<usize>().is_ok();
+        let as_array = is_index && may("array") && {
+            let prefix = node.get("prefixItems").and_then(Value::as_array);
+            match (tok.parse::<usize>().ok().and_then(|i| prefix.and_then(|p| p.get(i))), node.get("items")) {
+                (Some(s), _) => self.allows(s, rest, depth + 1),
+                (None, Some(s)) => self.allows(s, rest, depth + 1),
+                (None, None) => true,
+            }
+        };
+        as_object || as_array
+    }
+
+    fn collect_required(&self, node: &Value, at: String, out: &mut Vec<String>, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let node = self.resolve(node, depth);
+        for sub in node.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+            self.collect_required(sub, at.clone(), out, depth + 1);
+        }
+        if let Some(items) = node.get("items").filter(|i| i.is_object()) {
+            self.collect_required(items, format!("{at}/*"), out, depth + 1);
+        }
+        for name in node.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = name.as_str() else { continue };
+            let here = format!("{at}/{}", escape_token(name));
+            out.push(here.clone());
+            if let Some(p) = node.get("properties").and_then(|p| p.get(name)) {
+                self.collect_required(p, here, out, depth + 1);
+            }
+        }
+    }
+}
+
+fn child<'a>(node: &'a Value, tok: &str) -> Option<&'a Value> {
+    if let Some(p) = node.get("properties").and_then(|p| p.get(tok)) {
+        return Some(p);
+    }
+    if tok == "*" || tok.parse::<usize>().is_ok() {
+        return node.get("items").filter(|i| i.is_object());
+    }
+    None
+}
+
+fn types_of(node: &Value) -> Vec<String> {
+    match node.get("type") {
+        Some(Value::String(t)) => vec![t.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn contact() -> JsonSchema {
+        JsonSchema::compile(json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["id", "email", "address"],
+            "properties": {
+                "id": {"type": "string"},
+                "email": {"type": "string", "format": "email"},
+                "age": {"type": "integer", "minimum": 0},
+                "address": {"$ref": "#/$defs/address"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "meta": {"type": "object"}
+            },
+            "$defs": {"address": {
+                "type": "object", "required": ["city"], "additionalProperties": false,
+                "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}
+            }}
+        }))
+        .expect("compiles")
+    }
+
+    #[test]
+    fn violations_name_pointer_and_keyword() {
+        let s = contact();
+        let ok = json!({"id": "1", "email": "a@b.co", "address": {"city": "Oslo"}});
+        assert!(s.check(&ok, "").is_ok());
+        let r = s
+            .check(&json!({"id": "1", "email": "nope", "address": {"city": "Oslo"}}), "/contacts/3")
+            .expect_err("bad email");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/contacts/3/email"), "format"));
+        let r = s.check(&json!({"id": "1", "email": "a@b.co", "address": {}}), "").expect_err("no city");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/address/city"), "required"));
+        let r = s
+            .check(&json!({"id": "1", "email": "a@b.co", "address": {"city": "x"}, "new": 1}), "")
+            .expect_err("extra");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/new"), "additionalProperties"));
+    }
+
+    #[test]
+    fn big_and_exponent_numbers_validate_without_panicking() {
+        let s = JsonSchema::compile(json!({"type": "object", "properties": {"n": {"type": "number"}}}))
+            .expect("compiles");
+        for text in [r#"{"n": 1e400}"#, r#"{"n": 12345678901234567890123}"#, r#"{"n": 0.1}"#] {
+            let v: Value = serde_json::from_str(text).expect("json");
+            assert!(s.check(&v, "").is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn static_reading() {
+        let s = contact();
+        assert!(s.can_exist("/address/zip"));
+        assert!(s.can_exist("/tags/0"));
+        assert!(s.can_exist("/meta/anything/below"));
+        assert!(!s.can_exist("/address/street"));
+        assert!(!s.can_exist("/emial"));
+        assert!(!s.can_exist("/id/deeper"));
+        assert_eq!(s.types_at("/age"), ["integer"]);
+        let mut req = s.required_pointers();
+        req.sort();
+        assert_eq!(req, ["/address", "/address/city", "/email", "/id"]);
+        assert!(JsonSchema::compile(json!({"type": "nonsense"})).is_err());
+    }
+}
