@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    QueryTrait, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -226,15 +226,23 @@ fn not_replayable(id: Uuid, why: impl Into<String>) -> Error {
     Error::Conflict(format!("message {id} cannot be replayed: {}", why.into()))
 }
 
-/// Sends the message `id` names through again from layer `from_layer`: every row of that layer
-/// on the message's path is copied as a new `just_in` row whose `parent_id` is the old row
-/// (same origin), and the stages carry the copies on. Old rows stay as they are. Only final
-/// rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would be
-/// delivered twice. Returns the new rows' ids.
-pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result<Vec<Uuid>> {
+/// The layer whose rows a replay from layer `from_layer` copies: the one below, so that layer
+/// `from_layer`'s stage does its work again (with the integration as it is now: a changed
+/// mapping translates again). Layers 1 and 2 both start over from the raw bytes.
+pub fn copied_layer(from_layer: u8) -> Result<u8> {
     if !(1..=4).contains(&from_layer) {
         return Err(Error::BadRequest(format!("from_layer {from_layer}: 1 to 4")));
     }
+    Ok(Ord::max(from_layer.saturating_sub(1), 1))
+}
+
+/// Sends the message `id` names through layer `from_layer` and on again: every row of the
+/// layer below on the message's path is copied as a new `just_in` row whose `parent_id` is the
+/// old row (same origin), and the stages carry the copies on. Old rows stay as they are. Only
+/// final rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would
+/// be delivered twice. Returns the new rows' ids.
+pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result<Vec<Uuid>> {
+    let layer = copied_layer(from_layer)?;
     let lin = lineage(db, id).await?;
     // The newest copy of each row only: a row replayed before has a same-layer child (its
     // copy), and replaying both would send the message twice more.
@@ -249,74 +257,136 @@ pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result
     let mut targets: Vec<&LineageEntry> = lin
         .chain(id)
         .into_iter()
-        .filter(|e| e.layer.number() == from_layer)
+        .filter(|e| e.layer.number() == layer)
         .map(|e| newest(&lin.entries, e))
         .collect();
     targets.sort_by_key(|e| e.id);
     targets.dedup_by_key(|e| e.id);
     if targets.is_empty() {
-        return Err(not_replayable(id, format!("it has no layer {from_layer} row on its path")));
+        return Err(not_replayable(id, format!("it has no layer {layer} row on its path to replay from")));
     }
     let ids: Vec<Uuid> = targets.iter().map(|e| e.id).collect();
-    let now = Utc::now();
     let txn = db.begin().await?;
-    let mut new_ids = Vec::new();
-    macro_rules! fresh {
-        ($m:expr) => {{
-            let new_id = Uuid::now_v7();
-            new_ids.push(new_id);
-            let mut m = $m;
-            m.parent_id = Some(m.id);
-            m.id = new_id;
-            m.status = Status::JustIn;
-            m.attempts = 0;
-            m.last_error = None;
-            m.next_attempt_at = Some(now);
-            m.created_at = now;
-            m.updated_at = now;
-            m
-        }};
-    }
-    match from_layer {
-        1 => {
-            let rows = locked_final::<l1::Entity>(&txn, id, &ids).await?;
-            let copies: Vec<l1::Model> = rows
-                .into_iter()
-                .map(|r| {
-                    let mut m = fresh!(r);
-                    // A replay is a new arrival of the same bytes, not a duplicate of the old one.
-                    m.dedup_key = format!("replay:{}", m.id);
-                    m
-                })
-                .collect();
-            insert_rows::<l1::Entity, _>(&txn, copies).await?;
-        }
-        2 => {
-            let rows = locked_final::<l2::Entity>(&txn, id, &ids).await?;
-            insert_rows::<l2::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
-        }
-        3 => {
-            let rows = locked_final::<l3::Entity>(&txn, id, &ids).await?;
-            insert_rows::<l3::Entity, _>(&txn, rows.into_iter().map(|r| fresh!(r)).collect()).await?;
-        }
-        _ => {
-            let rows = locked_final::<l4::Entity>(&txn, id, &ids).await?;
-            let copies = rows
-                .into_iter()
-                .map(|r| {
-                    let mut m = fresh!(r);
-                    m.queued_at = None;
-                    m.acknowledged_at = None;
-                    m.intake_key = None;
-                    m
-                })
-                .collect();
-            insert_rows::<l4::Entity, _>(&txn, copies).await?;
-        }
-    }
+    let new_ids = match layer {
+        1 => copy_rows::<l1::Entity>(&txn, locked_final::<l1::Entity>(&txn, id, &ids).await?).await?,
+        2 => copy_rows::<l2::Entity>(&txn, locked_final::<l2::Entity>(&txn, id, &ids).await?).await?,
+        _ => copy_rows::<l3::Entity>(&txn, locked_final::<l3::Entity>(&txn, id, &ids).await?).await?,
+    };
     txn.commit().await?;
     tracing::info!(%id, from_layer, replayed = new_ids.len(), "replayed");
     Ok(new_ids)
+}
+
+/// What a replay by source did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReplay {
+    /// The new rows.
+    pub replayed: Vec<Uuid>,
+    /// Rows left alone because they are still moving (replay them once they settle).
+    pub skipped_moving: usize,
+}
+
+/// Replays every message `source` received since `since` through layer `from_layer` again
+/// (`from_layer = 3` translates the stored records again with the mapping as it is now). Only
+/// the newest copy of each row is replayed; rows still moving are skipped and counted.
+pub async fn replay_source(
+    db: &DatabaseConnection,
+    source: &str,
+    since: DateTime<Utc>,
+    from_layer: u8,
+) -> Result<SourceReplay> {
+    let layer = copied_layer(from_layer)?;
+    let txn = db.begin().await?;
+    let (replayed, skipped_moving) = match layer {
+        1 => replay_rows::<l1::Entity>(&txn, source, since).await?,
+        2 => replay_rows::<l2::Entity>(&txn, source, since).await?,
+        _ => replay_rows::<l3::Entity>(&txn, source, since).await?,
+    };
+    txn.commit().await?;
+    tracing::info!(source, %since, from_layer, replayed = replayed.len(), skipped_moving, "replayed by source");
+    Ok(SourceReplay { replayed, skipped_moving })
+}
+
+async fn replay_rows<E>(
+    txn: &sea_orm::DatabaseTransaction,
+    source: &str,
+    since: DateTime<Utc>,
+) -> Result<(Vec<Uuid>, usize)>
+where
+    E: LayerTable + ReplayCopy,
+    E::Model: Sync + Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
+    for<'a> LineageEntry: From<&'a E::Model>,
+{
+    let origins = l1::Entity::find()
+        .select_only()
+        .column(l1::Column::Id)
+        .filter(l1::Column::Source.eq(source))
+        .filter(l1::Column::CreatedAt.gte(since))
+        .into_query();
+    // A row with a same-layer child has been replayed: its newest copy stands for it.
+    let superseded =
+        E::find().select_only().column(E::PARENT_ID).filter(E::PARENT_ID.is_not_null()).into_query();
+    let rows = E::find()
+        .filter(E::SOURCE.eq(source))
+        .filter(E::ORIGIN_ID.in_subquery(origins))
+        .filter(E::ID.not_in_subquery(superseded))
+        .order_by_asc(E::ID)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    let (done, moving): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|r| LineageEntry::from(r).status.is_final());
+    Ok((copy_rows::<E>(txn, done).await?, moving.len()))
+}
+
+/// Layer rows a replay can copy.
+trait ReplayCopy: LayerTable {
+    /// `row` as a fresh `just_in` copy with id `id` whose parent is the old row.
+    fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>) -> Self::Model;
+}
+
+macro_rules! replay_copy {
+    ($entity:ty, |$m:ident| $extra:block) => {
+        impl ReplayCopy for $entity {
+            fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>) -> Self::Model {
+                let mut $m = row;
+                $m.parent_id = Some($m.id);
+                $m.id = id;
+                $m.status = Status::JustIn;
+                $m.attempts = 0;
+                $m.last_error = None;
+                $m.next_attempt_at = Some(now);
+                $m.created_at = now;
+                $m.updated_at = now;
+                $extra
+                $m
+            }
+        }
+    };
+}
+
+// A replayed raw row is a new arrival of the same bytes, not a duplicate of the old one.
+replay_copy!(l1::Entity, |m| { m.dedup_key = format!("replay:{}", m.id) });
+replay_copy!(l2::Entity, |m| {});
+replay_copy!(l3::Entity, |m| {});
+
+async fn copy_rows<E>(txn: &sea_orm::DatabaseTransaction, rows: Vec<E::Model>) -> Result<Vec<Uuid>>
+where
+    E: ReplayCopy,
+    E::Model: Sync + Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
+{
+    let now = Utc::now();
+    let mut ids = Vec::with_capacity(rows.len());
+    let copies: Vec<E::Model> = rows
+        .into_iter()
+        .map(|r| {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            E::fresh(r, id, now)
+        })
+        .collect();
+    insert_rows::<E, _>(txn, copies).await?;
+    Ok(ids)
 }
 
 /// Locks the rows to replay, and checks under the lock that they are final and not replayed

@@ -90,6 +90,7 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
         message_type: "payment.*".into(),
         destination: destination.clone(),
         ordering_key: None,
+        ..Default::default()
     }]);
     let builder = Hub::builder(cfg.database_url.clone())
         .settings(settings)

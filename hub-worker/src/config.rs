@@ -17,6 +17,7 @@ use layer4_dispatch::{
 };
 
 use crate::error::{Error, Result};
+use crate::files::{self, Diagnostic, Integration, Locator};
 use crate::hub::{Hub, HubBuilder, HubSettings};
 use crate::integrations;
 
@@ -41,6 +42,13 @@ pub struct Config {
     /// Built-in integrations to enable, by name (`crm-contacts`, `payments`).
     #[serde(default)]
     pub integrations: Vec<String>,
+    /// A directory of integration files (`core.toml` and one file per source), relative to
+    /// this config file.
+    #[serde(default)]
+    pub integrations_dir: Option<PathBuf>,
+    /// The directory of the config file, which relative paths start from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
     /// Core message type -> destination queue rules; every matching rule is a destination.
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -313,8 +321,18 @@ impl TransportConfig {
 
 /// The top-level keys; only `HUB_<KEY>...` variables for these are configuration (others, such
 /// as `HUB_LOG` or `HUB_TEST_PG`, belong to someone else).
-const SECTIONS: &[&str] =
-    &["database", "stages", "publish", "ingest", "transport", "integrations", "routes", "http", "sources"];
+const SECTIONS: &[&str] = &[
+    "database",
+    "stages",
+    "publish",
+    "ingest",
+    "transport",
+    "integrations",
+    "integrations_dir",
+    "routes",
+    "http",
+    "sources",
+];
 
 fn figment(path: Option<&Path>) -> Result<Figment> {
     let mut fig = Figment::new();
@@ -336,9 +354,15 @@ fn figment(path: Option<&Path>) -> Result<Figment> {
 impl Config {
     /// Loads `path` (if given) and `HUB_*` variables, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let cfg: Config = figment(path)?.extract().map_err(|e| Error::Config(e.to_string()))?;
+        let mut cfg: Config = figment(path)?.extract().map_err(|e| Error::Config(e.to_string()))?;
+        cfg.base_dir = path.and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The integrations directory, resolved against the config file's directory.
+    pub fn integrations_path(&self) -> Option<PathBuf> {
+        self.integrations_dir.as_ref().map(|d| self.base_dir.join(d))
     }
 
     /// Only `database.url`, from `path` and the environment: what `migrate` and `trace` need.
@@ -370,7 +394,7 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
-            if r.destination.is_empty() || r.message_type.is_empty() {
+            if r.targets().next().is_none() || r.message_type.is_empty() {
                 return Err(Error::Config(format!("routes[{i}]: type and destination must not be empty")));
             }
             if let Some(k) = &r.ordering_key
@@ -386,12 +410,17 @@ impl Config {
         }
         for (name, src) in &self.sources {
             if !self.integrations.contains(name) {
-                return Err(Error::Config(format!("sources.{name}: no integration `{name}` is enabled")));
+                return Err(Error::Config(format!(
+                    "sources.{name}: no built-in integration `{name}` is enabled (an integration file \
+                     declares its front door in its own [ingress])"
+                )));
             }
             src.door(name)?;
         }
-        if self.routes.is_empty() {
-            return Err(Error::Config("no routes: add [[routes]] with type and destination".into()));
+        if self.routes.is_empty() && self.integrations_dir.is_none() {
+            return Err(Error::Config(
+                "no routes: add [[routes]] with type and destination, or integrations_dir".into(),
+            ));
         }
         Ok(())
     }
@@ -419,21 +448,90 @@ impl Config {
         }
     }
 
-    /// Every configured source's door (secrets read now).
-    pub fn doors(&self) -> Result<HashMap<String, crate::http::ingest::Door>> {
-        self.sources.iter().map(|(n, s)| Ok((n.clone(), s.door(n)?))).collect()
+    /// Every configured source's door (secrets read now), built-in and from files.
+    pub fn doors(&self, files: &[Integration]) -> Result<HashMap<String, crate::http::ingest::Door>> {
+        let declared = files.iter().filter_map(|i| i.ingress.as_ref().map(|g| (&i.source, g)));
+        self.sources.iter().chain(declared).map(|(n, s)| Ok((n.clone(), s.door(n)?))).collect()
     }
 
-    /// A hub builder with everything this config names.
-    pub async fn hub_builder(&self) -> Result<HubBuilder> {
+    /// A hub builder with everything this config names, and the integrations loaded from files.
+    pub async fn hub_builder(&self, files: Vec<Integration>) -> Result<HubBuilder> {
+        let mut routes = self.routes.clone();
+        routes.extend(files.iter().flat_map(|i| i.routes.iter().cloned()));
         let mut b = Hub::builder(self.database.url.clone())
             .settings(self.settings())
             .transport(self.transport.build().await)
-            .router(Arc::new(RouteTable::new(self.routes.clone())));
+            .router(Arc::new(RouteTable::new(routes)));
         for name in &self.integrations {
             b = integrations::register(b, name)
                 .ok_or_else(|| Error::Config(format!("unknown integration `{name}`")))?;
         }
+        for i in files {
+            b = b.normalizer(Arc::new(i.normalizer));
+            for t in i.translators {
+                b = b.translator(Arc::new(t));
+            }
+        }
         Ok(b)
     }
+}
+
+/// Loads the config at `path` and its integrations directory and checks them together: what
+/// `hub-worker check` reports and what `run` refuses to start on. Problems come with file and
+/// line where they have one.
+pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), Vec<Diagnostic>> {
+    let diag = |line: Option<usize>, message: String| Diagnostic { file: path.to_owned(), line, message };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(vec![diag(None, "config file does not exist".into())]);
+        }
+        Err(e) => return Err(vec![diag(None, format!("cannot read the config file: {e}"))]),
+    };
+    let loc = Locator::new(&text);
+    let cfg = match Config::load(Some(path)) {
+        Ok(c) => c,
+        // figment's errors carry no line; the file parsed alone gives one when the file is
+        // the culprit (and not, say, a missing value the environment would have filled).
+        Err(e) => {
+            return Err(vec![match toml::from_str::<Config>(&text) {
+                Err(te) => diag(te.span().map(|s| loc.line_at(s.start)), te.message().to_owned()),
+                Ok(_) => diag(None, e.to_string()),
+            }]);
+        }
+    };
+    let Some(dir) = cfg.integrations_path() else { return Ok((cfg, Vec::new())) };
+    // Front doors (and their secrets) are only used with the HTTP server on.
+    let mut loaded = files::load_dir(&dir, cfg.http.is_some());
+    let mut out = std::mem::take(&mut loaded.diagnostics);
+    for i in &loaded.integrations {
+        if cfg.integrations.contains(&i.source) {
+            out.push(Diagnostic {
+                file: i.file.clone(),
+                line: None,
+                message: format!(
+                    "source `{}` is also enabled as a built-in integration in {}",
+                    i.source,
+                    path.display()
+                ),
+            });
+        }
+        if cfg.sources.contains_key(&i.source) {
+            out.push(diag(
+                loc.line_of(&["sources".into(), i.source.clone()]),
+                format!("sources.{}: the source's front door belongs in its file's [ingress]", i.source),
+            ));
+        }
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        for d in r.targets() {
+            if !loaded.catalogue.destinations.contains(d) {
+                out.push(diag(
+                    loc.line_of(&["routes".into(), i.to_string(), "destination".into()]),
+                    format!("destination `{d}` is not declared in {}", dir.join(files::CORE_FILE).display()),
+                ));
+            }
+        }
+    }
+    if out.is_empty() { Ok((cfg, loaded.integrations)) } else { Err(out) }
 }

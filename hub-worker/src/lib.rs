@@ -19,6 +19,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod files;
 mod fused;
 pub mod http;
 mod hub;

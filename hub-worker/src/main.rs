@@ -98,17 +98,33 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Sends a message through again from a layer; the new rows link to the old ones.
+    /// Sends one message (by id), or every message of a source since a time, through a layer
+    /// again (`--from-layer 3` translates again with the current mapping); the new rows link to
+    /// the old ones, which stay.
     Replay {
-        /// Any layer's id of the message.
-        id: uuid::Uuid,
-        /// The layer to go through again from, 1 to 4.
+        /// Any layer's id of the message (or use --source and --since).
+        #[arg(required_unless_present = "source", conflicts_with_all = ["source", "since"])]
+        id: Option<uuid::Uuid>,
+        /// Every message this source sent...
+        #[arg(long, requires = "since")]
+        source: Option<String>,
+        /// ...received at or after this time (RFC 3339).
+        #[arg(long, requires = "source")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// The layer whose work is done again, 1 to 4.
         #[arg(long)]
         from_layer: u8,
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Runs the stages until Ctrl-C.
+    /// Loads the configuration and its integration files and reports every problem with its
+    /// file and line; exits non-zero on any.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "config/hub-worker.example.toml")]
+        config: PathBuf,
+    },
+    /// Runs the stages until Ctrl-C (refusing to start on any problem `check` reports).
     Run {
         /// Configuration file (TOML).
         #[arg(long)]
@@ -244,20 +260,60 @@ async fn main() -> anyhow::Result<()> {
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
             println!("{}", serde_json::to_string_pretty(&hub_worker::audit::stats(&conn).await?)?);
         }
-        Command::Replay { id, from_layer, db } => {
+        Command::Replay { id, source, since, from_layer, db } => {
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
-            let ids = hub_worker::audit::replay(&conn, id, from_layer).await?;
+            let (ids, skipped) = match (id, source, since) {
+                (Some(id), _, _) => (hub_worker::audit::replay(&conn, id, from_layer).await?, 0),
+                (None, Some(source), Some(since)) => {
+                    let r = hub_worker::audit::replay_source(&conn, &source, since, from_layer).await?;
+                    (r.replayed, r.skipped_moving)
+                }
+                _ => bail!("give a message id, or --source and --since"),
+            };
             println!(
-                "replayed from layer {from_layer} as {} new row(s); a running worker carries them on:",
+                "replayed through layer {from_layer} as {} new row(s); a running worker carries them on:",
                 ids.len()
             );
             for i in ids {
                 println!("  {i}");
             }
+            if skipped > 0 {
+                println!("skipped {skipped} row(s) still moving: replay them once they settle");
+            }
         }
+        Command::Check { config } => match hub_worker::config::prepare(&config) {
+            Ok((cfg, files)) => {
+                println!(
+                    "{}: ok ({} built-in and {} file integration(s), {} route(s))",
+                    config.display(),
+                    cfg.integrations.len(),
+                    files.len(),
+                    cfg.routes.len() + files.iter().map(|f| f.routes.len()).sum::<usize>()
+                );
+            }
+            Err(diags) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                bail!("{} problem(s) found", diags.len());
+            }
+        },
         Command::Run { config } => {
-            let cfg = Config::load(Some(&config))?;
-            let hub = cfg.hub_builder().await?.build().await?;
+            let (cfg, files) = match hub_worker::config::prepare(&config) {
+                Ok(ok) => ok,
+                Err(diags) => {
+                    for d in &diags {
+                        eprintln!("{d}");
+                    }
+                    bail!(
+                        "not starting: {} problem(s) in the configuration (see `hub-worker check`)",
+                        diags.len()
+                    );
+                }
+            };
+            // Front doors (and their secrets) only with the HTTP server on.
+            let doors = if cfg.http.is_some() { cfg.doors(&files)? } else { Default::default() };
+            let hub = cfg.hub_builder(files).await?.build().await?;
             hub.start();
             let cancel = tokio_util::sync::CancellationToken::new();
             let server = match &cfg.http {
@@ -266,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("listening on {}", http.listen))?;
                     eprintln!("webhook intake on http://{}", listener.local_addr()?);
-                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), cfg.doors()?)
+                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), doors)
                         .max_in_flight(http.max_in_flight);
                     let audit = hub_worker::http::audit::AuditState::new(hub.clone(), http.admin_token()?);
                     let app = hub_worker::http::router(state, audit);

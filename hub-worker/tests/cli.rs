@@ -96,8 +96,8 @@ fn example_config_loads_and_bad_configs_name_the_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml");
     let cfg = hub_worker::config::Config::load(Some(std::path::Path::new(example)))
         .expect("example config is valid");
-    assert_eq!(cfg.integrations, vec!["crm-contacts", "payments"]);
-    assert_eq!(cfg.routes.len(), 2);
+    assert!(cfg.integrations.is_empty(), "the example runs integrations from files");
+    assert_eq!(cfg.integrations_path().map(|p| p.ends_with("examples/integrations")), Some(true));
 
     let dir = std::env::temp_dir().join(format!("po-cfg-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -138,7 +138,11 @@ fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
             .expect("example");
     let db = dir.join("run.sqlite");
     let cfg = dir.join("hub.toml");
-    std::fs::write(&cfg, example.replace("post-office.sqlite", &db.display().to_string())).expect("write");
+    let ints = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations");
+    let text = example
+        .replace("post-office.sqlite", &db.display().to_string())
+        .replace("\"../examples/integrations\"", &format!("{ints:?}"));
+    std::fs::write(&cfg, text).expect("write");
     let mut child = hub_worker()
         .args(["run", "--config"])
         .arg(&cfg)
@@ -157,5 +161,107 @@ fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("claimed batches"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The 1-based line of the first line of `file` containing `marker`.
+fn line_of(file: &std::path::Path, marker: &str) -> usize {
+    let text = std::fs::read_to_string(file).expect("fixture");
+    text.lines().position(|l| l.contains(marker)).map(|i| i + 1).expect("marker in fixture")
+}
+
+#[test]
+fn check_finds_every_class_of_error_with_file_and_line() {
+    let fx = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken"));
+    let out = hub_worker()
+        .args(["check", "--config"])
+        .arg(fx.join("hub.toml"))
+        .env("PO_FIXTURE_ADMIN_TOKEN", "0123456789abcdef-admin")
+        .env_remove("PO_FIXTURE_UNSET_ORDERS_TOKEN")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "a broken setup must fail the check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ints = fx.join("integrations");
+    let orders = ints.join("orders.toml");
+    let expect = [
+        (ints.join("refunds.toml"), "UNKNOWN-KEY", "unknown field `recods`"),
+        (ints.join("returns.toml"), "SCHEMA-DOES-NOT-COMPILE", "schema does not compile"),
+        (orders.clone(), "IMPOSSIBLE-POINTER", "`/emial` cannot exist"),
+        (orders.clone(), "[kinds.order.mapping.fields]", "core field `/total` is required"),
+        (orders.clone(), "UNDECLARED-DESTINATION", "destination `core.order` is not declared"),
+        (orders.clone(), "MISSING-SECRET", "PO_FIXTURE_UNSET_ORDERS_TOKEN"),
+        (orders.clone(), "UNNAMED-LOSS", "lossy = \"truncate-timestamp\""),
+    ];
+    for (file, marker, says) in expect {
+        let want = format!("{}:{}: error: ", file.display(), line_of(&file, marker));
+        assert!(
+            err.lines().any(|l| l.starts_with(&want) && l.contains(says)),
+            "expected `{want}...{says}` in:\n{err}"
+        );
+    }
+    assert!(err.contains("7 problem(s) found"), "{err}");
+
+    // `run` refuses to start on the same problems.
+    let out = hub_worker()
+        .args(["run", "--config"])
+        .arg(fx.join("hub.toml"))
+        .env("PO_FIXTURE_ADMIN_TOKEN", "0123456789abcdef-admin")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not starting: 7 problem(s)") && err.contains("`/emial` cannot exist"), "{err}");
+}
+
+#[test]
+fn the_example_integrations_pass_the_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml");
+    let out = hub_worker().args(["check", "--config", example]).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 file integration(s)"));
+    // With the HTTP server on, their front doors' secrets must be there: set, it passes.
+    let dir = std::env::temp_dir().join(format!("po-chk-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ints = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations"));
+    let cfg = dir.join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "integrations_dir = {:?}\n[database]\nurl = \"sqlite::memory:\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            ints.display().to_string()
+        ),
+    )
+    .expect("write");
+    let run = |secrets: bool| {
+        let mut c = hub_worker();
+        c.args(["check", "--config"]).arg(&cfg).env("HUB_ADMIN_TOKEN", "0123456789abcdef-admin");
+        if secrets {
+            c.env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
+                .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789");
+        } else {
+            c.env_remove("CRM_WEBHOOK_SECRET")
+                .env_remove("PAYMENTS_WEBHOOK_SECRET")
+                .env_remove("IOT_GATEWAY_KEYS");
+        }
+        c.env("RUST_BACKTRACE", "0").output().expect("runs")
+    };
+    let out = run(false);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 problem(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,7 @@ pub struct DeclaredKind {
 #[derive(Debug)]
 pub struct DeclaredNormalizer {
     source: String,
+    envelope: Option<JsonSchema>,
     records: Option<String>,
     event_ref: Option<String>,
     max_records: usize,
@@ -50,7 +51,13 @@ impl DeclaredNormalizer {
         max_records: usize,
         kinds: Vec<DeclaredKind>,
     ) -> Self {
-        Self { source: source.into(), records, event_ref, max_records, kinds }
+        Self { source: source.into(), envelope: None, records, event_ref, max_records, kinds }
+    }
+
+    /// Also checks every whole payload against `schema` (the batch's envelope) first.
+    pub fn with_envelope(mut self, schema: JsonSchema) -> Self {
+        self.envelope = Some(schema);
+        self
     }
 
     fn kind_of(&self, record: &Value) -> Option<&DeclaredKind> {
@@ -82,6 +89,9 @@ impl Normalizer for DeclaredNormalizer {
         // Exact parsing: numbers keep their text and a repeated key is an error, not a loss.
         let payload = parse_exact(raw.body)
             .map_err(|e| Rejection::whole("json", format!("payload is not JSON: {e}")))?;
+        if let Some(s) = &self.envelope {
+            s.check(&payload, "")?;
+        }
         let (prefix, records): (&str, Vec<&Value>) = match &self.records {
             None => ("", vec![&payload]),
             Some(p) => match payload.pointer(p) {

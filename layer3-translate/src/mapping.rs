@@ -400,18 +400,22 @@ fn compile_rule(
             issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
         }
     }
-    (issues.len() == before).then(|| Field {
-        out: target.to_owned(),
-        out_tokens,
-        source,
-        default: rule.default.clone(),
-        transforms: t,
-    })
+    // Built even with problems reported, so that the schema checks can still run on it; a
+    // mapping with any problem is never run.
+    let _ = before;
+    Some(Field { out: target.to_owned(), out_tokens, source, default: rule.default.clone(), transforms: t })
 }
 
 impl Mapping {
     /// Compiles `spec`, or lists everything wrong with it.
     pub fn compile(spec: MappingSpec) -> Result<Self, Vec<MappingIssue>> {
+        let (m, issues) = Self::compile_all(spec);
+        if issues.is_empty() { Ok(m) } else { Err(issues) }
+    }
+
+    /// Compiles as much of `spec` as can be, with everything wrong with it: for a linter, which
+    /// wants the schema checks too. Run the mapping only if the list is empty.
+    pub fn compile_all(spec: MappingSpec) -> (Self, Vec<MappingIssue>) {
         let mut issues = Vec::new();
         for (key, v, max) in [
             ("name", &spec.name, 128),
@@ -444,7 +448,7 @@ impl Mapping {
                 }
             }
         }
-        if issues.is_empty() { Ok(Self { spec, fields, ignore }) } else { Err(issues) }
+        (Self { spec, fields, ignore }, issues)
     }
 
     /// The mapping as written.

@@ -188,7 +188,11 @@ impl Receiver {
                     continue;
                 }
             };
-            let body: serde_json::Value = match serde_json::from_slice(&d.body) {
+            // Exact parsing: the core app sees every number as the hub sent it (`1E400` too).
+            let parsed = std::str::from_utf8(&d.body)
+                .map_err(|e| e.to_string())
+                .and_then(layer1_ingest::json::parse_stored);
+            let body: serde_json::Value = match parsed {
                 Ok(b) => b,
                 Err(e) => {
                     self.discard(d, &format!("body is not JSON: {e}")).await;

@@ -1,8 +1,10 @@
-//! Routes: core message type -> destination queues (fan-out), with an optional ordering key.
+//! Routes: core message type -> destination queues (fan-out), with an optional ordering key and
+//! an optional filter.
 
 use serde::Deserialize;
 
 use layer1_ingest::Rejection;
+use layer1_ingest::json::Condition;
 
 /// Where one core message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,16 +17,22 @@ pub struct Target {
 
 /// Decides the destinations of a core message.
 pub trait Router: Send + Sync + 'static {
-    /// The destinations of a message of `message_type` with `body`. An empty answer means no
-    /// route: the message is rejected with that reason (fix the routes, then replay).
-    fn route(&self, message_type: &str, body: &serde_json::Value) -> Result<Vec<Target>, Rejection>;
+    /// The destinations of a message of `message_type` with `body` from `source`. An empty
+    /// answer means no route: the message is rejected with that reason (fix the routes, then
+    /// replay).
+    fn route(
+        &self,
+        source: &str,
+        message_type: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<Target>, Rejection>;
 
     /// Every destination the router can name, declared on the transport at start.
     fn destinations(&self) -> Vec<String>;
 }
 
 /// One routing rule.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// The core message type: exact (`member.upsert`), a prefix ending in `*`
@@ -32,18 +40,41 @@ pub struct Route {
     #[serde(rename = "type")]
     pub message_type: String,
     /// The destination queue.
+    #[serde(default)]
     pub destination: String,
+    /// More destination queues: the message goes to each (fan-out).
+    #[serde(default)]
+    pub destinations: Vec<String>,
     /// A JSON pointer into the core message whose value orders messages per key.
     #[serde(default)]
     pub ordering_key: Option<String>,
+    /// Only messages passing this test take the route.
+    #[serde(default)]
+    pub filter: Option<Condition>,
+    /// Only messages from this source take the route (routes declared in an integration file
+    /// apply to that integration's messages).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 impl Route {
-    fn matches(&self, message_type: &str) -> bool {
+    /// Whether the route's type pattern takes `message_type`.
+    pub fn matches_type(&self, message_type: &str) -> bool {
         match self.message_type.strip_suffix('*') {
             Some(prefix) => message_type.starts_with(prefix),
             None => self.message_type == message_type,
         }
+    }
+
+    fn matches(&self, source: &str, message_type: &str, body: &serde_json::Value) -> bool {
+        self.matches_type(message_type)
+            && self.source.as_deref().is_none_or(|s| s == source)
+            && self.filter.as_ref().is_none_or(|f| f.holds(body))
+    }
+
+    /// Every destination the route names.
+    pub fn targets(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.destination).filter(|d| !d.is_empty()).chain(self.destinations.iter())
     }
 }
 
@@ -61,12 +92,14 @@ impl RouteTable {
 }
 
 impl Router for RouteTable {
-    fn route(&self, message_type: &str, body: &serde_json::Value) -> Result<Vec<Target>, Rejection> {
+    fn route(
+        &self,
+        source: &str,
+        message_type: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<Target>, Rejection> {
         let mut out: Vec<Target> = Vec::new();
-        for r in self.routes.iter().filter(|r| r.matches(message_type)) {
-            if out.iter().any(|t| t.destination == r.destination) {
-                continue;
-            }
+        for r in self.routes.iter().filter(|r| r.matches(source, message_type, body)) {
             let ordering_key = match &r.ordering_key {
                 None => None,
                 Some(p) => Some(match body.pointer(p) {
@@ -77,8 +110,8 @@ impl Router for RouteTable {
                             p.clone(),
                             "ordering_key",
                             format!(
-                                "route to `{}` orders by `{p}`, which is not a string or number in the message",
-                                r.destination
+                                "route for `{}` orders by `{p}`, which is not a string or number in the message",
+                                r.message_type
                             ),
                         ));
                     }
@@ -93,7 +126,11 @@ impl Router for RouteTable {
                     "an ordering key must be 1 to 255 bytes without control characters",
                 ));
             }
-            out.push(Target { destination: r.destination.clone(), ordering_key });
+            for d in r.targets() {
+                if !out.iter().any(|t| t.destination == *d) {
+                    out.push(Target { destination: d.clone(), ordering_key: ordering_key.clone() });
+                }
+            }
         }
         if out.is_empty() {
             return Err(Rejection::whole(
@@ -105,7 +142,7 @@ impl Router for RouteTable {
     }
 
     fn destinations(&self) -> Vec<String> {
-        let mut d: Vec<String> = self.routes.iter().map(|r| r.destination.clone()).collect();
+        let mut d: Vec<String> = self.routes.iter().flat_map(|r| r.targets().cloned()).collect();
         d.sort();
         d.dedup();
         d
@@ -123,23 +160,24 @@ mod tests {
                 message_type: "payment.*".into(),
                 destination: "core.payments".into(),
                 ordering_key: Some("/account_id".into()),
+                ..Default::default()
             },
             Route {
                 message_type: "payment.recorded".into(),
                 destination: "core.ledger".into(),
-                ordering_key: None,
+                ..Default::default()
             },
             Route {
                 message_type: "member.upsert".into(),
                 destination: "core.members".into(),
-                ordering_key: None,
+                ..Default::default()
             },
         ])
     }
 
     #[test]
     fn fan_out_and_ordering_key() {
-        let t = table().route("payment.recorded", &json!({"account_id": "acct_9"})).expect("routes");
+        let t = table().route("s", "payment.recorded", &json!({"account_id": "acct_9"})).expect("routes");
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].ordering_key.as_deref(), Some("acct_9"));
         assert_eq!(t[1].destination, "core.ledger");
@@ -147,8 +185,30 @@ mod tests {
 
     #[test]
     fn no_route_and_missing_key_are_rejections() {
-        assert_eq!(table().route("order.created", &json!({})).expect_err("no route").rule, "route");
-        let r = table().route("payment.recorded", &json!({})).expect_err("no key");
+        assert_eq!(table().route("s", "order.created", &json!({})).expect_err("no route").rule, "route");
+        let r = table().route("s", "payment.recorded", &json!({})).expect_err("no key");
         assert_eq!(r.field.as_deref(), Some("/account_id"));
+    }
+
+    #[test]
+    fn filters_sources_and_multiple_destinations() {
+        let t = RouteTable::new(vec![Route {
+            message_type: "sensor.*".into(),
+            destinations: vec!["core.telemetry".into(), "core.archive".into()],
+            ordering_key: Some("/device_id".into()),
+            filter: serde_json::from_value(json!({"pointer": "/test", "exists": false})).ok(),
+            source: Some("iot".into()),
+            ..Default::default()
+        }]);
+        let live = json!({"device_id": "d1"});
+        let got = t.route("iot", "sensor.reading", &live).expect("routes");
+        assert_eq!(
+            got.iter().map(|g| g.destination.as_str()).collect::<Vec<_>>(),
+            ["core.telemetry", "core.archive"]
+        );
+        assert!(got.iter().all(|g| g.ordering_key.as_deref() == Some("d1")));
+        assert!(t.route("other", "sensor.reading", &live).is_err());
+        assert!(t.route("iot", "sensor.reading", &json!({"device_id": "d1", "test": true})).is_err());
+        assert_eq!(t.destinations(), ["core.archive", "core.telemetry"]);
     }
 }

@@ -38,7 +38,7 @@ pub fn dispatch_rows(
     body: &serde_json::Value,
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<entity::Model>, Failure> {
-    let targets = router.route(&row.message_type, body)?;
+    let targets = router.route(&row.source, &row.message_type, body)?;
     Ok(targets
         .into_iter()
         .map(|t| entity::Model {

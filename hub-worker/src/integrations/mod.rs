@@ -41,11 +41,13 @@ pub fn demo_routes() -> RouteTable {
             message_type: "member.upsert".into(),
             destination: "core.members".into(),
             ordering_key: Some("/member_id".into()),
+            ..Default::default()
         },
         Route {
             message_type: "payment.*".into(),
             destination: "core.payments".into(),
             ordering_key: Some("/customer_ref".into()),
+            ..Default::default()
         },
     ])
 }

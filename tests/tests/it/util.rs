@@ -207,11 +207,13 @@ impl Queues {
                 message_type: "member.upsert".into(),
                 destination: self.members.clone(),
                 ordering_key: Some("/member_id".into()),
+                ..Default::default()
             },
             Route {
                 message_type: "payment.*".into(),
                 destination: self.payments.clone(),
                 ordering_key: Some("/customer_ref".into()),
+                ..Default::default()
             },
         ])
     }

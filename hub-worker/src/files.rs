@@ -1,0 +1,562 @@
+//! Integrations as files: a directory with `core.toml` (the core app's destinations and message
+//! types, each with a JSON Schema) and one TOML file per source (its front door, where records
+//! sit in a payload, its record kinds with their schemas and mappings, and its routes).
+//!
+//! Loading checks everything it can before anything runs and reports each problem with its file
+//! and line; `hub-worker check` prints them and `run` refuses to start while any remain.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use layer1_ingest::json::{Condition, tokens};
+use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema, declared::DEFAULT_MAX_RECORDS};
+use layer3_translate::{Mapping, MappingSpec, MappingTranslator};
+use layer4_dispatch::Route;
+
+use crate::config::SourceConfig;
+
+/// The catalogue's file name inside an integrations directory.
+pub const CORE_FILE: &str = "core.toml";
+/// Largest schema or integration file read, bytes.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One problem, where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: error: {}", self.file.display(), self.message),
+            None => write!(f, "{}: error: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Finds the line of a key path in a TOML file, for diagnostics.
+pub struct Locator {
+    text: String,
+    doc: Option<toml_edit::ImDocument<String>>,
+}
+
+impl Locator {
+    /// A locator over `text`.
+    pub fn new(text: &str) -> Self {
+        Self { text: text.to_owned(), doc: toml_edit::ImDocument::parse(text.to_owned()).ok() }
+    }
+
+    /// The 1-based line of byte `offset`.
+    pub fn line_at(&self, offset: usize) -> usize {
+        self.text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+    }
+
+    /// The line of the deepest key of `path` that exists (`["kinds", "contact", "schema"]`;
+    /// array elements by index).
+    pub fn line_of(&self, path: &[String]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut span = None;
+        for seg in path {
+            if let Some(t) = item.as_table_like() {
+                let Some((k, v)) = t.get_key_value(seg) else { break };
+                span = k.span().or(v.span()).or(span);
+                item = v;
+            } else if let (Some(aot), Ok(i)) = (item.as_array_of_tables(), seg.parse::<usize>()) {
+                let Some(t) = aot.get(i) else { break };
+                span = t.span().or(span);
+                // Continue into the table (an Item view of it).
+                let Some(next) = aot_item(item, i) else { break };
+                item = next;
+            } else if let (Some(arr), Ok(i)) = (item.as_array(), seg.parse::<usize>()) {
+                let Some(v) = arr.get(i) else { break };
+                span = v.span().or(span);
+                break;
+            } else {
+                break;
+            }
+        }
+        span.map(|s| self.line_at(s.start))
+    }
+}
+
+fn aot_item(item: &toml_edit::Item, i: usize) -> Option<&toml_edit::Item> {
+    // `Item::get` indexes arrays of tables by position.
+    item.get(i)
+}
+
+/// A diagnostics collector for one file.
+struct FileDiags<'a> {
+    file: PathBuf,
+    loc: Locator,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl FileDiags<'_> {
+    fn at(&mut self, path: &[&str], message: impl Into<String>) {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        self.at_path(&path, message);
+    }
+
+    fn at_path(&mut self, path: &[String], message: impl Into<String>) {
+        let line = self.loc.line_of(path);
+        self.out.push(Diagnostic { file: self.file.clone(), line, message: message.into() });
+    }
+}
+
+/// `core.toml`: what the core app accepts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoreFile {
+    /// Queues the core app reads.
+    destinations: Vec<String>,
+    /// Core message types with their schemas.
+    #[serde(default)]
+    message_types: Vec<CoreType>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoreType {
+    #[serde(rename = "type")]
+    message_type: String,
+    version: String,
+    schema: PathBuf,
+}
+
+/// The core app's contract as declared: destinations and message type schemas.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    /// Declared destinations.
+    pub destinations: BTreeSet<String>,
+    /// Core message type schemas by (type, version).
+    pub types: HashMap<(String, String), Arc<JsonSchema>>,
+}
+
+/// An integration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationFile {
+    source: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    ingress: Option<SourceConfig>,
+    #[serde(default)]
+    payload: PayloadSpec,
+    kinds: BTreeMap<String, KindSpec>,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayloadSpec {
+    #[serde(default)]
+    schema: Option<PathBuf>,
+    #[serde(default)]
+    records: Option<String>,
+    #[serde(default)]
+    event_ref: Option<String>,
+    #[serde(default)]
+    max_records: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindSpec {
+    schema: PathBuf,
+    schema_version: String,
+    #[serde(default)]
+    source_ref: Option<String>,
+    #[serde(default)]
+    when: Option<Condition>,
+    mapping: MappingSpec,
+}
+
+/// One source's integration, ready to register.
+pub struct Integration {
+    /// The source name.
+    pub source: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Layer 2.
+    pub normalizer: DeclaredNormalizer,
+    /// Layer 3, one per record kind.
+    pub translators: Vec<MappingTranslator>,
+    /// Layer 4 (scoped to this source).
+    pub routes: Vec<Route>,
+    /// The front door, if the source takes webhooks.
+    pub ingress: Option<SourceConfig>,
+}
+
+/// Everything an integrations directory declares.
+#[derive(Default)]
+pub struct Loaded {
+    /// The core contract.
+    pub catalogue: Catalogue,
+    /// The integrations (only those without errors).
+    pub integrations: Vec<Integration>,
+    /// Every problem found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("{} is larger than {MAX_FILE_BYTES} bytes", path.display()));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Reads and compiles a JSON Schema file (relative paths from `base`).
+fn load_schema(base: &Path, rel: &Path) -> Result<JsonSchema, String> {
+    let path = base.join(rel);
+    let text = read_text(&path)?;
+    let doc = layer1_ingest::json::parse_exact(text.as_bytes())
+        .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
+    JsonSchema::compile(doc).map_err(|e| format!("{} {e}", path.display()))
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(d: &mut FileDiags<'_>, text: &str) -> Option<T> {
+    match toml::from_str::<T>(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let line = e.span().map(|s| d.loc.line_at(s.start));
+            d.out.push(Diagnostic { file: d.file.clone(), line, message: e.message().to_owned() });
+            None
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// Loads `dir`. With `check_secrets`, a front door whose secret is not available is an error
+/// (what `check` and `run` want; tests of the files alone may skip it).
+pub fn load_dir(dir: &Path, check_secrets: bool) -> Loaded {
+    let mut loaded = Loaded::default();
+    let core_path = dir.join(CORE_FILE);
+    load_core(&core_path, dir, &mut loaded);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "toml") && p.file_name() != Some(CORE_FILE.as_ref())
+            })
+            .collect(),
+        Err(e) => {
+            loaded.diagnostics.push(Diagnostic {
+                file: dir.to_owned(),
+                line: None,
+                message: format!("cannot read the integrations directory: {e}"),
+            });
+            return loaded;
+        }
+    };
+    files.sort();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        if let Some(i) =
+            load_integration(&file, dir, &loaded.catalogue, check_secrets, &mut loaded.diagnostics)
+        {
+            if let Some(first) = seen.get(&i.source) {
+                let loc = Locator::new(&read_text(&file).unwrap_or_default());
+                loaded.diagnostics.push(Diagnostic {
+                    file: file.clone(),
+                    line: loc.line_of(&["source".into()]),
+                    message: format!("source `{}` is already declared in {}", i.source, first.display()),
+                });
+                continue;
+            }
+            seen.insert(i.source.clone(), file.clone());
+            loaded.integrations.push(i);
+        }
+    }
+    loaded
+}
+
+fn load_core(path: &Path, dir: &Path, loaded: &mut Loaded) {
+    let text = match read_text(path) {
+        Ok(t) => t,
+        Err(e) => {
+            loaded.diagnostics.push(Diagnostic {
+                file: path.to_owned(),
+                line: None,
+                message: format!("{e}: an integrations directory declares the core app's destinations and message types in {CORE_FILE}"),
+            });
+            return;
+        }
+    };
+    let mut d = FileDiags { file: path.to_owned(), loc: Locator::new(&text), out: &mut loaded.diagnostics };
+    let Some(core) = parse_toml::<CoreFile>(&mut d, &text) else { return };
+    for (i, dest) in core.destinations.iter().enumerate() {
+        if dest.is_empty() || dest.len() > 255 || dest.chars().any(char::is_control) {
+            d.at(
+                &["destinations", &i.to_string()],
+                format!("destination `{dest}` is not 1 to 255 characters"),
+            );
+        }
+        loaded.catalogue.destinations.insert(dest.clone());
+    }
+    for (i, t) in core.message_types.iter().enumerate() {
+        let idx = i.to_string();
+        let key = (t.message_type.clone(), t.version.clone());
+        if loaded.catalogue.types.contains_key(&key) {
+            d.at(
+                &["message_types", &idx, "type"],
+                format!("{} v{} is declared twice", t.message_type, t.version),
+            );
+            continue;
+        }
+        match load_schema(dir, &t.schema) {
+            Ok(s) => {
+                loaded.catalogue.types.insert(key, Arc::new(s));
+            }
+            Err(e) => d.at(&["message_types", &idx, "schema"], e),
+        }
+    }
+}
+
+fn load_integration(
+    file: &Path,
+    dir: &Path,
+    catalogue: &Catalogue,
+    check_secrets: bool,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Integration> {
+    let text = match read_text(file) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(Diagnostic { file: file.to_owned(), line: None, message: e });
+            return None;
+        }
+    };
+    let before = out.len();
+    let mut d = FileDiags { file: file.to_owned(), loc: Locator::new(&text), out };
+    let f: IntegrationFile = parse_toml(&mut d, &text)?;
+    let _ = &f.description;
+    if !valid_name(&f.source) {
+        d.at(&["source"], format!("source `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", f.source));
+    }
+    for (key, p) in [("records", &f.payload.records), ("event_ref", &f.payload.event_ref)] {
+        if let Some(p) = p
+            && tokens(p).is_none_or(|t| t.is_empty())
+        {
+            d.at(&["payload", key], format!("`{p}` is not a JSON pointer like /{key}"));
+        }
+    }
+    if f.kinds.is_empty() {
+        d.at(&["kinds"], "declare at least one record kind under [kinds.<name>]");
+    }
+    let catch_all: Vec<&String> = f.kinds.iter().filter(|(_, k)| k.when.is_none()).map(|(n, _)| n).collect();
+    if f.kinds.len() > 1 && catch_all.len() > 1 {
+        d.at(
+            &["kinds"],
+            format!(
+                "record kinds {} all lack `when`: only one kind may take every record not matched by the others",
+                catch_all.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let base = file.parent().unwrap_or(dir);
+    let envelope = match &f.payload.schema {
+        None => None,
+        Some(p) => match load_schema(base, p) {
+            Ok(s) => {
+                for (key, ptr) in [("records", &f.payload.records), ("event_ref", &f.payload.event_ref)] {
+                    if let Some(ptr) = ptr
+                        && !s.can_exist(ptr)
+                    {
+                        d.at(
+                            &["payload", key],
+                            format!("`{ptr}` cannot exist in a payload: its schema does not allow it"),
+                        );
+                    }
+                }
+                Some(s)
+            }
+            Err(e) => {
+                d.at(&["payload", "schema"], e);
+                None
+            }
+        },
+    };
+    let mut kinds = Vec::new();
+    let mut translators = Vec::new();
+    let mut produced: Vec<(String, String)> = Vec::new();
+    for (name, k) in f.kinds {
+        let at = |rest: &[&str]| -> Vec<String> {
+            ["kinds", name.as_str()].iter().chain(rest).map(|s| (*s).to_owned()).collect()
+        };
+        if !valid_name(&name) {
+            d.at_path(&at(&[]), format!("record kind `{name}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`"));
+        }
+        if k.schema_version.is_empty() || k.schema_version.len() > 64 {
+            d.at_path(&at(&["schema_version"]), "schema_version must be 1 to 64 characters");
+        }
+        let schema = match load_schema(base, &k.schema) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                d.at_path(&at(&["schema"]), e);
+                None
+            }
+        };
+        if let Some(p) = &k.source_ref {
+            if tokens(p).is_none_or(|t| t.is_empty()) {
+                d.at_path(&at(&["source_ref"]), format!("`{p}` is not a JSON pointer like /id"));
+            } else if schema.as_ref().is_some_and(|s| !s.can_exist(p)) {
+                d.at_path(
+                    &at(&["source_ref"]),
+                    format!("`{p}` cannot exist in a record: the schema does not allow it"),
+                );
+            }
+        }
+        if let Some(c) = &k.when {
+            if let Some(why) = c.problem() {
+                d.at_path(&at(&["when"]), why);
+            } else if schema.as_ref().is_some_and(|s| !s.can_exist(&c.pointer)) {
+                d.at_path(
+                    &at(&["when"]),
+                    format!("`{}` cannot exist in a record: the schema does not allow it", c.pointer),
+                );
+            }
+        }
+        let type_key = (k.mapping.message_type.clone(), k.mapping.type_version.clone());
+        let core = catalogue.types.get(&type_key).cloned();
+        if core.is_none() {
+            d.at_path(
+                &at(&["mapping", "message_type"]),
+                format!("core message type {} v{} is not declared in {CORE_FILE}", type_key.0, type_key.1),
+            );
+        }
+        produced.push(type_key);
+        let (mapping, issues) = Mapping::compile_all(k.mapping);
+        let compiled = issues.is_empty();
+        for i in issues {
+            let mut p = at(&["mapping"]);
+            p.extend(i.at);
+            d.at_path(&p, i.message);
+        }
+        if let Some(s) = &schema {
+            for i in mapping.lint(s, core.as_deref()) {
+                let mut p = at(&["mapping"]);
+                p.extend(i.at);
+                d.at_path(&p, i.message);
+            }
+        }
+        let mapping = compiled.then_some(mapping);
+        if let (Some(m), Some(s)) = (mapping, schema) {
+            translators.push(MappingTranslator::new(f.source.clone(), name.clone(), m, core));
+            kinds.push(DeclaredKind {
+                name,
+                schema_version: k.schema_version,
+                schema: s,
+                source_ref: k.source_ref,
+                when: k.when,
+            });
+        }
+    }
+    // Kinds with a test first, the catch-all last.
+    kinds.sort_by_key(|k| k.when.is_none());
+    let mut routes = Vec::new();
+    for (i, mut r) in f.routes.into_iter().enumerate() {
+        let idx = i.to_string();
+        if r.message_type.is_empty() {
+            d.at(&["routes", &idx, "type"], "a route needs a core message `type`");
+        }
+        if r.targets().next().is_none() {
+            d.at(&["routes", &idx], "a route needs `destination` or `destinations`");
+        }
+        for dest in r.targets() {
+            if !catalogue.destinations.contains(dest) {
+                let key = if *dest == r.destination { "destination" } else { "destinations" };
+                d.at(
+                    &["routes", &idx, key],
+                    format!("destination `{dest}` is not declared in {CORE_FILE} (destinations = [...])"),
+                );
+            }
+        }
+        if let Some(k) = &r.ordering_key {
+            if tokens(k).is_none_or(|t| t.is_empty()) {
+                d.at(&["routes", &idx, "ordering_key"], format!("`{k}` is not a JSON pointer"));
+            } else {
+                // Checked against every declared type the route can carry.
+                for ((t, v), s) in &catalogue.types {
+                    if r.matches_type(t) && !s.can_exist(k) {
+                        d.at(
+                            &["routes", &idx, "ordering_key"],
+                            format!("`{k}` cannot exist in core message {t} v{v}"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(c) = &r.filter
+            && let Some(why) = c.problem()
+        {
+            d.at(&["routes", &idx, "filter"], why);
+        }
+        if r.source.as_ref().is_some_and(|s| *s != f.source) {
+            d.at(&["routes", &idx, "source"], "routes in an integration file apply to its own source");
+        }
+        r.source = Some(f.source.clone());
+        routes.push(r);
+    }
+    // A type no route carries would have every message rejected at layer 4.
+    for (t, v) in &produced {
+        if !routes.iter().any(|r| r.matches_type(t)) {
+            d.at(
+                &["routes"],
+                format!("no route carries core message type {t} v{v}: add a [[routes]] entry for it"),
+            );
+        }
+    }
+    if let Some(ing) = &f.ingress {
+        if check_secrets
+            && let Some(var) = &ing.secret_env
+            && std::env::var_os(var).is_none()
+        {
+            d.at(
+                &["ingress", "secret_env"],
+                format!("environment variable {var} (the webhook secret) is not set"),
+            );
+        } else if check_secrets && let Err(e) = ing.door(&f.source) {
+            d.at(&["ingress"], e.to_string());
+        }
+    }
+    if d.out.len() > before {
+        return None;
+    }
+    let mut normalizer = DeclaredNormalizer::new(
+        f.source.clone(),
+        f.payload.records,
+        f.payload.event_ref,
+        f.payload.max_records.unwrap_or(DEFAULT_MAX_RECORDS),
+        kinds,
+    );
+    if let Some(s) = envelope {
+        normalizer = normalizer.with_envelope(s);
+    }
+    Some(Integration {
+        normalizer,
+        source: f.source,
+        file: file.to_owned(),
+        translators,
+        routes,
+        ingress: f.ingress,
+    })
+}
