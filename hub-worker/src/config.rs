@@ -467,10 +467,7 @@ impl Config {
                 .ok_or_else(|| Error::Config(format!("unknown integration `{name}`")))?;
         }
         for i in files {
-            b = b.normalizer(Arc::new(i.normalizer));
-            for t in i.translators {
-                b = b.translator(Arc::new(t));
-            }
+            b = i.register(b);
         }
         Ok(b)
     }

@@ -200,6 +200,17 @@ pub struct Integration {
     pub ingress: Option<SourceConfig>,
 }
 
+impl Integration {
+    /// Registers the integration's layers 2 and 3 on `builder` (its routes go in the router).
+    pub fn register(self, mut builder: crate::HubBuilder) -> crate::HubBuilder {
+        builder = builder.normalizer(Arc::new(self.normalizer));
+        for t in self.translators {
+            builder = builder.translator(Arc::new(t));
+        }
+        builder
+    }
+}
+
 /// Everything an integrations directory declares.
 #[derive(Default)]
 pub struct Loaded {

@@ -160,7 +160,9 @@ pub async fn stats(State(s): State<AuditState>) -> Response {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReplayQuery {
-    /// The layer to go through again from, 1 to 4.
+    /// The layer whose work is done again, 1 to 4: its input rows (the layer below; the raw
+    /// bytes for 1 and 2) are copied and carried on by the stages (3: translated again with
+    /// the current mapping).
     pub from_layer: u8,
 }
 

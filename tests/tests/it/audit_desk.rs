@@ -136,16 +136,20 @@ async fn audit_desk_answers(backend: Backend) {
         .expect("dest");
     assert_eq!((dest["acknowledged"].as_i64(), dest["unacknowledged"].as_i64()), (Some(7), Some(0)));
 
-    // Replay a delivered message from layer 3: new rows linked to the old, the old untouched,
-    // the core app gets it again under a new hub-message-id.
+    // Replay a delivered message through layer 3 (translated again from its stored record):
+    // new rows linked to the old, the old untouched, the core app gets it again under a new
+    // hub-message-id.
     let (status, r) = s.replay(&l4, 3).await;
     assert_eq!(status, 202, "{r}");
     assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
     let (_, m) = s.get(&format!("/v1/messages/{}", ids[0]), Some(ADMIN)).await;
     let entries = m["entries"].as_array().expect("entries");
+    let l2: Vec<&serde_json::Value> = entries.iter().filter(|e| e["layer"] == "Normalized").collect();
+    assert_eq!(l2.len(), 2);
+    assert_eq!(l2[1]["parent_id"], l2[0]["id"], "the replay links to the row it replays");
     let l3: Vec<&serde_json::Value> = entries.iter().filter(|e| e["layer"] == "Translated").collect();
-    assert_eq!(l3.len(), 2);
-    assert_eq!(l3[1]["parent_id"], l3[0]["id"], "the replay links to the row it replays");
+    assert_eq!(l3.len(), 2, "translated again");
+    assert_eq!(l3[1]["parent_id"], l2[1]["id"]);
     assert_eq!(l3[0]["status"], "forwarded");
     let l4s: Vec<&serde_json::Value> = entries.iter().filter(|e| e["layer"] == "Dispatch").collect();
     assert_eq!(l4s.len(), 2);
