@@ -298,21 +298,27 @@ pub async fn replay_source(
     let layer = copied_layer(from_layer)?;
     let txn = db.begin().await?;
     let (replayed, skipped_moving) = match layer {
-        1 => replay_rows::<l1::Entity>(&txn, source, since).await?,
-        2 => replay_rows::<l2::Entity>(&txn, source, since).await?,
-        _ => replay_rows::<l3::Entity>(&txn, source, since).await?,
+        1 => replay_rows::<l1::Entity, l1::Entity>(&txn, source, since, false).await?,
+        2 => replay_rows::<l2::Entity, l1::Entity>(&txn, source, since, true).await?,
+        _ => replay_rows::<l3::Entity, l2::Entity>(&txn, source, since, true).await?,
     };
     txn.commit().await?;
     tracing::info!(source, %since, from_layer, replayed = replayed.len(), skipped_moving, "replayed by source");
     Ok(SourceReplay { replayed, skipped_moving })
 }
 
-async fn replay_rows<E>(
+/// The rows of `E` to replay: from `source`'s messages since `since`, not replayed before (no
+/// same-layer copy), and, with `check_parent`, made from a parent (in `P`, the layer below)
+/// that was not replayed itself: after a replay through layer 3, the old translation is
+/// stale and a replay through layer 4 takes only the new one. One level is checked.
+async fn replay_rows<E, P>(
     txn: &sea_orm::DatabaseTransaction,
     source: &str,
     since: DateTime<Utc>,
+    check_parent: bool,
 ) -> Result<(Vec<Uuid>, usize)>
 where
+    P: LayerTable,
     E: LayerTable + ReplayCopy,
     E::Model: Sync + Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
     for<'a> LineageEntry: From<&'a E::Model>,
@@ -326,14 +332,16 @@ where
     // A row with a same-layer child has been replayed: its newest copy stands for it.
     let superseded =
         E::find().select_only().column(E::PARENT_ID).filter(E::PARENT_ID.is_not_null()).into_query();
-    let rows = E::find()
+    let mut q = E::find()
         .filter(E::SOURCE.eq(source))
         .filter(E::ORIGIN_ID.in_subquery(origins))
-        .filter(E::ID.not_in_subquery(superseded))
-        .order_by_asc(E::ID)
-        .lock_exclusive()
-        .all(txn)
-        .await?;
+        .filter(E::ID.not_in_subquery(superseded));
+    if check_parent {
+        let replayed_parents =
+            P::find().select_only().column(P::PARENT_ID).filter(P::PARENT_ID.is_not_null()).into_query();
+        q = q.filter(E::PARENT_ID.not_in_subquery(replayed_parents));
+    }
+    let rows = q.order_by_asc(E::ID).lock_exclusive().all(txn).await?;
     let (done, moving): (Vec<_>, Vec<_>) =
         rows.into_iter().partition(|r| LineageEntry::from(r).status.is_final());
     Ok((copy_rows::<E>(txn, done).await?, moving.len()))

@@ -188,6 +188,8 @@ struct KindSpec {
 pub struct Integration {
     /// The source name.
     pub source: String,
+    /// What the file says the integration is.
+    pub description: Option<String>,
     /// The file it came from.
     pub file: PathBuf,
     /// Layer 2.
@@ -359,7 +361,6 @@ fn load_integration(
     let before = out.len();
     let mut d = FileDiags { file: file.to_owned(), loc: Locator::new(&text), out };
     let f: IntegrationFile = parse_toml(&mut d, &text)?;
-    let _ = &f.description;
     if !valid_name(&f.source) {
         d.at(&["source"], format!("source `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", f.source));
     }
@@ -409,7 +410,10 @@ fn load_integration(
     let mut kinds = Vec::new();
     let mut translators = Vec::new();
     let mut produced: Vec<(String, String)> = Vec::new();
-    for (name, k) in f.kinds {
+    // Kinds are tried in the order the file lists them (a TOML table has no order of its own).
+    let mut listed: Vec<(String, KindSpec)> = f.kinds.into_iter().collect();
+    listed.sort_by_key(|(name, _)| d.loc.line_of(&["kinds".to_owned(), name.clone()]));
+    for (name, k) in listed {
         let at = |rest: &[&str]| -> Vec<String> {
             ["kinds", name.as_str()].iter().chain(rest).map(|s| (*s).to_owned()).collect()
         };
@@ -563,6 +567,7 @@ fn load_integration(
         normalizer = normalizer.with_envelope(s);
     }
     Some(Integration {
+        description: f.description,
         normalizer,
         source: f.source,
         file: file.to_owned(),

@@ -14,8 +14,11 @@ use serde_json::{Map, Number, Value};
 /// duplicate keys (serde_json would keep the last one silently). Errors name the place.
 pub fn parse_exact(text: &[u8]) -> Result<Value, String> {
     let raw: &RawValue = serde_json::from_slice(text).map_err(|e| e.to_string())?;
-    exact(raw, "")
+    exact(raw, "", 0)
 }
+
+/// Deepest nesting accepted: serde_json's own limit, so that what is stored parses again.
+const MAX_DEPTH: usize = 128;
 
 /// [`parse_exact`] where it matters, plain parsing where it cannot: text with no exponent
 /// (no digit followed by `e` or `E`) has nothing serde_json would rewrite.
@@ -25,15 +28,18 @@ pub fn parse_stored(text: &str) -> Result<Value, String> {
     if exponent { parse_exact(b) } else { serde_json::from_str(text).map_err(|e| e.to_string()) }
 }
 
-fn exact(raw: &RawValue, at: &str) -> Result<Value, String> {
+fn exact(raw: &RawValue, at: &str, depth: usize) -> Result<Value, String> {
     let s = raw.get();
+    if depth > MAX_DEPTH {
+        return Err(format!("nested deeper than {MAX_DEPTH} levels at `{at}`"));
+    }
     match s.as_bytes().first() {
         Some(b'{') => {
             let Entries(entries) = serde_json::from_str(s).map_err(|e| format!("at `{at}`: {e}"))?;
             let mut m = Map::new();
             for (k, v) in entries {
                 let here = format!("{at}/{}", escape_token(&k));
-                let value = exact(v, &here)?;
+                let value = exact(v, &here, depth + 1)?;
                 if m.insert(k, value).is_some() {
                     return Err(format!("duplicate key at `{here}`"));
                 }
@@ -42,7 +48,7 @@ fn exact(raw: &RawValue, at: &str) -> Result<Value, String> {
         }
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(s).map_err(|e| format!("at `{at}`: {e}"))?;
-            items.into_iter().enumerate().map(|(i, v)| exact(v, &format!("{at}/{i}"))).collect()
+            items.into_iter().enumerate().map(|(i, v)| exact(v, &format!("{at}/{i}"), depth + 1)).collect()
         }
         // The raw text of a number serde_json has already checked: kept as written.
         // `from_string_unchecked` is serde_json's own constructor for this representation
@@ -187,6 +193,9 @@ mod tests {
         assert!(parse_exact(br#"{"a":1,"b":{"c":1,"c":2}}"#).expect_err("dup").contains("/b/c"));
         assert!(parse_exact(b"{").is_err());
         assert!(parse_exact(b"[1,]").is_err());
+        // Hostile nesting is refused, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert!(parse_exact(deep.as_bytes()).expect_err("too deep").contains("deeper"));
     }
 
     #[test]

@@ -122,11 +122,12 @@ impl Normalizer for DeclaredNormalizer {
         for (i, record) in records.into_iter().enumerate() {
             let at = if self.records.is_some() { format!("{prefix}/{i}") } else { String::new() };
             let Some(kind) = self.kind_of(record) else {
-                return Err(Rejection::field(
-                    if at.is_empty() { "/".to_owned() } else { at },
-                    "record_kind",
-                    "the record matches none of the integration's record kinds",
-                )
+                let why = "the record matches none of the integration's record kinds";
+                return Err(if at.is_empty() {
+                    Rejection::whole("record_kind", why)
+                } else {
+                    Rejection::field(at, "record_kind", why)
+                }
                 .into());
             };
             kind.schema.check(record, &at)?;

@@ -12,6 +12,8 @@ use layer1_ingest::json::{escape_token, tokens};
 /// How deep `$ref`s and combinators are followed before the reading gives up (and answers
 /// "possible", the conservative answer).
 const MAX_DEPTH: usize = 48;
+/// Schema nodes one static question may visit.
+const MAX_VISITS: usize = 10_000;
 
 /// A compiled JSON Schema and its source document.
 #[derive(Debug)]
@@ -70,8 +72,9 @@ impl JsonSchema {
     /// rules it out (a property not declared where `additionalProperties` is false, a path
     /// below a scalar type, a `false` schema). Array positions may be written `0` or `*`.
     pub fn can_exist(&self, pointer: &str) -> bool {
+        let budget = std::cell::Cell::new(MAX_VISITS);
         match tokens(pointer) {
-            Some(t) => self.allows(&self.document, &t, 0),
+            Some(t) => self.allows(&self.document, &t, 0, &budget),
             None => false,
         }
     }
@@ -109,10 +112,12 @@ impl JsonSchema {
         node
     }
 
-    fn allows(&self, node: &Value, toks: &[String], depth: usize) -> bool {
-        if depth > MAX_DEPTH {
+    fn allows(&self, node: &Value, toks: &[String], depth: usize, budget: &std::cell::Cell<usize>) -> bool {
+        // Combinators over `$ref`s can branch exponentially: past the budget, "possible".
+        if depth > MAX_DEPTH || budget.get() == 0 {
             return true;
         }
+        budget.set(budget.get() - 1);
         let node = match node {
             Value::Bool(b) => return *b,
             Value::Object(_) => self.resolve(node, depth),
@@ -122,13 +127,13 @@ impl JsonSchema {
             return *b;
         }
         for sub in node.get("allOf").and_then(Value::as_array).into_iter().flatten() {
-            if !self.allows(sub, toks, depth + 1) {
+            if !self.allows(sub, toks, depth + 1, budget) {
                 return false;
             }
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(subs) = node.get(key).and_then(Value::as_array)
-                && !subs.iter().any(|s| self.allows(s, toks, depth + 1))
+                && !subs.iter().any(|s| self.allows(s, toks, depth + 1, budget))
             {
                 return false;
             }
@@ -138,13 +143,13 @@ impl JsonSchema {
         let may = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
         let as_object = may("object") && {
             if let Some(p) = node.get("properties").and_then(|p| p.get(tok.as_str())) {
-                self.allows(p, rest, depth + 1)
+                self.allows(p, rest, depth + 1, budget)
             } else if node.get("patternProperties").is_some() {
                 true
             } else {
                 match node.get("additionalProperties") {
                     Some(Value::Bool(false)) => false,
-                    Some(s @ Value::Object(_)) => self.allows(s, rest, depth + 1),
+                    Some(s @ Value::Object(_)) => self.allows(s, rest, depth + 1, budget),
                     _ => true,
                 }
             }
@@ -153,8 +158,8 @@ impl JsonSchema {
         let as_array = is_index && may("array") && {
             let prefix = node.get("prefixItems").and_then(Value::as_array);
             match (tok.parse::<usize>().ok().and_then(|i| prefix.and_then(|p| p.get(i))), node.get("items")) {
-                (Some(s), _) => self.allows(s, rest, depth + 1),
-                (None, Some(s)) => self.allows(s, rest, depth + 1),
+                (Some(s), _) => self.allows(s, rest, depth + 1, budget),
+                (None, Some(s)) => self.allows(s, rest, depth + 1, budget),
                 (None, None) => true,
             }
         };

@@ -282,6 +282,20 @@ fn compile_rule(
     } else {
         return None;
     };
+    let values =
+        rule.constant.iter().chain(rule.default.iter()).chain(rule.table.iter().flat_map(|t| t.values()));
+    for v in values {
+        if toml_artifact(v) {
+            issues.push(issue(
+                at,
+                "",
+                "write dates and times as strings (\"2026-11-21T00:00:00Z\"), not TOML datetimes",
+            ));
+        }
+    }
+    if rule.default.is_some() && rule.constant.is_some() {
+        issues.push(issue(at, "default", "a `const` rule has no use for a `default`"));
+    }
     if rule.fields.is_some() && rule.each.is_none() {
         issues.push(issue(at, "fields", "`fields` belongs to an `each` rule"));
     }
@@ -442,7 +456,11 @@ impl Mapping {
                 }
                 Some(_) => {
                     let e = &spec.extras_at;
-                    if fields.iter().any(|f| f.out == *e || f.out.starts_with(&format!("{e}/"))) {
+                    if fields.iter().any(|f| {
+                        f.out == *e
+                            || f.out.starts_with(&format!("{e}/"))
+                            || e.starts_with(&format!("{}/", f.out))
+                    }) {
                         issues.push(issue(&[], "extras_at", format!("a field rule already writes `{e}`")));
                     }
                 }
@@ -563,7 +581,21 @@ struct Trail {
 }
 
 fn reject(pointer: &str, rule: &str, message: impl Into<String>) -> Rejection {
-    Rejection::field(if pointer.is_empty() { "/" } else { pointer }, rule, message)
+    if pointer.is_empty() {
+        Rejection::whole(rule, message)
+    } else {
+        Rejection::field(pointer, rule, message)
+    }
+}
+
+/// TOML values that have no faithful JSON form: datetimes (serde turns them into a private
+/// object) and non-finite floats (null).
+fn toml_artifact(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key("$__toml_private_datetime") || m.values().any(toml_artifact),
+        Value::Array(a) => a.iter().any(toml_artifact),
+        _ => false,
+    }
 }
 
 fn text_of(v: &Value) -> Option<String> {
@@ -631,7 +663,10 @@ fn eval_field(
             for p in parts {
                 let at = format!("{rec_at}{p}");
                 match record.pointer(p) {
-                    None | Some(Value::Null) => {}
+                    None => {}
+                    Some(Value::Null) => {
+                        trail.consumed.insert(at.clone());
+                    }
                     Some(v) => {
                         trail.consumed.insert(at.clone());
                         texts.push(text_of(v).ok_or_else(|| {
@@ -717,7 +752,7 @@ fn convert(
 }
 
 fn exact_number(text: &str) -> Option<Number> {
-    if text.trim() != text || text.is_empty() {
+    if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) || text.len() > 1024 {
         return None;
     }
     match parse_exact(text.as_bytes()) {
@@ -752,9 +787,9 @@ fn convert_exact(v: &Value, c: Convert, at: &str) -> Result<Value, Rejection> {
     }
 }
 
-/// Digits after the decimal point in `s`'s seconds (None: no fraction).
+/// The longest run of digits after a `.` in `s` (a fraction of a second, wherever it is).
 fn fraction_digits(s: &str) -> usize {
-    s.split_once('.').map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).count()).unwrap_or(0)
+    s.split('.').skip(1).map(|f| f.bytes().take_while(u8::is_ascii_digit).count()).max().unwrap_or(0)
 }
 
 fn timestamp(
@@ -776,6 +811,9 @@ fn timestamp(
         TimeFormat::Unix => {
             let (secs, frac) = text.split_once('.').unwrap_or((&text, ""));
             let s: i64 = secs.parse().map_err(|_| bad(format!("`{text}` is not seconds since 1970")))?;
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!("`{text}` is not seconds since 1970")));
+            }
             let nanos: u32 = if frac.is_empty() {
                 0
             } else {
@@ -783,11 +821,10 @@ fn timestamp(
                     .parse()
                     .map_err(|_| bad(format!("`{text}` is not seconds since 1970")))?
             };
-            let nanos = if s < 0 && nanos > 0 {
+            // `-0.5` parses its seconds as 0: the sign is read from the text.
+            if secs.starts_with('-') && nanos > 0 {
                 return Err(bad("negative fractional epoch timestamps are not supported".into()));
-            } else {
-                nanos
-            };
+            }
             DateTime::from_timestamp(s, nanos).ok_or_else(|| bad(format!("`{text}` is out of range")))?
         }
         TimeFormat::UnixMillis => {
@@ -1042,6 +1079,14 @@ mod tests {
             t(json!(1700000000123i64), TimeFormat::UnixMillis, None).as_deref(),
             Ok("2023-11-14T22:13:20.123Z")
         );
+        let dotted =
+            TimeFormat::Pattern { pattern: "%d.%m.%Y %H:%M:%S%.f".into(), offset: parse_offset("UTC") };
+        assert_eq!(
+            t(json!("20.11.2026 10:00:00.1234567891"), dotted, None).expect_err("10 digits").rule,
+            "timestamp"
+        );
+        assert!(t(json!("-0.5"), TimeFormat::Unix, None).is_err());
+        assert!(t(json!("1.+5"), TimeFormat::Unix, None).is_err());
         let local =
             TimeFormat::Pattern { pattern: "%d/%m/%Y %H:%M:%S".into(), offset: parse_offset("+02:00") };
         assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T08:00:00Z"));

@@ -246,6 +246,11 @@ async fn replay_after_a_mapping_change_keeps_both_versions(backend: Backend) {
     let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 3).await.expect("replay");
     assert_eq!(r.replayed.len(), 1);
     settle(&hub).await;
+    // Through layer 4 now: only the newest translation is routed again, not the stale ones.
+    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 4).await.expect("replay");
+    assert_eq!(r.replayed.len(), 1, "only the current translation");
+    settle(&hub).await;
+    assert_eq!(core2.got.lock().expect("lock").len(), 3);
     cancel.cancel();
     hub.shutdown().await;
     let _ = std::fs::remove_dir_all(v2);
