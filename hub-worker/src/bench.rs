@@ -34,6 +34,9 @@ pub struct BenchConfig {
     pub receivers: usize,
     /// Empty the four layer tables first (a scratch database only!).
     pub fresh: bool,
+    /// Run the `payments` integration from this integrations directory (its schema and
+    /// declarative mapping) instead of the built-in Rust one.
+    pub integrations_dir: Option<std::path::PathBuf>,
 }
 
 /// The figures.
@@ -96,10 +99,23 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
         .settings(settings)
         .transport(transport.clone())
         .router(Arc::new(routes));
-    let hub = integrations::register(builder, integrations::payments::SOURCE)
-        .ok_or_else(|| Error::Config("payments integration missing".into()))?
-        .build()
-        .await?;
+    let builder = match &cfg.integrations_dir {
+        None => integrations::register(builder, integrations::payments::SOURCE)
+            .ok_or_else(|| Error::Config("payments integration missing".into()))?,
+        Some(dir) => {
+            let loaded = crate::files::load_dir(dir, false);
+            if let Some(d) = loaded.diagnostics.first() {
+                return Err(Error::Config(d.to_string()));
+            }
+            let payments = loaded
+                .integrations
+                .into_iter()
+                .find(|i| i.source == integrations::payments::SOURCE)
+                .ok_or_else(|| Error::Config(format!("no payments integration in {}", dir.display())))?;
+            payments.register(builder)
+        }
+    };
+    let hub = builder.build().await?;
     if cfg.fresh {
         let db = hub.db();
         for t in ["layer4_dispatch", "layer3_translated", "layer2_normalized", "layer1_raw"] {

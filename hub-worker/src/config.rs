@@ -523,8 +523,9 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
     for (i, r) in cfg.routes.iter().enumerate() {
         for d in r.targets() {
             if !loaded.catalogue.destinations.contains(d) {
+                let key = if *d == r.destination { "destination" } else { "destinations" };
                 out.push(diag(
-                    loc.line_of(&["routes".into(), i.to_string(), "destination".into()]),
+                    loc.line_of(&["routes".into(), i.to_string(), key.into()]),
                     format!("destination `{d}` is not declared in {}", dir.join(files::CORE_FILE).display()),
                 ));
             }

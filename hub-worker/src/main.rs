@@ -87,6 +87,10 @@ enum Command {
         /// Delete every row of the four layer tables first (scratch databases only).
         #[arg(long)]
         fresh: bool,
+        /// Run the payments integration from this integrations directory (schema + declarative
+        /// mapping) instead of the built-in Rust one.
+        #[arg(long)]
+        integrations_dir: Option<PathBuf>,
     },
     /// Lists messages of one layer (JSON, keyset pages).
     Messages {
@@ -202,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             batch_size,
             receivers,
             fresh,
+            integrations_dir,
         } => {
             use layer4_dispatch::{
                 InProcessTransport, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport, Transport,
@@ -223,12 +228,14 @@ async fn main() -> anyhow::Result<()> {
                 batch_size,
                 receivers,
                 fresh,
+                integrations_dir: integrations_dir.clone(),
             };
             let r = hub_worker::bench::run(&cfg, t).await?;
             println!(
-                "hub bench n={} transport={transport} db={} batch={batch_size} receivers={receivers}",
+                "hub bench n={} transport={transport} db={} batch={batch_size} receivers={receivers} integration={}",
                 r.messages,
-                database_url.split(':').next().unwrap_or("?")
+                database_url.split(':').next().unwrap_or("?"),
+                if integrations_dir.is_some() { "files" } else { "built-in" }
             );
             println!(
                 "  throughput: {:.0} msg/s ({:.2} s from first ingest to last acknowledged)",

@@ -95,6 +95,11 @@ pub fn tokens(pointer: &str) -> Option<Vec<String>> {
         return Some(Vec::new());
     }
     let rest = pointer.strip_prefix('/')?;
+    // `~` only as `~0` or `~1` (RFC 6901): anything else would make two spellings of one key.
+    let bad_escape = rest.split('~').skip(1).any(|after| !after.starts_with(['0', '1']));
+    if bad_escape {
+        return None;
+    }
     Some(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
 }
 
@@ -162,6 +167,9 @@ impl Condition {
         if tokens(&self.pointer).is_none() {
             return Some(format!("`{}` is not a JSON pointer (it starts with /)", self.pointer));
         }
+        if self.one_of.as_ref().is_some_and(Vec::is_empty) {
+            return Some("`in = []` can never hold".into());
+        }
         if self.exists == Some(false) && (self.equals.is_some() || self.one_of.is_some()) {
             return Some("`exists = false` cannot be combined with `equals` or `in`".into());
         }
@@ -182,6 +190,8 @@ mod tests {
         assert_eq!(out, ["/a/b~1c", "/a/d", "/e/0", "/e/1/f"]);
         assert_eq!(tokens("/a/b~1c/~0"), Some(vec!["a".into(), "b/c".into(), "~".into()]));
         assert_eq!(tokens("a"), None);
+        assert_eq!(tokens("/a~"), None);
+        assert_eq!(tokens("/a~2"), None);
     }
 
     #[test]

@@ -346,6 +346,17 @@ fn compile_rule(
             Some((_, o)) => o,
             None => None,
         };
+        let zoned = matches!(f.as_str(), "rfc3339" | "unix" | "unix-millis")
+            || f.contains("%z")
+            || f.contains("%:z")
+            || f.contains("%#z");
+        if zoned && rule.timezone.is_some() {
+            issues.push(issue(
+                at,
+                "timezone",
+                format!("`{f}` timestamps carry their own offset: drop `timezone`"),
+            ));
+        }
         let format = match f.as_str() {
             "rfc3339" => TimeFormat::Rfc3339,
             "unix" => TimeFormat::Unix,
