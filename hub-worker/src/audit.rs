@@ -342,6 +342,21 @@ where
         q = q.filter(E::PARENT_ID.not_in_subquery(replayed_parents));
     }
     let rows = q.order_by_asc(E::ID).lock_exclusive().all(txn).await?;
+    // Checked again under the locks: a replay that committed while this one waited made copies
+    // the subquery above (an older snapshot) could not see.
+    let ids: Vec<Uuid> = rows.iter().map(|r| LineageEntry::from(r).id).collect();
+    let mut copied = 0;
+    for chunk in ids.chunks(10_000) {
+        use sea_orm::PaginatorTrait;
+        copied += E::find().filter(E::PARENT_ID.is_in(chunk.iter().copied())).count(txn).await?;
+    }
+    {
+        if copied > 0 {
+            return Err(Error::Conflict(format!(
+                "{copied} of the rows were replayed meanwhile by someone else: run the replay again"
+            )));
+        }
+    }
     let (done, moving): (Vec<_>, Vec<_>) =
         rows.into_iter().partition(|r| LineageEntry::from(r).status.is_final());
     Ok((copy_rows::<E>(txn, done).await?, moving.len()))

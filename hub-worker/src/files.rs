@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use layer1_ingest::json::{Condition, tokens};
-use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema, declared::DEFAULT_MAX_RECORDS};
+use layer2_normalize::declared::{DEFAULT_MAX_RECORDS, ENVELOPE_KEY};
+use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema};
 use layer3_translate::{Mapping, MappingSpec, MappingTranslator};
 use layer4_dispatch::Route;
 
@@ -170,6 +171,8 @@ struct PayloadSpec {
     event_ref: Option<String>,
     #[serde(default)]
     max_records: Option<usize>,
+    #[serde(default)]
+    carry: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +410,25 @@ fn load_integration(
             }
         },
     };
+    for (i, c) in f.payload.carry.iter().enumerate() {
+        let idx = i.to_string();
+        let inside_records = f.payload.records.as_ref().is_some_and(|r| {
+            c == r || c.starts_with(&format!("{r}/")) || r.starts_with(&format!("{c}/")) || c.is_empty()
+        });
+        if tokens(c).is_none_or(|t| t.is_empty()) {
+            d.at(&["payload", "carry", &idx], format!("`{c}` is not a JSON pointer like /event_id"));
+        } else if inside_records {
+            d.at(
+                &["payload", "carry", &idx],
+                format!("`{c}` overlaps the records: carry fields beside them"),
+            );
+        } else if envelope.as_ref().is_some_and(|s| !s.can_exist(c)) {
+            d.at(
+                &["payload", "carry", &idx],
+                format!("`{c}` cannot exist in a payload: its schema does not allow it"),
+            );
+        }
+    }
     let mut kinds = Vec::new();
     let mut translators = Vec::new();
     let mut produced: Vec<(String, String)> = Vec::new();
@@ -467,7 +489,19 @@ fn load_integration(
             d.at_path(&p, i.message);
         }
         if let Some(s) = &schema {
-            for i in mapping.lint(s, core.as_deref()) {
+            // A record as layer 3 sees it: the kind's schema, plus the carried envelope.
+            let env_key = format!("/{ENVELOPE_KEY}");
+            let can_exist = |p: &str| match p.strip_prefix(env_key.as_str()) {
+                None => s.can_exist(p),
+                Some("") => !f.payload.carry.is_empty(),
+                Some(rest) if rest.starts_with('/') => {
+                    f.payload.carry.iter().any(|c| {
+                        rest == c || rest.starts_with(&format!("{c}/")) || c.starts_with(&format!("{rest}/"))
+                    }) && envelope.as_ref().is_none_or(|e| e.can_exist(rest))
+                }
+                Some(_) => s.can_exist(p),
+            };
+            for i in mapping.lint(&can_exist, core.as_deref()) {
                 let mut p = at(&["mapping"]);
                 p.extend(i.at);
                 d.at_path(&p, i.message);
@@ -566,6 +600,7 @@ fn load_integration(
     if let Some(s) = envelope {
         normalizer = normalizer.with_envelope(s);
     }
+    normalizer = normalizer.carrying(&f.payload.carry);
     Some(Integration {
         description: f.description,
         normalizer,

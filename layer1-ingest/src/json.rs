@@ -121,6 +121,22 @@ pub fn leaves(v: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Sets `value` at `path` inside `obj`, creating objects on the way (and replacing a
+/// non-object in the way: callers make sure paths do not cross, see the mapping compiler).
+pub fn insert_at(obj: &mut Map<String, Value>, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = obj;
+    for p in parents {
+        let slot = cur.entry(p.clone()).or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let Value::Object(next) = slot else { return };
+        cur = next;
+    }
+    cur.insert(last.clone(), value);
+}
+
 /// A test on one value of a JSON document: `{ pointer = "/type", equals = "payment.succeeded" }`,
 /// `{ pointer = "/kind", in = ["a", "b"] }` or `{ pointer = "/deleted_at", exists = false }`.
 /// Numbers compare by their exact text (`1.0` is not `1`).

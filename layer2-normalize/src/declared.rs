@@ -11,6 +11,9 @@ use layer1_ingest::{Failure, Rejection};
 use crate::normalizer::{Normalizer, RawInput, Record};
 use crate::schema::JsonSchema;
 
+/// The key under which a record carries the envelope fields its integration names.
+pub const ENVELOPE_KEY: &str = "_envelope";
+
 /// Most records one payload may carry unless the integration says otherwise.
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
 
@@ -34,6 +37,7 @@ pub struct DeclaredKind {
 pub struct DeclaredNormalizer {
     source: String,
     envelope: Option<JsonSchema>,
+    carry: Vec<(String, Vec<String>)>,
     records: Option<String>,
     event_ref: Option<String>,
     max_records: usize,
@@ -51,7 +55,27 @@ impl DeclaredNormalizer {
         max_records: usize,
         kinds: Vec<DeclaredKind>,
     ) -> Self {
-        Self { source: source.into(), envelope: None, records, event_ref, max_records, kinds }
+        Self {
+            source: source.into(),
+            envelope: None,
+            carry: Vec::new(),
+            records,
+            event_ref,
+            max_records,
+            kinds,
+        }
+    }
+
+    /// Copies these payload fields (pointers outside the records) into every record under
+    /// `_envelope`, so that what a batch says about all its records (which account, when) is
+    /// carried, mapped and accounted for like the rest. Pointers that are not JSON pointers are
+    /// skipped (the loader refuses them first).
+    pub fn carrying(mut self, pointers: &[String]) -> Self {
+        self.carry = pointers
+            .iter()
+            .filter_map(|p| layer1_ingest::json::tokens(p).filter(|t| !t.is_empty()).map(|t| (p.clone(), t)))
+            .collect();
+        self
     }
 
     /// Also checks every whole payload against `schema` (the batch's envelope) first.
@@ -141,11 +165,37 @@ impl Normalizer for DeclaredNormalizer {
                     )
                 })?),
             };
+            let mut data = record.clone();
+            if !self.carry.is_empty() {
+                let Value::Object(fields) = &mut data else {
+                    return Err(Rejection::field(
+                        at,
+                        "type",
+                        "only object records can carry envelope fields",
+                    )
+                    .into());
+                };
+                if fields.contains_key(ENVELOPE_KEY) {
+                    return Err(Rejection::field(
+                        format!("{at}/{ENVELOPE_KEY}"),
+                        "envelope",
+                        "the record has its own `_envelope`: the payload's cannot be carried beside it",
+                    )
+                    .into());
+                }
+                let mut env = serde_json::Map::new();
+                for (p, toks) in &self.carry {
+                    if let Some(v) = payload.pointer(p) {
+                        layer1_ingest::json::insert_at(&mut env, toks, v.clone());
+                    }
+                }
+                fields.insert(ENVELOPE_KEY.to_owned(), Value::Object(env));
+            }
             out.push(Record {
                 kind: kind.name.clone(),
                 source_ref,
                 schema_version: Some(kind.schema_version.clone()),
-                data: record.clone(),
+                data,
             });
         }
         Ok(out)
@@ -221,6 +271,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&out[0].data).expect("text"), r#"{"id":7,"value":1E400}"#);
         assert_eq!(out[1].kind, "alarm");
         assert_eq!(n.event_ref(br#"{"batch":"b1"}"#).as_deref(), Some("b1"));
+    }
+
+    #[tokio::test]
+    async fn envelope_fields_are_carried_into_each_record() {
+        let n = normalizer().carrying(&["/batch".into(), "/site/name".into(), "/absent".into()]);
+        let out = run(&n, r#"{"batch":"b7","site":{"name":"Oslo","id":1},"readings":[{"id":1,"value":2}]}"#)
+            .await
+            .expect("valid");
+        assert_eq!(out[0].data["_envelope"], json!({"batch": "b7", "site": {"name": "Oslo"}}));
+        let r = rejection(run(&n, r#"{"readings":[{"id":1,"value":2,"_envelope":{}}]}"#).await);
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/readings/0/_envelope"), "envelope"));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc}
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
-use layer1_ingest::json::{escape_token, leaves, parse_exact, tokens};
+use layer1_ingest::json::{escape_token, insert_at, leaves, parse_exact, tokens};
 use layer1_ingest::{Failure, Rejection};
 use layer2_normalize::JsonSchema;
 
@@ -488,12 +488,14 @@ impl Mapping {
     /// Checks the mapping against the record's schema and the core type's schema: pointers the
     /// record can never have, required core fields nothing produces, core fields the core type
     /// does not allow.
-    pub fn lint(&self, record: &JsonSchema, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
+    /// `record` answers whether a pointer can exist in a record (its schema's
+    /// [`JsonSchema::can_exist`], plus whatever the normalizer adds, such as a carried envelope).
+    pub fn lint(&self, record: &dyn Fn(&str) -> bool, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
         let mut issues = Vec::new();
         let mut produced = Vec::new();
         lint_fields(&self.fields, record, "", &["fields".to_owned()], "", &mut produced, &mut issues);
         for (i, p) in self.spec.ignore.iter().enumerate() {
-            if !record.can_exist(p) {
+            if !record(p) {
                 issues.push(issue(
                     &["ignore".into()],
                     "",
@@ -541,7 +543,7 @@ impl Mapping {
 
 fn lint_fields(
     fields: &[Field],
-    record: &JsonSchema,
+    record: &dyn Fn(&str) -> bool,
     rec_at: &str,
     at: &[String],
     out_at: &str,
@@ -553,7 +555,7 @@ fn lint_fields(
         produced.push(format!("{out_at}{}", f.out));
         let mut check = |p: &str, key: &str| {
             let full = format!("{rec_at}{p}");
-            if !record.can_exist(&full) {
+            if !record(&full) {
                 issues.push(issue(
                     &here,
                     key,
@@ -618,20 +620,6 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-fn set_at(obj: &mut Map<String, Value>, path: &[String], value: Value) {
-    let Some((last, parents)) = path.split_last() else { return };
-    let mut cur = obj;
-    for p in parents {
-        let slot = cur.entry(p.clone()).or_insert_with(|| Value::Object(Map::new()));
-        if !slot.is_object() {
-            *slot = Value::Object(Map::new());
-        }
-        let Value::Object(next) = slot else { return };
-        cur = next;
-    }
-    cur.insert(last.clone(), value);
-}
-
 fn eval_fields(
     fields: &[Field],
     record: &Value,
@@ -643,7 +631,7 @@ fn eval_fields(
     for f in fields {
         let out_ptr = format!("{out_at}{}", f.out);
         if let Some(v) = eval_field(f, record, rec_at, &out_ptr, trail)? {
-            set_at(&mut obj, &f.out_tokens, v);
+            insert_at(&mut obj, &f.out_tokens, v);
         }
     }
     Ok(obj)
@@ -925,7 +913,7 @@ impl Mapping {
                         }
                     }
                     let at = tokens(&self.spec.extras_at).unwrap_or_default();
-                    set_at(&mut body, &at, Value::Object(extras));
+                    insert_at(&mut body, &at, Value::Object(extras));
                     fidelity.extras = unmapped;
                 }
                 OnUnmapped::Ignore => fidelity.ignored.extend(unmapped),
@@ -1148,7 +1136,7 @@ mod tests {
                 "/lines": {"each": "/lines", "fields": {"/sku": {"from": "/skuu"}}},
                 "/color": {"const": "red"}}})))
         .expect("compiles");
-        let issues = m.lint(&record, Some(&core));
+        let issues = m.lint(&|p| record.can_exist(p), Some(&core));
         let text: Vec<String> = issues.iter().map(|i| format!("{:?}: {}", i.at, i.message)).collect();
         assert_eq!(issues.len(), 4, "{text:#?}");
         assert!(text.iter().any(|t| t.contains("`/idd` cannot exist") && t.contains("\"from\"")));

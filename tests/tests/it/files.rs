@@ -94,6 +94,10 @@ async fn examples_run_end_to_end_from_files(backend: Backend) {
     assert_eq!(ada.body["display_name"].as_str(), Some("Ada Lovelace"));
     assert_eq!(ada.body["lifecycle"].as_str(), Some("active"));
     assert_eq!(ada.headers.message_type, "member.upsert");
+    // The batch's own fields travel with each contact.
+    assert_eq!(serde_json::to_string(&ada.body["crm_portal_id"]).expect("t"), "48213");
+    assert_eq!(ada.body["changed_at"].as_str(), Some("2026-11-20T13:03:11.512Z"));
+    assert_eq!(ada.body["crm_event_id"].as_str(), Some("evt_crm_20261120_000417"));
 
     // Numbers as the device wrote them: beyond u64, 22 decimals, exponent forms (both cases).
     let readings: Vec<_> = got.iter().filter(|m| m.headers.message_type == "sensor.reading").collect();
