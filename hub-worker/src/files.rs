@@ -77,7 +77,8 @@ impl Locator {
                 let Some(t) = aot.get(i) else { break };
                 span = t.span().or(span);
                 // Continue into the table (an Item view of it).
-                let Some(next) = aot_item(item, i) else { break };
+                // `Item::get` indexes an array of tables by position.
+                let Some(next) = item.get(i) else { break };
                 item = next;
             } else if let (Some(arr), Ok(i)) = (item.as_array(), seg.parse::<usize>()) {
                 let Some(v) = arr.get(i) else { break };
@@ -89,11 +90,6 @@ impl Locator {
         }
         span.map(|s| self.line_at(s.start))
     }
-}
-
-fn aot_item(item: &toml_edit::Item, i: usize) -> Option<&toml_edit::Item> {
-    // `Item::get` indexes arrays of tables by position.
-    item.get(i)
 }
 
 /// A diagnostics collector for one file.
@@ -255,6 +251,11 @@ fn parse_toml<T: serde::de::DeserializeOwned>(d: &mut FileDiags<'_>, text: &str)
     }
 }
 
+/// A JSON pointer to something below the root (`/id`).
+fn is_pointer(p: &str) -> bool {
+    tokens(p).is_some_and(|t| !t.is_empty())
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -369,7 +370,7 @@ fn load_integration(
     }
     for (key, p) in [("records", &f.payload.records), ("event_ref", &f.payload.event_ref)] {
         if let Some(p) = p
-            && tokens(p).is_none_or(|t| t.is_empty())
+            && !is_pointer(p)
         {
             d.at(&["payload", key], format!("`{p}` is not a JSON pointer like /{key}"));
         }
@@ -415,7 +416,7 @@ fn load_integration(
         let inside_records = f.payload.records.as_ref().is_some_and(|r| {
             c == r || c.starts_with(&format!("{r}/")) || r.starts_with(&format!("{c}/")) || c.is_empty()
         });
-        if tokens(c).is_none_or(|t| t.is_empty()) {
+        if !is_pointer(c) {
             d.at(&["payload", "carry", &idx], format!("`{c}` is not a JSON pointer like /event_id"));
         } else if inside_records {
             d.at(
@@ -453,7 +454,7 @@ fn load_integration(
             }
         };
         if let Some(p) = &k.source_ref {
-            if tokens(p).is_none_or(|t| t.is_empty()) {
+            if !is_pointer(p) {
                 d.at_path(&at(&["source_ref"]), format!("`{p}` is not a JSON pointer like /id"));
             } else if schema.as_ref().is_some_and(|s| !s.can_exist(p)) {
                 d.at_path(
@@ -540,7 +541,7 @@ fn load_integration(
             }
         }
         if let Some(k) = &r.ordering_key {
-            if tokens(k).is_none_or(|t| t.is_empty()) {
+            if !is_pointer(k) {
                 d.at(&["routes", &idx, "ordering_key"], format!("`{k}` is not a JSON pointer"));
             } else {
                 // Checked against every declared type the route can carry.
@@ -610,4 +611,55 @@ fn load_integration(
         routes,
         ingress: f.ingress,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layer2_normalize::{Normalizer, RawInput};
+
+    /// Kinds are tried in the order the file lists them, not by name.
+    #[tokio::test]
+    async fn kinds_keep_file_order_and_diagnostics_have_lines() {
+        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        w(
+            "core.toml",
+            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
+        w("any.json", "{}");
+        let kind = |name: &str| {
+            format!(
+                "[kinds.{name}]\nschema = \"any.json\"\nschema_version = \"1\"\nwhen = {{ pointer = \"/a\" }}\n\
+                 [kinds.{name}.mapping]\nname = \"m\"\nversion = \"1\"\nmessage_type = \"t\"\ntype_version = \"1\"\n\
+                 on_unmapped = \"ignore\"\nfields = {{ \"/a\" = {{ from = \"/a\" }} }}\n"
+            )
+        };
+        w(
+            "s.toml",
+            &format!(
+                "source = \"s\"\n{}{}[[routes]]\ntype = \"t\"\ndestination = \"q\"\n",
+                kind("zeta"),
+                kind("alpha")
+            ),
+        );
+        let loaded = load_dir(&dir, false);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let raw = RawInput {
+            id: uuid::Uuid::now_v7(),
+            source: "s",
+            source_ref: None,
+            content_type: "application/json",
+            body: br#"{"a":1}"#,
+        };
+        let recs = loaded.integrations[0].normalizer.normalize(&raw).await.expect("normalizes");
+        assert_eq!(recs[0].kind, "zeta", "the first kind in the file wins");
+
+        w("s.toml", "source = \"s\"\n\n[kinds.k]\nschema = \"missing.json\"\n");
+        let loaded = load_dir(&dir, false);
+        let d = &loaded.diagnostics[0];
+        assert_eq!((d.line, d.message.contains("missing field")), (Some(3), true), "{d}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

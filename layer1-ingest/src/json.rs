@@ -121,6 +121,16 @@ pub fn leaves(v: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The text of an id-like value: strings as they are, numbers as written; `None` otherwise.
+/// Record ids, ordering keys and table lookups all read values this way.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Sets `value` at `path` inside `obj`, creating objects on the way (and replacing a
 /// non-object in the way: callers make sure paths do not cross, see the mapping compiler).
 pub fn insert_at(obj: &mut Map<String, Value>, path: &[String], value: Value) {
@@ -234,5 +244,8 @@ mod tests {
         assert!(!c(r#"{"pointer":"/gone"}"#).holds(&doc));
         // Exact text: 1.0 is not 1.
         assert!(!c(r#"{"pointer":"/n","equals":1}"#).holds(&doc));
+        assert!(c(r#"{"pointer":"/k","in":[]}"#).problem().is_some());
+        assert!(c(r#"{"pointer":"k"}"#).problem().is_some());
+        assert!(c(r#"{"pointer":"/k","in":["a"]}"#).problem().is_none());
     }
 }

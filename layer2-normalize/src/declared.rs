@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use layer1_ingest::json::{Condition, parse_exact};
+use layer1_ingest::json::{Condition, parse_exact, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -89,15 +89,6 @@ impl DeclaredNormalizer {
     }
 }
 
-/// The text of an id-like value: strings as they are, numbers as written.
-fn id_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[async_trait]
 impl Normalizer for DeclaredNormalizer {
     fn source(&self) -> &str {
@@ -106,7 +97,7 @@ impl Normalizer for DeclaredNormalizer {
 
     fn event_ref(&self, body: &[u8]) -> Option<String> {
         let p = self.event_ref.as_deref()?;
-        serde_json::from_slice::<Value>(body).ok()?.pointer(p).and_then(id_text)
+        serde_json::from_slice::<Value>(body).ok()?.pointer(p).and_then(scalar_text)
     }
 
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
@@ -157,7 +148,7 @@ impl Normalizer for DeclaredNormalizer {
             kind.schema.check(record, &at)?;
             let source_ref = match &kind.source_ref {
                 None => None,
-                Some(p) => Some(record.pointer(p).and_then(id_text).ok_or_else(|| {
+                Some(p) => Some(record.pointer(p).and_then(scalar_text).ok_or_else(|| {
                     Rejection::field(
                         format!("{at}{p}"),
                         "source_ref",

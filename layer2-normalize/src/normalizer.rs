@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
+use layer1_ingest::json::escape_token;
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -91,11 +92,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
         let rule = if inner.is_syntax() || inner.is_eof() {
             "json"
         } else if let Some(f) = named("missing field `") {
-            pointer = format!("{pointer}/{}", escape_pointer(&f));
+            pointer = format!("{pointer}/{}", escape_token(&f));
             "required"
         } else if let Some(f) = named("unknown field `") {
             // The path already ends at the unknown key.
-            let leaf = format!("/{}", escape_pointer(&f));
+            let leaf = format!("/{}", escape_token(&f));
             if !pointer.ends_with(&leaf) {
                 pointer.push_str(&leaf);
             }
@@ -115,16 +116,12 @@ fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
     for seg in path.iter() {
         match seg {
             Segment::Seq { index } => out.push_str(&format!("/{index}")),
-            Segment::Map { key } => out.push_str(&format!("/{}", escape_pointer(key))),
-            Segment::Enum { variant } => out.push_str(&format!("/{}", escape_pointer(variant))),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape_token(key))),
+            Segment::Enum { variant } => out.push_str(&format!("/{}", escape_token(variant))),
             Segment::Unknown => out.push_str("/?"),
         }
     }
     out
-}
-
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// Runs `validator` on `value`, turning the first failure (in a stable order) into a
@@ -141,7 +138,7 @@ fn first_rejection(errors: &ValidationErrors, prefix: String) -> Option<Rejectio
     let mut fields: Vec<_> = errors.errors().iter().collect();
     fields.sort_by(|a, b| a.0.cmp(b.0));
     for (field, kind) in fields {
-        let pointer = format!("{prefix}/{}", escape_pointer(field));
+        let pointer = format!("{prefix}/{}", escape_token(field));
         match kind {
             ValidationErrorsKind::Field(errs) => {
                 if let Some(e) = errs.first() {

@@ -17,7 +17,7 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc}
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
-use layer1_ingest::json::{escape_token, insert_at, leaves, parse_exact, tokens};
+use layer1_ingest::json::{escape_token, insert_at, parse_exact, scalar_text, tokens};
 use layer1_ingest::{Failure, Rejection};
 use layer2_normalize::JsonSchema;
 
@@ -251,7 +251,6 @@ fn compile_rule(
     at: &[String],
     issues: &mut Vec<MappingIssue>,
 ) -> Option<Field> {
-    let before = issues.len();
     let sources = [rule.from.is_some(), rule.constant.is_some(), rule.concat.is_some(), rule.each.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
         issues.push(issue(at, "", "give exactly one of `from`, `const`, `concat`, `each`"));
@@ -427,7 +426,6 @@ fn compile_rule(
     }
     // Built even with problems reported, so that the schema checks can still run on it; a
     // mapping with any problem is never run.
-    let _ = before;
     Some(Field { out: target.to_owned(), out_tokens, source, default: rule.default.clone(), transforms: t })
 }
 
@@ -611,12 +609,11 @@ fn toml_artifact(v: &Value) -> bool {
     }
 }
 
+/// Scalar text, booleans included (`true`), for joining, tables and conversions.
 fn text_of(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+        other => scalar_text(other),
     }
 }
 
@@ -853,8 +850,43 @@ fn timestamp(
     })
 }
 
-fn matches_ignore(leaf: &[&str], pattern: &[String]) -> bool {
+fn matches_ignore(leaf: &[String], pattern: &[String]) -> bool {
     leaf.len() >= pattern.len() && pattern.iter().zip(leaf).all(|(p, l)| p == "*" || p == l)
+}
+
+/// Sorts every leaf of a record into mapped (a rule read it, or an object or array above it),
+/// ignored (by the mapping's `ignore` list) or unmapped, in one pass over the record.
+struct Walk<'a> {
+    consumed: &'a HashSet<String>,
+    ignore: &'a [Vec<String>],
+    fidelity: &'a mut Fidelity,
+    unmapped: &'a mut Vec<String>,
+}
+
+impl Walk<'_> {
+    fn visit(&mut self, v: &Value, at: &mut String, toks: &mut Vec<String>, taken: bool) {
+        let taken = taken || self.consumed.contains(at.as_str());
+        let mut child = |this: &mut Self, key: String, x: &Value| {
+            let len = at.len();
+            at.push('/');
+            at.push_str(&escape_token(&key));
+            toks.push(key);
+            this.visit(x, at, toks, taken);
+            toks.pop();
+            at.truncate(len);
+        };
+        match v {
+            Value::Object(m) if !m.is_empty() => m.iter().for_each(|(k, x)| child(self, k.clone(), x)),
+            Value::Array(a) if !a.is_empty() => {
+                a.iter().enumerate().for_each(|(i, x)| child(self, i.to_string(), x))
+            }
+            _ if taken => self.fidelity.mapped.push(at.clone()),
+            _ if self.ignore.iter().any(|p| matches_ignore(toks, p)) => {
+                self.fidelity.ignored.push(at.clone())
+            }
+            _ => self.unmapped.push(at.clone()),
+        }
+    }
 }
 
 impl Mapping {
@@ -862,32 +894,15 @@ impl Mapping {
     pub fn apply(&self, record: &Value) -> Result<(Value, Fidelity), Rejection> {
         let mut trail = Trail::default();
         let mut body = eval_fields(&self.fields, record, "", "", &mut trail)?;
-        let mut all = Vec::new();
-        leaves(record, "", &mut all);
         let mut fidelity = Fidelity { defaulted: trail.defaulted, lossy: trail.lossy, ..Default::default() };
         let mut unmapped = Vec::new();
-        for leaf in all {
-            let toks = tokens(&leaf).unwrap_or_default();
-            // Mapped if the leaf or any object or array above it was taken whole.
-            let mut prefix = String::new();
-            let mut taken = trail.consumed.contains("");
-            for t in &toks {
-                if taken {
-                    break;
-                }
-                prefix.push('/');
-                prefix.push_str(&escape_token(t));
-                taken = trail.consumed.contains(&prefix);
-            }
-            let refs: Vec<&str> = toks.iter().map(String::as_str).collect();
-            if taken {
-                fidelity.mapped.push(leaf);
-            } else if self.ignore.iter().any(|p| matches_ignore(&refs, p)) {
-                fidelity.ignored.push(leaf);
-            } else {
-                unmapped.push(leaf);
-            }
-        }
+        let mut walk = Walk {
+            consumed: &trail.consumed,
+            ignore: &self.ignore,
+            fidelity: &mut fidelity,
+            unmapped: &mut unmapped,
+        };
+        walk.visit(record, &mut String::new(), &mut Vec::new(), false);
         if !unmapped.is_empty() {
             match self.spec.on_unmapped {
                 OnUnmapped::Reject => {
@@ -1118,6 +1133,13 @@ mod tests {
         );
         assert!(Mapping::compile(base(json!({"from": "/s", "lossy": "truncate-text"}))).is_err());
         assert!(Mapping::compile(base(json!({"from": "s"}))).is_err());
+        // A zoned format with a `timezone` would silently ignore it: refused.
+        assert!(
+            Mapping::compile(base(json!({"from": "/t", "timestamp": "rfc3339", "timezone": "UTC"}))).is_err()
+        );
+        assert!(
+            Mapping::compile(base(json!({"from": "/t", "timestamp": "%Y %H", "timezone": "+01:00"}))).is_ok()
+        );
         assert!(Mapping::compile(base(json!({"from": "/s", "const": 1}))).is_err());
     }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use layer1_ingest::Rejection;
-use layer1_ingest::json::Condition;
+use layer1_ingest::json::{Condition, scalar_text};
 
 /// Where one core message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,10 +102,9 @@ impl Router for RouteTable {
         for r in self.routes.iter().filter(|r| r.matches(source, message_type, body)) {
             let ordering_key = match &r.ordering_key {
                 None => None,
-                Some(p) => Some(match body.pointer(p) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-                    _ => {
+                Some(p) => Some(match body.pointer(p).and_then(scalar_text) {
+                    Some(k) => k,
+                    None => {
                         return Err(Rejection::field(
                             p.clone(),
                             "ordering_key",

@@ -99,23 +99,8 @@ pub fn to_utc(pointer: &str, s: &str) -> Result<String, Failure> {
 /// Every leaf of `v` as a JSON pointer: what a fidelity report lists as mapped when a
 /// translator carries the whole typed record.
 pub fn leaf_pointers(v: &serde_json::Value) -> Vec<String> {
-    fn walk(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    walk(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
-                }
-            }
-            serde_json::Value::Array(a) if !a.is_empty() => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(x, format!("{at}/{i}"), out);
-                }
-            }
-            _ => out.push(at),
-        }
-    }
     let mut out = Vec::new();
-    walk(v, String::new(), &mut out);
+    layer1_ingest::json::leaves(v, "", &mut out);
     out
 }
 
