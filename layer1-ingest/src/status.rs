@@ -66,6 +66,9 @@ use Status::*;
 /// - `just_in|failed|queued -> acknowledged|rejected`: a receipt arrived. It may overtake the
 ///   publisher's own `queued` update (the receiver can be faster than our confirm bookkeeping),
 ///   so a receipt is legal on a row the publisher still holds.
+/// - `dead -> acknowledged|rejected`: a late receipt. A message that ran out of publish
+///   attempts may still have reached the receiver; its verdict is the truth about the message
+///   and is recorded (with when it came), never dropped.
 pub const TRANSITIONS: &[(Status, Status)] = &[
     (JustIn, Forwarded),
     (JustIn, Rejected),
@@ -84,6 +87,8 @@ pub const TRANSITIONS: &[(Status, Status)] = &[
     (Queued, Dead),
     (Queued, Acknowledged),
     (Queued, Rejected),
+    (Dead, Acknowledged),
+    (Dead, Rejected),
 ];
 
 impl Status {
@@ -119,7 +124,8 @@ impl Status {
         TRANSITIONS.iter().filter(|(_, t)| *t == to).map(|(f, _)| *f).collect()
     }
 
-    /// A final status: nothing more happens to the row (replay makes new rows).
+    /// A final status: no stage touches the row again (replay makes new rows). Only a late
+    /// receipt may still move a `dead` layer 4 row.
     pub fn is_final(self) -> bool {
         matches!(self, Forwarded | Acknowledged | Rejected | Dead)
     }
@@ -217,10 +223,11 @@ mod tests {
     }
 
     #[test]
-    fn final_statuses_have_no_outgoing_edges() {
+    fn final_statuses_have_no_outgoing_edges_but_late_receipts() {
         for s in Status::ALL.into_iter().filter(|s| s.is_final()) {
             for to in Status::ALL {
-                assert!(!s.can_become(to), "{s} -> {to} must be illegal");
+                let late_receipt = s == Dead && matches!(to, Acknowledged | Rejected);
+                assert_eq!(s.can_become(to), late_receipt, "{s} -> {to}");
             }
         }
     }
@@ -229,7 +236,7 @@ mod tests {
     fn sources_match_the_table() {
         let mut ack = Status::sources_of(Acknowledged);
         ack.sort();
-        assert_eq!(ack, vec![JustIn, Queued, Failed]);
+        assert_eq!(ack, vec![JustIn, Queued, Failed, Dead]);
         assert!(Status::sources_of(JustIn).is_empty());
     }
 }

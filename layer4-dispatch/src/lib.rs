@@ -5,6 +5,8 @@
 
 pub mod entity;
 pub mod intake;
+mod ordered;
+mod outage;
 pub mod publish;
 pub mod receipts;
 pub mod receiver;

@@ -2,9 +2,15 @@
 //! the broker confirmed it. Publishing cannot share a database transaction, so a claim is a
 //! lease: the row's `next_attempt_at` moves to the lease's end and its `attempts` counts the
 //! publish; a worker that dies mid-publish lets the lease expire and the row is published again
-//! (at-least-once; the receiver drops the duplicate by `hub-message-id`). A `queued` row whose
-//! ack deadline passes without a receipt is published again the same way, until
-//! `max_attempts`, then `dead`.
+//! (at-least-once; the receiver drops the duplicate by `hub-message-id`).
+//!
+//! A `queued` row whose ack deadline passes without a receipt is published again, with the
+//! deadline doubling each time, but not while its destination queue still holds undelivered
+//! messages (where the transport can tell): the receiver is then behind or away, and another
+//! copy would only lengthen the queue it is waiting on. Waiting for a receipt never kills a
+//! message: past `max_attempts` publishes the row stays `queued`, its `last_error` says how long
+//! it has waited, and the condition is logged and counted as an alert. Rows with an ordering
+//! key are claimed by [`crate::ordered`] and published in per-key chains.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +18,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
+};
 use tracing::instrument;
 
-use layer1_ingest::table::{claim_due_where, transition};
+use layer1_ingest::table::{claim_due, claim_due_where, transition};
 use layer1_ingest::{Direction, Stage, StageSettings, Status, Transition};
 
 use crate::entity::{self, Column, Entity};
+use crate::outage::Outage;
 use crate::transport::{OutgoingMessage, Transport, TransportError};
 use crate::wire::{self, HubHeaders};
 
@@ -57,6 +66,8 @@ pub struct PublishStage {
     /// Handoff batches since the last claim: the claim path (ordered rows, retries, republishes
     /// after the ack timeout) gets its turn at least every few batches.
     handoffs_in_a_row: std::sync::atomic::AtomicU32,
+    /// Where the next ordered claim starts looking for keys.
+    key_cursor: crate::ordered::KeyCursor,
 }
 
 /// The receiving end of a direct handoff (see [`handoff`]).
@@ -70,77 +81,34 @@ pub fn handoff(capacity: usize) -> (tokio::sync::mpsc::Sender<Vec<entity::Model>
     tokio::sync::mpsc::channel(capacity.max(1))
 }
 
-/// Per-key ordering: a row with an ordering key waits while an earlier row (by layer 1 arrival,
-/// then id) of the same destination and key is not yet confirmed (`just_in` or `failed`). So at
-/// most one message per key is in flight, and a retry cannot be overtaken by its successor.
-const EARLIER_OF_KEY_UNCONFIRMED: &str = "EXISTS (SELECT 1 FROM layer4_dispatch prior \
-     WHERE prior.destination = layer4_dispatch.destination \
-     AND prior.ordering_key = layer4_dispatch.ordering_key \
-     AND prior.direction = 'upstream' \
-     AND prior.status IN ('just_in', 'failed') \
-     AND (prior.origin_id < layer4_dispatch.origin_id \
-          OR (prior.origin_id = layer4_dispatch.origin_id AND prior.id < layer4_dispatch.id)))";
-
-/// Per source, the oldest origin (layer 1 id) of a message still open below layer 4: not yet
-/// rejected, dead or forwarded in layers 1 to 3. Messages are in exactly one layer at a time
-/// and each move is one transaction, so one statement sees every open message once.
-///
-/// Per-key ordering needs it because layer 4 rows are not created in layer 1 order: batches of
-/// the ingest-side stage run side by side, and a record that failed transiently is retried
-/// later. A message cannot be overtaken by one it has not met yet.
-async fn open_fronts(txn: &sea_orm::DatabaseTransaction) -> layer1_ingest::Result<Vec<(String, uuid::Uuid)>> {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let backend = txn.get_database_backend();
-    // PostgreSQL before 16 has no min(uuid); the text form sorts like the bytes.
-    let first = if backend == DbBackend::Postgres { "min(origin::text)" } else { "min(origin)" };
-    let sql = format!(
-        "SELECT source, {first} AS first_open FROM ( \
-         SELECT source, id AS origin FROM layer1_raw WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
-         UNION ALL SELECT source, origin_id FROM layer2_normalized WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
-         UNION ALL SELECT source, origin_id FROM layer3_translated WHERE status IN ('just_in', 'failed') AND direction = 'upstream' \
-         ) open_messages GROUP BY source"
-    );
-    let rows = txn.query_all_raw(Statement::from_string(backend, sql)).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let source: String = r.try_get("", "source")?;
-        let first_open = if backend == DbBackend::Postgres {
-            let text: String = r.try_get("", "first_open")?;
-            text.parse()
-                .map_err(|e| layer1_ingest::Error::InvalidInput(format!("origin id `{text}`: {e}")))?
-        } else {
-            r.try_get::<uuid::Uuid>("", "first_open")?
-        };
-        out.push((source, first_open));
-    }
-    Ok(out)
-}
-
-/// Whether any row with an ordering key is waiting to be published (the partial ordering
-/// index answers it); only then is [`open_fronts`] worth its query.
-async fn ordered_rows_due(
-    txn: &sea_orm::DatabaseTransaction,
-    now: chrono::DateTime<Utc>,
-) -> layer1_ingest::Result<bool> {
-    use sea_orm::{PaginatorTrait, QuerySelect};
-    let n = Entity::find()
-        .select_only()
-        .column(Column::Id)
-        .filter(Column::OrderingKey.is_not_null())
-        .filter(Column::Direction.eq(Direction::Upstream))
-        .filter(Column::Status.is_in([Status::JustIn, Status::Failed, Status::Queued]))
-        .filter(Column::NextAttemptAt.lte(now))
-        .limit(1)
-        .count(txn)
-        .await?;
-    Ok(n > 0)
-}
-
 /// How long rows wait after the broker could not be reached before they are tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
+/// The longest wait for a receipt between two publishes of one message, however many there were
+/// (unless the ack timeout itself is longer).
+const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
+
+/// How long a queue-depth read may take before the republish decision goes ahead without it.
+const DEPTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker could not be reached (shared by every publisher copy in the process).
+static BROKER_AWAY: Outage = Outage::new("broker unreachable");
+/// Messages have waited past `max_attempts` ack timeouts for their receipt.
+static RECEIPTS_OVERDUE: Outage = Outage::new("receipts overdue");
+
 fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// What became of one claimed row.
+enum Outcome {
+    Confirmed,
+    /// The broker was away: the attempt is given back.
+    Unreachable,
+    /// Not sent: an earlier row of its key was not confirmed. Its lease is given back.
+    NotSent,
+    /// The broker refused it: a retry, a rejection or the end.
+    Failed(Transition),
 }
 
 impl PublishStage {
@@ -151,7 +119,15 @@ impl PublishStage {
         settings: StageSettings,
         publish: PublishSettings,
     ) -> Self {
-        Self { db, transport, settings, publish, handoff: None, handoffs_in_a_row: Default::default() }
+        Self {
+            db,
+            transport,
+            settings,
+            publish,
+            handoff: None,
+            handoffs_in_a_row: Default::default(),
+            key_cursor: Default::default(),
+        }
     }
 
     /// Also takes rows handed over directly (shared by every copy of the stage).
@@ -191,6 +167,89 @@ impl PublishStage {
             body: row.body.clone().into_bytes(),
         }
     }
+
+    /// How long to wait for the receipt after publish number `attempts`: the ack timeout,
+    /// doubled for each publish before it, capped.
+    fn ack_wait(&self, attempts: i32) -> chrono::Duration {
+        let shift = attempts.clamp(1, 16) - 1;
+        let cap = MAX_ACK_WAIT.max(self.publish.ack_timeout);
+        chrono(self.publish.ack_timeout.saturating_mul(1u32 << shift).min(cap))
+    }
+
+    /// Rows past their ack deadline: which to publish again now. A destination whose queue
+    /// still holds undelivered messages gets no new copies; its rows wait one more ack timeout.
+    async fn overdue_to_republish(
+        &self,
+        txn: &DatabaseTransaction,
+        now: chrono::DateTime<Utc>,
+        overdue: Vec<entity::Model>,
+    ) -> layer1_ingest::Result<Vec<entity::Model>> {
+        if overdue.is_empty() {
+            return Ok(overdue);
+        }
+        let mut destinations: Vec<&str> = overdue.iter().map(|r| r.destination.as_str()).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        let mut backed_up = std::collections::HashMap::new();
+        for d in destinations {
+            let depth = tokio::time::timeout(DEPTH_READ_TIMEOUT, self.transport.queue_depth(d)).await;
+            match depth {
+                Ok(Ok(Some(n))) if n > 0 => {
+                    backed_up.insert(d.to_owned(), n);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(queue = d, error = %e, "queue depth unknown; republishing"),
+                Err(_) => tracing::debug!(queue = d, "queue depth read timed out; republishing"),
+            }
+        }
+        let max = self.settings.max_attempts;
+        let (held, go): (Vec<_>, Vec<_>) =
+            overdue.into_iter().partition(|r| backed_up.contains_key(&r.destination));
+        // The alert threshold is where the old policy gave messages up: `max_attempts` ack
+        // timeouts since the row was written, however many copies went out meanwhile.
+        let alert_after =
+            chrono(self.publish.ack_timeout.saturating_mul(u32::try_from(Ord::max(max, 1)).unwrap_or(1)));
+        let long_waiting: Vec<&entity::Model> =
+            held.iter().chain(go.iter()).filter(|r| now - r.created_at >= alert_after).collect();
+        if long_waiting.is_empty() {
+            RECEIPTS_OVERDUE.cleared();
+        }
+        if let Some(oldest) = long_waiting.iter().filter_map(|r| r.queued_at).min() {
+            // The alert: logged as a condition, counted, and written on the rows, where the audit
+            // desk shows it. The messages are kept: a receipt is applied whenever it comes.
+            layer1_ingest::metrics::count("publish", "receipt_overdue", long_waiting.len() as u64);
+            RECEIPTS_OVERDUE.occurred(
+                long_waiting.len() as u64,
+                &format!("no receipt within {max} ack timeouts; oldest last published at {oldest}"),
+            );
+            let ids: Vec<_> = long_waiting.iter().map(|r| r.id).collect();
+            Entity::update_many()
+                .col_expr(
+                    Column::LastError,
+                    Expr::value(format!(
+                        "no receipt within {max} ack timeouts (checked {now}); still waiting: published again \
+                         with backoff, and only while the destination queue holds no undelivered messages"
+                    )),
+                )
+                .filter(Column::Id.is_in(ids))
+                .exec(txn)
+                .await?;
+        }
+        if !held.is_empty() {
+            layer1_ingest::metrics::count("publish", "republish_held", held.len() as u64);
+            for (q, n) in &backed_up {
+                tracing::debug!(queue = %q, undelivered = n, "receipts overdue but the queue is not drained; not publishing copies");
+            }
+            Entity::update_many()
+                .col_expr(Column::NextAttemptAt, Expr::value(now + chrono(self.publish.ack_timeout)))
+                .col_expr(Column::UpdatedAt, Expr::value(now))
+                .filter(Column::Id.is_in(held.iter().map(|r| r.id)))
+                .filter(Column::Status.eq(Status::Queued))
+                .exec(txn)
+                .await?;
+        }
+        Ok(go)
+    }
 }
 
 #[async_trait]
@@ -203,148 +262,201 @@ impl Stage for PublishStage {
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
         if let Some(rows) = self.handed_off() {
             let n = rows.len();
-            self.publish_leased(&rows).await?;
+            self.publish_chains(rows.into_iter().map(|r| vec![r]).collect()).await?;
             return Ok(n);
         }
         let now = Utc::now();
         let max = self.settings.max_attempts;
+        let batch = self.settings.batch_size;
         let txn = self.db.begin().await?;
-        let mut settled_before = Condition::all();
-        let fronts = if ordered_rows_due(&txn, now).await? { open_fronts(&txn).await? } else { Vec::new() };
-        for (source, first_open) in fronts {
-            // Ordered rows of `source` that entered layer 1 after its oldest still-open message
-            // wait: that message may yet become an earlier one of their key.
-            settled_before = settled_before
-                .add(Condition::any().add(Column::Source.ne(source)).add(Column::OriginId.lt(first_open)));
-        }
-        let in_order = Condition::any().add(Column::OrderingKey.is_null()).add(
-            Condition::all()
-                .add(Condition::all().not().add(Expr::cust(EARLIER_OF_KEY_UNCONFIRMED)))
-                .add(settled_before),
-        );
-        let rows = claim_due_where::<Entity, _>(
+        let unordered = claim_due_where::<Entity, _>(
             &txn,
             Direction::Upstream,
-            &[Status::JustIn, Status::Failed, Status::Queued],
+            &[Status::JustIn, Status::Failed],
             now,
-            self.settings.batch_size,
-            in_order,
+            batch,
+            sea_orm::Condition::all().add(Column::OrderingKey.is_null()),
         )
         .await?;
-        if rows.is_empty() {
+        let overdue =
+            claim_due::<Entity, _>(&txn, Direction::Upstream, &[Status::Queued], now, batch).await?;
+        let ordered =
+            crate::ordered::claim(&txn, now, usize::try_from(batch).unwrap_or(usize::MAX), &self.key_cursor)
+                .await?;
+        let claimed = unordered.len() + overdue.len() + ordered.iter().map(Vec::len).sum::<usize>();
+        if claimed == 0 {
             txn.commit().await?;
             return Ok(0);
         }
-        let (exhausted, live): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.attempts >= max);
+        let republish = self.overdue_to_republish(&txn, now, overdue).await?;
+
+        // Rows that failed to publish too often end here. A key's head that ends `dead` stops
+        // holding up its key; the rows behind it go in a later claim.
+        let mut chains: Vec<Vec<entity::Model>> = Vec::with_capacity(claimed);
+        let mut exhausted = Vec::new();
+        for r in unordered {
+            if r.attempts >= max { exhausted.push(r) } else { chains.push(vec![r]) }
+        }
+        for c in ordered {
+            if c[0].attempts >= max {
+                exhausted.push(c.into_iter().next().expect("chains are never empty"));
+            } else {
+                chains.push(c);
+            }
+        }
+        chains.extend(republish.into_iter().map(|r| vec![r]));
         for r in &exhausted {
-            let why = match r.status {
-                Status::Queued => format!("no receipt after {} publishes", r.attempts),
-                _ => format!(
-                    "gave up after {} attempts; last error: {}",
-                    r.attempts,
-                    r.last_error.as_deref().unwrap_or("-")
-                ),
-            };
+            let why = format!(
+                "gave up after {} attempts; last error: {}",
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("-")
+            );
             transition::<Entity, _>(&txn, &[r.id], &Transition::to(Status::Dead).because(why), now).await?;
         }
         // A lost lease only means the row is published again under the same id.
         layer1_ingest::table::relax_commit(&txn).await?;
-        let live_ids: Vec<_> = live.iter().map(|r| r.id).collect();
+        let live_ids: Vec<_> = chains.iter().flatten().map(|r| r.id).collect();
         if !live_ids.is_empty() {
             // The lease: ours until `now + lease`; the publish counts as an attempt.
             Entity::update_many()
                 .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1i32))
                 .col_expr(Column::NextAttemptAt, Expr::value(now + chrono(self.publish.lease)))
                 .col_expr(Column::UpdatedAt, Expr::value(now))
-                .filter(Column::Id.is_in(live_ids.iter().copied()))
+                .filter(Column::Id.is_in(live_ids))
                 .exec(&txn)
                 .await?;
         }
         txn.commit().await?;
         // In memory now as in the table: this publish is counted.
-        let live: Vec<entity::Model> =
-            live.into_iter().map(|r| entity::Model { attempts: r.attempts + 1, ..r.clone() }).collect();
-        self.publish_leased(&live).await?;
-        Ok(rows.len())
+        for r in chains.iter_mut().flatten() {
+            r.attempts += 1;
+        }
+        self.publish_chains(chains).await?;
+        Ok(claimed)
     }
 }
 
 impl PublishStage {
     /// Publishes rows this worker holds a lease on (their `attempts` already count this
-    /// publish) and records the outcomes in one transaction.
-    async fn publish_leased(&self, live: &[entity::Model]) -> layer1_ingest::Result<()> {
-        if live.is_empty() {
+    /// publish), each chain in order: its first rows together in one wave, then each next row
+    /// as soon as the one before it is confirmed; a chain stops at a row that is not. The
+    /// outcomes are recorded in one transaction.
+    async fn publish_chains(&self, chains: Vec<Vec<entity::Model>>) -> layer1_ingest::Result<()> {
+        if chains.is_empty() {
             return Ok(());
         }
+        let mut outcomes: Vec<(&entity::Model, Outcome)> = Vec::new();
+        let mut live: Vec<&[entity::Model]> =
+            chains.iter().map(Vec::as_slice).filter(|c| !c.is_empty()).collect();
         let max = self.settings.max_attempts;
-        let msgs: Vec<OutgoingMessage> = live.iter().map(|r| self.outgoing(r)).collect();
-        let results = self.transport.publish(&msgs).await;
+        while !live.is_empty() {
+            let wave: Vec<OutgoingMessage> = live.iter().map(|c| self.outgoing(&c[0])).collect();
+            let results = self.transport.publish(&wave).await;
+            let failed_at = Utc::now();
+            let mut next = Vec::with_capacity(live.len());
+            for (chain, res) in
+                live.into_iter().zip(results.into_iter().chain(std::iter::repeat_with(|| {
+                    Err(TransportError::Connection("transport returned fewer results than messages".into()))
+                })))
+            {
+                let row = &chain[0];
+                let rest = &chain[1..];
+                let outcome = match res {
+                    Ok(()) => Outcome::Confirmed,
+                    // The broker is away: whether it got the message is unknown. Not the
+                    // message's fault, so the attempt is not counted; the row keeps its status
+                    // and comes due again after a pause (a duplicate is dropped by the receiver).
+                    Err(TransportError::Connection(e)) => {
+                        tracing::debug!(message_id = %row.id, error = %e, "broker unreachable; will publish again");
+                        BROKER_AWAY.occurred(1, &e);
+                        Outcome::Unreachable
+                    }
+                    Err(e) => {
+                        let attempts = row.attempts;
+                        let t = if !e.is_transient() {
+                            Transition::to(Status::Rejected).because(e.to_string())
+                        } else if attempts >= max {
+                            Transition::to(Status::Dead)
+                                .because(format!("{e} (gave up after {attempts} attempts)"))
+                        } else {
+                            Transition::to(Status::Failed)
+                                .because(e.to_string())
+                                .due_at(failed_at + self.settings.backoff(attempts))
+                        };
+                        tracing::warn!(message_id = %row.id, error = %e, status = %t.to, "publish failed");
+                        Outcome::Failed(t)
+                    }
+                };
+                if matches!(outcome, Outcome::Confirmed) {
+                    if !rest.is_empty() {
+                        next.push(rest);
+                    }
+                } else {
+                    outcomes.extend(rest.iter().map(|r| (r, Outcome::NotSent)));
+                }
+                outcomes.push((row, outcome));
+            }
+            live = next;
+        }
+        self.record(&outcomes).await
+    }
 
+    /// Records what publishing did, in one transaction.
+    async fn record(&self, outcomes: &[(&entity::Model, Outcome)]) -> layer1_ingest::Result<()> {
         let done = Utc::now();
         let txn = self.db.begin().await?;
-        let mut confirmed = Vec::with_capacity(live.len());
-        let mut unreachable = Vec::new();
-        for (row, res) in live.iter().zip(results.into_iter().chain(std::iter::repeat_with(|| {
-            Err(TransportError::Connection("transport returned fewer results than messages".into()))
-        }))) {
-            match res {
-                Ok(()) => confirmed.push(row.id),
-                // The broker is away: whether it got the message is unknown. Not the message's
-                // fault, so the attempt is not counted; the row keeps its status and comes due
-                // again after a pause (a duplicate is dropped by the receiver).
-                Err(TransportError::Connection(e)) => {
-                    tracing::warn!(message_id = %row.id, error = %e, "broker unreachable; will publish again");
-                    unreachable.push(row.id);
+        let mut confirmed: std::collections::BTreeMap<i32, Vec<uuid::Uuid>> = Default::default();
+        let (mut unreachable, mut not_sent, mut n_confirmed, mut n_failed) = (Vec::new(), Vec::new(), 0, 0);
+        for (row, outcome) in outcomes {
+            match outcome {
+                Outcome::Confirmed => {
+                    n_confirmed += 1;
+                    confirmed.entry(row.attempts).or_default().push(row.id);
                 }
-                Err(e) => {
-                    let attempts = row.attempts;
-                    let t = if !e.is_transient() {
-                        Transition::to(Status::Rejected).because(e.to_string())
-                    } else if attempts >= max {
-                        Transition::to(Status::Dead)
-                            .because(format!("{e} (gave up after {attempts} attempts)"))
-                    } else {
-                        Transition::to(Status::Failed)
-                            .because(e.to_string())
-                            .due_at(done + self.settings.backoff(attempts))
-                    };
-                    tracing::warn!(message_id = %row.id, error = %e, status = %t.to, "publish failed");
-                    transition::<Entity, _>(&txn, &[row.id], &t, done).await?;
+                Outcome::Unreachable => unreachable.push(row.id),
+                Outcome::NotSent => not_sent.push(row.id),
+                Outcome::Failed(t) => {
+                    n_failed += 1;
+                    transition::<Entity, _>(&txn, &[row.id], t, done).await?;
                 }
             }
         }
-        if !unreachable.is_empty() {
+        let give_back = |ids: Vec<uuid::Uuid>, due: chrono::DateTime<Utc>| {
             Entity::update_many()
                 .col_expr(Column::Attempts, Expr::col(Column::Attempts).sub(1i32))
-                .col_expr(Column::NextAttemptAt, Expr::value(done + chrono(RECONNECT_PAUSE)))
+                .col_expr(Column::NextAttemptAt, Expr::value(due))
                 .col_expr(Column::UpdatedAt, Expr::value(done))
-                .filter(Column::Id.is_in(unreachable.iter().copied()))
+                .filter(Column::Id.is_in(ids))
                 .filter(Column::Status.is_in(Status::sources_of(Status::Queued)))
-                .exec(&txn)
-                .await?;
+        };
+        let n_unreachable = unreachable.len();
+        if !unreachable.is_empty() {
+            give_back(unreachable, done + chrono(RECONNECT_PAUSE)).exec(&txn).await?;
         }
-        if !confirmed.is_empty() {
+        if !not_sent.is_empty() {
+            give_back(not_sent, done).exec(&txn).await?;
+        }
+        for (attempts, ids) in confirmed {
             // Only rows still publishable move: one whose receipt already arrived stays
             // acknowledged.
             Entity::update_many()
                 .col_expr(Column::Status, Expr::value(Status::Queued.as_str()))
                 .col_expr(Column::QueuedAt, Expr::value(done))
-                .col_expr(Column::NextAttemptAt, Expr::value(done + chrono(self.publish.ack_timeout)))
+                .col_expr(Column::NextAttemptAt, Expr::value(done + self.ack_wait(attempts)))
                 .col_expr(Column::UpdatedAt, Expr::value(done))
-                .filter(Column::Id.is_in(confirmed.iter().copied()))
+                .filter(Column::Id.is_in(ids))
                 .filter(Column::Status.is_in(Status::sources_of(Status::Queued)))
                 .exec(&txn)
                 .await?;
         }
         txn.commit().await?;
-        layer1_ingest::metrics::count("publish", "confirmed", confirmed.len() as u64);
-        layer1_ingest::metrics::count("publish", "unreachable", unreachable.len() as u64);
-        layer1_ingest::metrics::count(
-            "publish",
-            "failed",
-            (live.len() - confirmed.len() - unreachable.len()) as u64,
-        );
-        tracing::debug!(published = confirmed.len(), leased = live.len(), "published");
+        if n_confirmed > 0 {
+            BROKER_AWAY.cleared();
+        }
+        layer1_ingest::metrics::count("publish", "confirmed", n_confirmed as u64);
+        layer1_ingest::metrics::count("publish", "unreachable", n_unreachable as u64);
+        layer1_ingest::metrics::count("publish", "failed", n_failed as u64);
+        tracing::debug!(published = n_confirmed, claimed = outcomes.len(), "published");
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{BinOper, Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, TransactionTrait, Value,
 };
@@ -71,7 +71,7 @@ pub async fn apply_receipts(
                 tracing::info!(message_id = %r.message_id, status = %from, "repeated receipt dropped");
             }
             Some(_) if to == Status::Acknowledged => acked.push(r.message_id),
-            Some(_) => {
+            Some(from) => {
                 // The core app's text, bounded and without control characters (PostgreSQL text
                 // cannot hold NUL, and one bad receipt must not block the batch).
                 let given: String = r
@@ -82,12 +82,39 @@ pub async fn apply_receipts(
                     .filter(|c| !c.is_control() || *c == '\n')
                     .take(1000)
                     .collect();
-                let reason = format!("receiver rejected: {given}");
+                let reason = if *from == Status::Dead {
+                    format!("receiver rejected (late receipt, after the row was dead): {given}")
+                } else {
+                    format!("receiver rejected: {given}")
+                };
                 out.applied +=
                     transition::<Entity, _>(&txn, &[r.message_id], &Transition::to(to).because(reason), now)
                         .await? as usize;
             }
         }
+    }
+    let late: Vec<Uuid> = acked.iter().copied().filter(|id| current.get(id) == Some(&Status::Dead)).collect();
+    if !late.is_empty() {
+        // A late receipt on a row that was given up: applied, and the row keeps why it had been
+        // given up, with when the receipt came.
+        let note = format!("acknowledged by a late receipt at {}; before that: ", now.to_rfc3339());
+        let res = Entity::update_many()
+            .col_expr(Column::Status, Expr::value(Status::Acknowledged.as_str()))
+            .col_expr(Column::AcknowledgedAt, Expr::value(now))
+            .col_expr(Column::NextAttemptAt, Expr::value(Value::ChronoDateTimeUtc(None)))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                Column::LastError,
+                Expr::val(note).binary(BinOper::Custom("||"), Expr::cust("COALESCE(last_error, '-')")),
+            )
+            .filter(Column::Id.is_in(late.iter().copied()))
+            .filter(Column::Status.eq(Status::Dead))
+            .exec(&txn)
+            .await?;
+        out.applied += res.rows_affected as usize;
+        out.repeated += late.len() - res.rows_affected as usize;
+        acked.retain(|id| !late.contains(id));
+        tracing::info!(count = late.len(), "late receipts applied to rows that were dead");
     }
     if !acked.is_empty() {
         let res = Entity::update_many()

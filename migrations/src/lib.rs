@@ -8,6 +8,7 @@ mod m20261121_000002_dispatch_intake_and_ordering;
 mod m20261121_000003_partial_claim_indexes;
 mod m20261121_000004_leaner_lineage_indexes;
 mod m20261121_000005_partial_dispatch_indexes;
+mod m20261121_000006_ordered_dispatch_claims;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_partial_claim_indexes::Migration),
             Box::new(m20261121_000004_leaner_lineage_indexes::Migration),
             Box::new(m20261121_000005_partial_dispatch_indexes::Migration),
+            Box::new(m20261121_000006_ordered_dispatch_claims::Migration),
         ]
     }
 }

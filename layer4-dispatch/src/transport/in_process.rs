@@ -124,6 +124,10 @@ impl Transport for InProcessTransport {
         let q = self.queue(queue).ok_or_else(|| TransportError::Unroutable(queue.to_owned()))?;
         Ok(Box::new(InProcessSubscription { queue: q }))
     }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+        Ok(Some(self.depth(queue) as u64))
+    }
 }
 
 struct InProcessSubscription {

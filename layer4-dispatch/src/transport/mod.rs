@@ -210,6 +210,15 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Consumes `queue`, with at most `prefetch` unsettled deliveries at a time.
     async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// How many messages wait in `queue` undelivered (not counting deliveries a consumer holds),
+    /// where the backend can tell (`None`: it cannot). The publisher asks before it publishes a
+    /// message again for want of a receipt: while earlier copies still wait, the receiver is
+    /// behind or away, and another copy would only lengthen the queue it is waiting on.
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+        let _ = queue;
+        Ok(None)
+    }
 }
 
 /// What a batch consumer does with each batch (and must settle every delivery of).
@@ -232,11 +241,16 @@ pub async fn consume_batches(
     handler: &mut dyn BatchHandler,
 ) {
     use std::time::Duration;
+    // Logged when it starts, summarised while it lasts, and when it ends: not once a second.
+    let away = crate::outage::Outage::new("cannot consume");
     while !cancel.is_cancelled() {
         let mut sub = match transport.subscribe(queue, prefetch).await {
-            Ok(s) => s,
+            Ok(s) => {
+                away.cleared();
+                s
+            }
             Err(e) => {
-                tracing::warn!(queue, error = %e, "cannot consume; retrying");
+                away.occurred(1, &format_args!("queue `{queue}`: {e}"));
                 tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = cancel.cancelled() => return }
             }
         };

@@ -205,6 +205,21 @@ impl Transport for RabbitMqTransport {
         Ok(())
     }
 
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+        let (conn, _) = self.connected().await?;
+        // A channel of its own: a passive declare of a missing queue closes its channel, and
+        // the publish channel must not pay for that.
+        let ch = conn.create_channel().await.map_err(conn_err)?;
+        let opts = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let res = ch.queue_declare(queue.into(), opts, FieldTable::default()).await;
+        let _ = ch.close(200, "depth read".into()).await;
+        match res {
+            // message_count counts ready messages only: deliveries a consumer holds are not in it.
+            Ok(q) => Ok(Some(u64::from(q.message_count()))),
+            Err(e) => Err(TransportError::Refused(format!("reading the depth of queue `{queue}`: {e}"))),
+        }
+    }
+
     async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>> {
         let mut results: Vec<Option<Result<(), TransportError>>> = vec![None; batch.len()];
         let ch = match self.connected().await {

@@ -240,6 +240,24 @@ impl Transport for SqsTransport {
         Ok(())
     }
 
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+        let url = self.url(queue).await?;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        // Approximate (SQS's own word), and counts messages not in flight: enough to tell a
+        // receiver that is behind or away from one that has taken everything.
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse::<u64>().ok()))
+    }
+
     async fn publish(&self, batch: &[OutgoingMessage]) -> Vec<Result<(), TransportError>> {
         let mut results: Vec<Option<Result<(), TransportError>>> = vec![None; batch.len()];
         // Per queue, in order, in tens (SendMessageBatch's limit).

@@ -15,19 +15,12 @@ use layer1_ingest::{Direction, Layer, Status};
 use layer4_dispatch::entity as l4;
 use layer4_dispatch::transport::{OutgoingMessage, Subscription, Transport, TransportError};
 use layer4_dispatch::wire;
-use layer4_dispatch::{RabbitMqConfig, RabbitMqTransport, Receiver, SqsConfig, SqsTransport};
+use layer4_dispatch::{RabbitMqTransport, Receiver, SqsConfig, SqsTransport};
 
-use crate::util::{Backend, Collect, Queues, TestDb, amqp_url, broker_builder, payment, sqs_url};
-
-/// Test queues go away a minute after their test stops using them.
-fn rabbit_config() -> RabbitMqConfig {
-    let mut c = RabbitMqConfig::new(amqp_url());
-    c.queue_expires_ms = Some(60_000);
-    c
-}
+use crate::util::{Backend, Collect, Queues, TestDb, broker_builder, payment, rabbit_config, sqs_url};
 
 async fn rabbit() -> Arc<dyn Transport> {
-    Arc::new(RabbitMqTransport::new(rabbit_config()))
+    crate::util::rabbit()
 }
 
 async fn sqs() -> Arc<dyn Transport> {

@@ -11,4 +11,5 @@ mod front_door;
 mod ingest;
 mod pipeline;
 mod receipts;
+mod reliability;
 mod transitions;

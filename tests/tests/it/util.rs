@@ -230,3 +230,15 @@ pub fn broker_builder(url: &str, transport: Arc<dyn layer4_dispatch::Transport>,
     }
     b
 }
+
+/// RabbitMQ settings for tests: test queues go away a minute after their test stops using them.
+pub fn rabbit_config() -> layer4_dispatch::RabbitMqConfig {
+    let mut c = layer4_dispatch::RabbitMqConfig::new(amqp_url());
+    c.queue_expires_ms = Some(60_000);
+    c
+}
+
+/// A RabbitMQ transport for tests.
+pub fn rabbit() -> Arc<dyn layer4_dispatch::Transport> {
+    Arc::new(layer4_dispatch::RabbitMqTransport::new(rabbit_config()))
+}

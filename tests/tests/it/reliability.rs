@@ -1,0 +1,392 @@
+//! The core's promises under load and faults: per-key order with several workers, receipts that
+//! take longer than the ack timeout, late receipts, and a fault run that kills a worker, closes
+//! the broker's connections and takes the database away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Statement};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use hub_worker::{Hub, IngestMeta};
+use layer1_ingest::Status;
+use layer4_dispatch::entity as l4;
+use layer4_dispatch::transport::{OutgoingMessage, Transport};
+use layer4_dispatch::wire::{self, Receipt, ReceiptStatus};
+use layer4_dispatch::{InProcessTransport, Receiver};
+
+use crate::on_both;
+use crate::util::{Backend, Collect, Queues, TestDb, broker_builder, payment, pg_admin_url, rabbit};
+
+/// Per ordering key, the layer 4 rows of `destination` in layer 1 order (origin, then id).
+async fn layer1_order(db: &DatabaseConnection, destination: &str) -> HashMap<String, Vec<Uuid>> {
+    let mut rows: Vec<l4::Model> = l4::Entity::find()
+        .all(db)
+        .await
+        .expect("l4")
+        .into_iter()
+        .filter(|r| r.destination == destination)
+        .collect();
+    rows.sort_by_key(|r| (r.origin_id, r.id));
+    let mut out: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for r in rows {
+        out.entry(r.ordering_key.clone().expect("ordered route")).or_default().push(r.id);
+    }
+    out
+}
+
+/// Per customer, the hub message ids in the order the receiver first saw them.
+fn first_sightings(core: &Collect) -> HashMap<String, Vec<Uuid>> {
+    let mut out: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for m in core.got.lock().expect("lock").iter() {
+        let customer = m.body["customer_ref"].as_str().unwrap_or_default().to_owned();
+        let seen = out.entry(customer).or_default();
+        if !seen.contains(&m.headers.message_id) {
+            seen.push(m.headers.message_id);
+        }
+    }
+    out
+}
+
+/// Keys whose received order differs from layer 1 order, with both orders.
+fn order_violations(
+    want: &HashMap<String, Vec<Uuid>>,
+    got: &HashMap<String, Vec<Uuid>>,
+) -> Vec<(String, Vec<Uuid>, Vec<Uuid>)> {
+    let mut bad = Vec::new();
+    for (key, w) in want {
+        let g = got.get(key).cloned().unwrap_or_default();
+        if &g != w {
+            bad.push((key.clone(), w.clone(), g));
+        }
+    }
+    bad
+}
+
+fn settings_for_workers(q: &Queues) -> hub_worker::HubSettings {
+    let mut s = crate::util::test_settings();
+    s.publish.receipts_queue = q.receipts.clone();
+    s.publish.inbound_queue = None;
+    s.stage.poll_interval = Duration::from_millis(200);
+    s.stage.batch_size = 100;
+    s.publish.lease = Duration::from_secs(3);
+    s.stage_tasks = 2;
+    s
+}
+
+async fn workers(url: &str, q: &Queues, n: usize) -> Vec<Hub> {
+    let mut hubs = Vec::new();
+    for _ in 0..n {
+        let hub =
+            broker_builder(url, rabbit(), q).settings(settings_for_workers(q)).build().await.expect("hub");
+        hub.start();
+        hubs.push(hub);
+    }
+    hubs
+}
+
+/// Ingests until the hub answers (the sender's retry: a repeat is deduplicated by event id).
+async fn ingest_until_stored(hub: &Hub, body: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match hub.ingest("payments", body, IngestMeta::default()).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "ingest kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn count_status(db: &DatabaseConnection, status: Status) -> u64 {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    l4::Entity::find().filter(l4::Column::Status.eq(status)).count(db).await.expect("count")
+}
+
+async fn wait_all_acknowledged(db: &DatabaseConnection, total: u64, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let acked = count_status(db, Status::Acknowledged).await;
+        if acked == total {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{acked} of {total} acknowledged; dead {}, queued {}, just_in {}, failed {}",
+            count_status(db, Status::Dead).await,
+            count_status(db, Status::Queued).await,
+            count_status(db, Status::JustIn).await,
+            count_status(db, Status::Failed).await,
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Three workers on one database publish one queue while payments of 40 customers arrive at a
+/// steady rate, spread over the workers: each customer's messages reach the receiver in the
+/// order their payloads entered layer 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_workers_keep_per_key_order() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let hubs = workers(&tdb.url, &q, 3).await;
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn(Receiver::new(rabbit(), q.payments.clone(), core.clone()).prefetch(100).run(cancel.clone()));
+    let total = 1200u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    for i in 0..total {
+        tick.tick().await;
+        let body = payment(&format!("evt_mw_{i:05}"), "2.50", &format!("cus_{}", i % 40));
+        ingest_until_stored(&hubs[(i % 3) as usize], &body).await;
+    }
+    let db = hubs[0].db().clone();
+    wait_all_acknowledged(&db, total, 180).await;
+    let want = layer1_order(&db, &q.payments).await;
+    assert_eq!(want.values().map(Vec::len).sum::<usize>() as u64, total);
+    let bad = order_violations(&want, &first_sightings(&core));
+    assert!(bad.is_empty(), "{} keys out of layer 1 order; first: {:?}", bad.len(), bad.first());
+    cancel.cancel();
+    for h in &hubs {
+        h.shutdown().await;
+    }
+    tdb.cleanup().await;
+}
+
+/// Reads every message waiting in `queue` (a receiver that was away and came back), counts the
+/// copies of each hub message, sends an `acknowledged` receipt for each copy and acks it.
+async fn drain_counting(
+    transport: &Arc<dyn Transport>,
+    queue: &str,
+    receipts: &str,
+    want: usize,
+) -> HashMap<Uuid, usize> {
+    let mut sub = transport.subscribe(queue, 100).await.expect("subscribe");
+    let mut copies: HashMap<Uuid, usize> = HashMap::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(3), sub.next()).await;
+        let Ok(Ok(d)) = next else {
+            if copies.len() >= want {
+                return copies;
+            }
+            panic!("only {} of {want} messages arrived", copies.len());
+        };
+        let headers = wire::HubHeaders::parse(&d.headers).expect("contract headers");
+        *copies.entry(headers.message_id).or_default() += 1;
+        let receipt = Receipt {
+            message_id: headers.message_id,
+            status: ReceiptStatus::Acknowledged,
+            reason: None,
+            at: chrono::Utc::now(),
+        };
+        let msg = OutgoingMessage {
+            queue: receipts.to_owned(),
+            dedup_id: Uuid::now_v7().to_string(),
+            ordering_key: None,
+            headers: Default::default(),
+            body: serde_json::to_vec(&receipt).expect("receipt"),
+        };
+        for r in transport.publish(&[msg]).await {
+            r.expect("receipt sent");
+        }
+        d.ack().await.expect("ack");
+    }
+}
+
+/// The receiver is away for ten ack timeouts, then comes back: no message goes `dead`, each is
+/// flagged as overdue meanwhile, the queue never holds more than two copies of any message, and
+/// every message ends `acknowledged`.
+async fn receiver_away_for_ten_ack_timeouts(backend: Backend, transport: Arc<dyn Transport>) {
+    let tdb = TestDb::new(backend).await;
+    let q = Queues::new(false);
+    let mut settings = crate::util::test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.publish.inbound_queue = None;
+    settings.publish.ack_timeout = Duration::from_millis(1000);
+    settings.stage.poll_interval = Duration::from_millis(100);
+    settings.stage.max_attempts = 3;
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).settings(settings).build().await.expect("hub");
+    hub.start();
+    let total = 20;
+    for i in 0..total {
+        hub.ingest(
+            "payments",
+            &payment(&format!("evt_away_{i}"), "1.00", &format!("cus_{}", i % 4)),
+            IngestMeta::default(),
+        )
+        .await
+        .expect("ingest");
+    }
+    // Ten ack timeouts without a receiver. With the old policy every row was published
+    // `max_attempts` times and then `dead`.
+    let away_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut most_waiting = 0;
+    while tokio::time::Instant::now() < away_until {
+        if let Ok(Some(n)) = transport.queue_depth(&q.payments).await {
+            most_waiting = most_waiting.max(n);
+        }
+        assert_eq!(count_status(hub.db(), Status::Dead).await, 0, "waiting for a receipt killed a message");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(most_waiting <= 2 * total as u64, "{most_waiting} messages waited in the queue for {total} rows");
+    let rows = l4::Entity::find().all(hub.db()).await.expect("l4");
+    assert_eq!(rows.len(), total);
+    for r in &rows {
+        assert_eq!(r.status, Status::Queued, "{r:?}");
+        let note = r.last_error.as_deref().unwrap_or_default();
+        assert!(note.contains("no receipt within 3 ack timeouts"), "overdue flagged on the row: {note:?}");
+    }
+    let copies = drain_counting(&transport, &q.payments, &q.receipts, total).await;
+    assert_eq!(copies.len(), total, "every message was waiting");
+    let most = copies.values().copied().max().unwrap_or(0);
+    assert!(most <= 2, "at most two copies of a message waited: {copies:?}");
+    wait_all_acknowledged(hub.db(), total as u64, 30).await;
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+async fn receiver_away_in_process(backend: Backend) {
+    receiver_away_for_ten_ack_timeouts(backend, Arc::new(InProcessTransport::default())).await;
+}
+
+on_both!(receiver_away_in_process);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_away_over_rabbitmq() {
+    receiver_away_for_ten_ack_timeouts(Backend::Postgres, rabbit()).await;
+}
+
+/// A receipt for a row that is already `dead` is applied, with when it came and why the row
+/// had been given up.
+async fn late_receipt_on_a_dead_row(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let q = Queues::new(false);
+    let transport: Arc<dyn Transport> = Arc::new(InProcessTransport::default());
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    hub.ingest("payments", &payment("evt_late", "9.99", "cus_late"), IngestMeta::default())
+        .await
+        .expect("ingest");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count_status(hub.db(), Status::Queued).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.shutdown().await;
+    // Given up (as a row whose publishes kept failing would be).
+    let db = hub.db();
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE layer4_dispatch SET status = 'dead', next_attempt_at = NULL, last_error = 'gave up after 8 attempts'",
+    ))
+    .await
+    .expect("make dead");
+    let row = l4::Entity::find().one(db).await.expect("l4").expect("a row");
+    let receipt = Receipt {
+        message_id: row.id,
+        status: ReceiptStatus::Acknowledged,
+        reason: None,
+        at: chrono::Utc::now(),
+    };
+    let out = layer4_dispatch::apply_receipts(db, &[receipt.clone()]).await.expect("apply");
+    assert_eq!(out.applied, 1, "{out:?}");
+    let row = l4::Entity::find_by_id(row.id).one(db).await.expect("l4").expect("row");
+    assert_eq!(row.status, Status::Acknowledged);
+    assert!(row.acknowledged_at.is_some());
+    let note = row.last_error.as_deref().unwrap_or_default();
+    assert!(note.contains("late receipt") && note.contains("gave up after 8 attempts"), "{note}");
+    let again = layer4_dispatch::apply_receipts(db, &[receipt]).await.expect("apply");
+    assert_eq!((again.applied, again.repeated), (0, 1), "a repeat changes nothing");
+    tdb.cleanup().await;
+}
+
+on_both!(late_receipt_on_a_dead_row);
+
+/// Runs SQL on the server's maintenance database.
+async fn admin(sql: String) {
+    let db = sea_orm::Database::connect(pg_admin_url()).await.expect("admin connection");
+    db.execute_raw(Statement::from_string(db.get_database_backend(), sql)).await.expect("admin sql");
+    db.close().await.ok();
+}
+
+/// The fault run: three workers, payments of 30 customers at a steady rate; mid-run one worker
+/// is aborted (its leases expire and the others take over), the broker's connections are
+/// closed, and the database is taken away for three seconds. Afterwards every accepted message
+/// is in each layer exactly once, every one reached the receiver, per-key order held, and
+/// nothing is stuck or dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_run_loses_nothing_and_keeps_order() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let hubs = workers(&tdb.url, &q, 3).await;
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn(Receiver::new(rabbit(), q.payments.clone(), core.clone()).prefetch(100).run(cancel.clone()));
+    let total = 900u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(4));
+    for i in 0..total {
+        tick.tick().await;
+        // Worker 2 is gone after the abort; the sender goes to the others.
+        let live = if i >= 300 { 2 } else { 3 };
+        let body = payment(&format!("evt_fault_{i:05}"), "7.25", &format!("cus_{}", i % 30));
+        ingest_until_stored(&hubs[(i % live) as usize], &body).await;
+        match i {
+            300 => hubs[2].abort(),
+            450 => {
+                let out = std::process::Command::new("rabbitmqctl")
+                    .args(["close_all_connections", "post-office fault run"])
+                    .output()
+                    .expect("rabbitmqctl runs (scripts/test.sh installs RabbitMQ)");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+            600 => {
+                let name = tdb.name().to_owned();
+                admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+                admin(format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                ))
+                .await;
+                let back = name.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    admin(format!("ALTER DATABASE {back} ALLOW_CONNECTIONS true")).await;
+                });
+            }
+            _ => {}
+        }
+    }
+    let db = hubs[0].db().clone();
+    wait_all_acknowledged(&db, total, 240).await;
+    for (table, want) in [
+        ("layer1_raw", total),
+        ("layer2_normalized", total),
+        ("layer3_translated", total),
+        ("layer4_dispatch", total),
+    ] {
+        let sql = format!("SELECT count(*) AS n, count(DISTINCT origin_id) AS o FROM {table}");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                sql.replace("origin_id", if table == "layer1_raw" { "id" } else { "origin_id" }),
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        let (n, o): (i64, i64) = (row.try_get("", "n").expect("n"), row.try_get("", "o").expect("o"));
+        assert_eq!((n as u64, o as u64), (want, want), "{table}: every accepted message exactly once");
+    }
+    assert_eq!(count_status(&db, Status::Dead).await, 0);
+    let want = layer1_order(&db, &q.payments).await;
+    let got = first_sightings(&core);
+    assert_eq!(got.values().map(Vec::len).sum::<usize>() as u64, total, "every id reached the receiver");
+    let bad = order_violations(&want, &got);
+    assert!(bad.is_empty(), "{} keys out of layer 1 order; first: {:?}", bad.len(), bad.first());
+    cancel.cancel();
+    for h in &hubs[..2] {
+        h.shutdown().await;
+    }
+    tdb.cleanup().await;
+}
