@@ -220,3 +220,156 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
         acked_ms: (percentile(&acked, 50.0), percentile(&acked, 99.0)),
     })
 }
+
+/// Refuses every publish as a broker outage would, until opened.
+struct Gate {
+    inner: Arc<dyn Transport>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Transport for Gate {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes()
+    }
+    async fn ensure_queue(&self, queue: &str) -> std::result::Result<(), layer4_dispatch::TransportError> {
+        self.inner.ensure_queue(queue).await
+    }
+    async fn publish(
+        &self,
+        batch: &[layer4_dispatch::OutgoingMessage],
+    ) -> Vec<std::result::Result<(), layer4_dispatch::TransportError>> {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.publish(batch).await;
+        }
+        let down = layer4_dispatch::TransportError::Connection("bench: broker held down".into());
+        batch.iter().map(|_| Err(down.clone())).collect()
+    }
+    async fn subscribe(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> std::result::Result<Box<dyn layer4_dispatch::Subscription>, layer4_dispatch::TransportError> {
+        self.inner.subscribe(queue, prefetch).await
+    }
+    async fn queue_depth(
+        &self,
+        queue: &str,
+    ) -> std::result::Result<Option<u64>, layer4_dispatch::TransportError> {
+        self.inner.queue_depth(queue).await
+    }
+}
+
+/// What a backlog drain measured.
+#[derive(Debug, Clone)]
+pub struct DrainReport {
+    /// Rows in the backlog.
+    pub messages: usize,
+    /// Ordering keys (0: unordered).
+    pub keys: usize,
+    /// Seconds from the first broker confirm after the outage to the last.
+    pub seconds: f64,
+    /// Rows confirmed per second over that span.
+    pub rate: f64,
+}
+
+/// A backlog drain: with the broker held down, `cfg.messages` payments (spread over `keys`
+/// customers, ordered per customer when `keys > 0`) pile up in layer 4; then the broker comes
+/// back and the publisher drains them, receivers acknowledging.
+pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize) -> Result<DrainReport> {
+    use layer4_dispatch::entity as l4;
+    let tag = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let destination = format!("bench.{tag}.backlog");
+    let mut settings = HubSettings::default();
+    settings.stage.batch_size = cfg.batch_size;
+    settings.stage.poll_interval = Duration::from_millis(200);
+    settings.publish.receipts_queue = format!("bench.{tag}.receipts");
+    let routes = RouteTable::new(vec![Route {
+        message_type: "payment.*".into(),
+        destination: destination.clone(),
+        ordering_key: (keys > 0).then(|| "/customer_ref".to_owned()),
+        ..Default::default()
+    }]);
+    let gate = Arc::new(Gate { inner: transport.clone(), open: false.into() });
+    let builder = Hub::builder(cfg.database_url.clone())
+        .settings(settings)
+        .transport(gate.clone())
+        .router(Arc::new(routes));
+    let builder = integrations::register(builder, integrations::payments::SOURCE)
+        .ok_or_else(|| Error::Config("payments integration missing".into()))?;
+    let hub = builder.build().await?;
+    let cancel = CancellationToken::new();
+    for _ in 0..cfg.receivers.max(1) {
+        let r = Receiver::new(transport.clone(), destination.clone(), Arc::new(Ack)).prefetch(500);
+        tokio::spawn(r.run(cancel.clone()));
+    }
+    hub.start();
+    let spread = keys.max(1);
+    let bodies: Vec<Vec<u8>> = (0..cfg.messages)
+        .map(|i| {
+            let body = String::from_utf8_lossy(&event(&tag, i))
+                .replace(&format!("\"cus_{}\"", i % 997), &format!("\"cus_{}\"", i % spread));
+            body.into_bytes()
+        })
+        .collect();
+    let chunk = usize::try_from(cfg.batch_size).unwrap_or(500).max(1);
+    for part in bodies.chunks(chunk) {
+        let items: Vec<(&[u8], IngestMeta)> =
+            part.iter().map(|b| (b.as_slice(), IngestMeta::default())).collect();
+        for a in hub.ingest_batch(integrations::payments::SOURCE, &items).await? {
+            a?;
+        }
+    }
+    let want = u64::try_from(cfg.messages).unwrap_or(u64::MAX);
+    let count = |status: Status| {
+        l4::Entity::find()
+            .filter(l4::Column::Destination.eq(destination.clone()))
+            .filter(l4::Column::Status.eq(status))
+            .count(hub.db())
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count(Status::JustIn).await? < want {
+        if Instant::now() > deadline {
+            return Err(Error::Config("backlog never formed".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Every row has met the outage once (as after a real one), then the broker comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reopened = Utc::now();
+    gate.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let settled = count(Status::Queued).await? + count(Status::Acknowledged).await?;
+        if settled >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Config(format!("drain timed out with {settled} of {want} confirmed")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    hub.shutdown().await;
+    type Confirm = (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>);
+    let times: Vec<Confirm> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::QueuedAt)
+        .column(l4::Column::AcknowledgedAt)
+        .filter(l4::Column::Destination.eq(destination.clone()))
+        .into_tuple()
+        .all(hub.db())
+        .await?;
+    // A receipt can land before the publisher records the confirm; then the row has no
+    // `queued_at` and the receipt's time stands for it (a little later than the confirm).
+    let confirmed: Vec<chrono::DateTime<Utc>> =
+        times.into_iter().filter_map(|(q, a)| q.or(a)).filter(|t| *t >= reopened).collect();
+    let (first, last) = match (confirmed.iter().min(), confirmed.iter().max()) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => return Err(Error::Config("no confirm recorded after the outage".into())),
+    };
+    let seconds = ((last - first).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-3);
+    Ok(DrainReport { messages: confirmed.len(), keys, seconds, rate: confirmed.len() as f64 / seconds })
+}

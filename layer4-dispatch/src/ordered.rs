@@ -42,14 +42,18 @@ const MAX_DEPTH: usize = 64;
 /// Where the next claim starts looking for keys: after the last key the previous one reached.
 pub(crate) type KeyCursor = std::sync::Mutex<Option<(String, String)>>;
 
-/// Claims up to `budget` ordered rows: chains of rows of one key each, in order.
+/// Claims up to `budget` ordered rows of at most `max_keys` keys: chains of rows of one key
+/// each, in order. Fewer keys than rows leaves keys for the other publishers running beside
+/// this one, and longer chains spread a claim's fixed cost over more rows.
 pub(crate) async fn claim(
     txn: &DatabaseTransaction,
     now: DateTime<Utc>,
     budget: usize,
+    max_keys: usize,
     cursor: &KeyCursor,
 ) -> layer1_ingest::Result<Vec<Vec<Model>>> {
     let budget = budget.max(1);
+    let max_keys = max_keys.clamp(1, budget);
     if !any_unconfirmed(txn).await? {
         return Ok(Vec::new());
     }
@@ -57,11 +61,11 @@ pub(crate) async fn claim(
     let backend = txn.get_database_backend();
     let candidates = if backend == DbBackend::Postgres {
         let start = cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut heads = heads_pg(txn, now, budget, start.as_ref()).await?;
-        if heads.len() < budget && start.is_some() {
+        let mut heads = heads_pg(txn, now, max_keys, start.as_ref()).await?;
+        if heads.len() < max_keys && start.is_some() {
             // Wrapped around: keys before the cursor too.
             let seen: std::collections::HashSet<Uuid> = heads.iter().map(|h| h.id).collect();
-            let more = heads_pg(txn, now, budget - heads.len(), None).await?;
+            let more = heads_pg(txn, now, max_keys - heads.len(), None).await?;
             heads.extend(more.into_iter().filter(|h| !seen.contains(&h.id)));
         }
         *cursor.lock().unwrap_or_else(|p| p.into_inner()) =

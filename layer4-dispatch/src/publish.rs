@@ -280,8 +280,12 @@ impl Stage for PublishStage {
         .await?;
         let overdue =
             claim_due::<Entity, _>(&txn, Direction::Upstream, &[Status::Queued], now, batch).await?;
+        // Ordered rows: up to four batches' worth in chains over at most half a batch of keys
+        // (a key's rows go out one wave per confirm, so deeper chains cost round trips, not
+        // claims; the other half of the keys is left for a publisher beside this one).
+        let rows = usize::try_from(batch).unwrap_or(usize::MAX);
         let ordered =
-            crate::ordered::claim(&txn, now, usize::try_from(batch).unwrap_or(usize::MAX), &self.key_cursor)
+            crate::ordered::claim(&txn, now, rows.saturating_mul(4), (rows / 2).max(1), &self.key_cursor)
                 .await?;
         let claimed = unordered.len() + overdue.len() + ordered.iter().map(Vec::len).sum::<usize>();
         if claimed == 0 {
