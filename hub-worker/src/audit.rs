@@ -29,13 +29,33 @@ pub struct RawBody {
     pub id: Uuid,
     /// The sender's content type.
     pub content_type: String,
-    /// The bytes, base64.
-    pub body_base64: String,
+    /// The bytes, base64; `null` when withheld (see `body_withheld`).
+    pub body_base64: Option<String>,
+    /// The request headers kept at ingest (secrets were redacted then and are not on record);
+    /// `null` when withheld.
+    pub headers: Option<serde_json::Value>,
+    /// Why the bytes and headers are not shown (the caller's token lacks scope `raw`); absent
+    /// when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_withheld: Option<String>,
     /// The SHA-256 stored at ingest, hex.
     pub sha256: String,
-    /// Whether the stored bytes still hash to it (checked now).
+    /// Whether the stored bytes still hash to it (checked now, whether or not they are shown).
     pub sha256_verified: bool,
 }
+
+/// Whether a view of a message shows what the third party sent (bytes, headers) or only its
+/// shape and hash: third-party payloads hold personal data an auditor of the flow need not see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawAccess {
+    /// Bytes and headers shown.
+    Shown,
+    /// Left out, saying which scope would show them.
+    Withheld,
+}
+
+/// What `body_withheld` says when the raw bytes are left out.
+pub const WITHHELD: &str = "needs scope raw";
 
 /// A message's whole story.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -47,19 +67,28 @@ pub struct MessageView {
     pub raw: Vec<RawBody>,
 }
 
-/// One message from any layer's id.
-pub async fn message(db: &DatabaseConnection, id: Uuid) -> Result<MessageView> {
+/// One message from any layer's id, with or without what the third party sent.
+pub async fn message(db: &DatabaseConnection, id: Uuid, access: RawAccess) -> Result<MessageView> {
     let lineage = lineage(db, id).await?;
     let raw_ids: Vec<Uuid> = lineage.entries.iter().filter(|e| e.layer == Layer::Raw).map(|e| e.id).collect();
     let rows = l1::Entity::find().filter(l1::Column::Id.is_in(raw_ids)).all(db).await?;
     let raw = rows
         .into_iter()
-        .map(|r| RawBody {
-            id: r.id,
-            content_type: r.content_type.clone(),
-            sha256_verified: layer1_ingest::ingest::sha256_hex(&r.body) == r.body_sha256,
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&r.body),
-            sha256: r.body_sha256,
+        .map(|r| {
+            let shown = access == RawAccess::Shown;
+            RawBody {
+                id: r.id,
+                content_type: r.content_type.clone(),
+                // The hash is re-checked either way: integrity is the reader's business too.
+                sha256_verified: layer1_ingest::ingest::sha256_hex(&r.body) == r.body_sha256,
+                body_base64: shown.then(|| base64::engine::general_purpose::STANDARD.encode(&r.body)),
+                // Stored as JSON text by ingest; text that does not parse is shown as text.
+                headers: shown.then(|| {
+                    serde_json::from_str(&r.headers).unwrap_or(serde_json::Value::String(r.headers.clone()))
+                }),
+                body_withheld: (!shown).then(|| WITHHELD.to_owned()),
+                sha256: r.body_sha256,
+            }
         })
         .collect();
     Ok(MessageView { lineage, raw })
@@ -240,8 +269,9 @@ pub fn copied_layer(from_layer: u8) -> Result<u8> {
 /// layer below on the message's path is copied as a new `just_in` row whose `parent_id` is the
 /// old row (same origin), and the stages carry the copies on. Old rows stay as they are. Only
 /// final rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would
-/// be delivered twice. Returns the new rows' ids.
-pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result<Vec<Uuid>> {
+/// be delivered twice. `by` (the admin token's name, `cli`) is recorded on every new row as
+/// `replayed_by`. Returns the new rows' ids.
+pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8, by: &str) -> Result<Vec<Uuid>> {
     let layer = copied_layer(from_layer)?;
     let lin = lineage(db, id).await?;
     // The newest copy of each row only: a row replayed before has a same-layer child (its
@@ -268,12 +298,12 @@ pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8) -> Result
     let ids: Vec<Uuid> = targets.iter().map(|e| e.id).collect();
     let txn = db.begin().await?;
     let new_ids = match layer {
-        1 => copy_rows::<l1::Entity>(&txn, locked_final::<l1::Entity>(&txn, id, &ids).await?).await?,
-        2 => copy_rows::<l2::Entity>(&txn, locked_final::<l2::Entity>(&txn, id, &ids).await?).await?,
-        _ => copy_rows::<l3::Entity>(&txn, locked_final::<l3::Entity>(&txn, id, &ids).await?).await?,
+        1 => copy_rows::<l1::Entity>(&txn, locked_final::<l1::Entity>(&txn, id, &ids).await?, by).await?,
+        2 => copy_rows::<l2::Entity>(&txn, locked_final::<l2::Entity>(&txn, id, &ids).await?, by).await?,
+        _ => copy_rows::<l3::Entity>(&txn, locked_final::<l3::Entity>(&txn, id, &ids).await?, by).await?,
     };
     txn.commit().await?;
-    tracing::info!(%id, from_layer, replayed = new_ids.len(), "replayed");
+    tracing::info!(%id, from_layer, replayed = new_ids.len(), by, "replayed");
     Ok(new_ids)
 }
 
@@ -288,22 +318,24 @@ pub struct SourceReplay {
 
 /// Replays every message `source` received since `since` through layer `from_layer` again
 /// (`from_layer = 3` translates the stored records again with the mapping as it is now). Only
-/// the newest copy of each row is replayed; rows still moving are skipped and counted.
+/// the newest copy of each row is replayed; rows still moving are skipped and counted. `by` is
+/// recorded on every new row as `replayed_by`.
 pub async fn replay_source(
     db: &DatabaseConnection,
     source: &str,
     since: DateTime<Utc>,
     from_layer: u8,
+    by: &str,
 ) -> Result<SourceReplay> {
     let layer = copied_layer(from_layer)?;
     let txn = db.begin().await?;
     let (replayed, skipped_moving) = match layer {
-        1 => replay_rows::<l1::Entity, l1::Entity>(&txn, source, since, false).await?,
-        2 => replay_rows::<l2::Entity, l1::Entity>(&txn, source, since, true).await?,
-        _ => replay_rows::<l3::Entity, l2::Entity>(&txn, source, since, true).await?,
+        1 => replay_rows::<l1::Entity, l1::Entity>(&txn, source, since, false, by).await?,
+        2 => replay_rows::<l2::Entity, l1::Entity>(&txn, source, since, true, by).await?,
+        _ => replay_rows::<l3::Entity, l2::Entity>(&txn, source, since, true, by).await?,
     };
     txn.commit().await?;
-    tracing::info!(source, %since, from_layer, replayed = replayed.len(), skipped_moving, "replayed by source");
+    tracing::info!(source, %since, from_layer, replayed = replayed.len(), skipped_moving, by, "replayed by source");
     Ok(SourceReplay { replayed, skipped_moving })
 }
 
@@ -316,6 +348,7 @@ async fn replay_rows<E, P>(
     source: &str,
     since: DateTime<Utc>,
     check_parent: bool,
+    by: &str,
 ) -> Result<(Vec<Uuid>, usize)>
 where
     P: LayerTable,
@@ -359,19 +392,20 @@ where
     }
     let (done, moving): (Vec<_>, Vec<_>) =
         rows.into_iter().partition(|r| LineageEntry::from(r).status.is_final());
-    Ok((copy_rows::<E>(txn, done).await?, moving.len()))
+    Ok((copy_rows::<E>(txn, done, by).await?, moving.len()))
 }
 
 /// Layer rows a replay can copy.
 trait ReplayCopy: LayerTable {
-    /// `row` as a fresh `just_in` copy with id `id` whose parent is the old row.
-    fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>) -> Self::Model;
+    /// `row` as a fresh `just_in` copy with id `id` whose parent is the old row, made at the
+    /// request of `by`.
+    fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>, by: &str) -> Self::Model;
 }
 
 macro_rules! replay_copy {
     ($entity:ty, |$m:ident| $extra:block) => {
         impl ReplayCopy for $entity {
-            fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>) -> Self::Model {
+            fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>, by: &str) -> Self::Model {
                 let mut $m = row;
                 $m.parent_id = Some($m.id);
                 $m.id = id;
@@ -381,6 +415,7 @@ macro_rules! replay_copy {
                 $m.next_attempt_at = Some(now);
                 $m.created_at = now;
                 $m.updated_at = now;
+                $m.replayed_by = Some(by.to_owned());
                 $extra
                 $m
             }
@@ -393,7 +428,7 @@ replay_copy!(l1::Entity, |m| { m.dedup_key = format!("replay:{}", m.id) });
 replay_copy!(l2::Entity, |m| {});
 replay_copy!(l3::Entity, |m| {});
 
-async fn copy_rows<E>(txn: &sea_orm::DatabaseTransaction, rows: Vec<E::Model>) -> Result<Vec<Uuid>>
+async fn copy_rows<E>(txn: &sea_orm::DatabaseTransaction, rows: Vec<E::Model>, by: &str) -> Result<Vec<Uuid>>
 where
     E: ReplayCopy,
     E::Model: Sync + Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
@@ -405,7 +440,7 @@ where
         .map(|r| {
             let id = Uuid::now_v7();
             ids.push(id);
-            E::fresh(r, id, now)
+            E::fresh(r, id, now, by)
         })
         .collect();
     insert_rows::<E, _>(txn, copies).await?;

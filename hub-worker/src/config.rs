@@ -18,6 +18,7 @@ use layer4_dispatch::{
 
 use crate::error::{Error, Result};
 use crate::files::{self, Diagnostic, Integration, Locator};
+use crate::http::auth::{Scope, Token, Tokens};
 use crate::hub::{Hub, HubBuilder, HubSettings};
 use crate::integrations;
 
@@ -66,9 +67,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address to listen on, `127.0.0.1:8080`.
     pub listen: String,
-    /// Environment variable holding the bearer token of the audit and replay API (required).
-    #[serde(default = "default_admin_env")]
-    pub admin_token_env: String,
+    /// Deprecated shorthand for a token named `admin` holding every scope, read from this
+    /// environment variable. Without it and without `tokens`, `HUB_ADMIN_TOKEN` is that token.
+    #[serde(default)]
+    pub admin_token_env: Option<String>,
+    /// The admin API's tokens by name (`[http.tokens.<name>]`): each with its scopes and its
+    /// secret's place (an environment variable or a file; never the config itself).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
     /// Intake requests handled at once; more are answered 503 with Retry-After.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
@@ -78,24 +84,135 @@ fn default_in_flight() -> usize {
     crate::http::ingest::DEFAULT_IN_FLIGHT
 }
 
-fn default_admin_env() -> String {
-    "HUB_ADMIN_TOKEN".into()
+/// The variable the admin token comes from when neither `tokens` nor `admin_token_env` is set.
+const DEFAULT_ADMIN_ENV: &str = "HUB_ADMIN_TOKEN";
+
+/// Shortest accepted token: a short one can be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `[http.tokens.<name>]`: one admin API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// What it may do: `read`, `raw` (with `read`), `operate`, `metrics`.
+    pub scopes: Vec<Scope>,
+    /// Environment variable holding the token.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding the token (one line; surrounding whitespace ignored).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl TokenConfig {
+    /// The secret, read now from its variable or file (never logged, never stored).
+    fn secret(&self, name: &str) -> Result<String> {
+        let key = format!("http.tokens.{name}");
+        let secret = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| Error::Config(format!("{key}.env: environment variable {var} is not set")))?
+                .trim()
+                .to_owned(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("{key}.file {}: {e}", path.display())))?;
+                let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                let secret = lines.next().unwrap_or_default().to_owned();
+                // Several lines would read as several secrets: a rotation is two named tokens,
+                // so that audit events say which one was used.
+                if lines.next().is_some() {
+                    return Err(Error::Config(format!(
+                        "{key}.file {}: one token per file (for a rotation, configure a second named token)",
+                        path.display()
+                    )));
+                }
+                secret
+            }
+            _ => return Err(Error::Config(format!("{key}: give exactly one of env and file"))),
+        };
+        if secret.chars().count() < MIN_TOKEN_LEN {
+            return Err(Error::Config(format!(
+                "{key}: the token must be at least {MIN_TOKEN_LEN} characters"
+            )));
+        }
+        Ok(secret)
+    }
 }
 
 impl HttpConfig {
-    /// The admin token, read from the environment now (never logged).
-    pub fn admin_token(&self) -> Result<String> {
-        match std::env::var(&self.admin_token_env) {
-            Ok(t) if t.len() >= 16 => Ok(t),
-            Ok(_) => Err(Error::Config(format!(
-                "http.admin_token_env: {} must hold at least 16 characters",
-                self.admin_token_env
-            ))),
-            Err(_) => Err(Error::Config(format!(
-                "http.admin_token_env: environment variable {} is not set",
-                self.admin_token_env
-            ))),
+    /// Whether the admin token comes from the deprecated `admin_token_env` shorthand (or its
+    /// `HUB_ADMIN_TOKEN` default) rather than from `[http.tokens.<name>]` alone.
+    pub fn uses_admin_shorthand(&self) -> bool {
+        self.admin_token_env.is_some() || self.tokens.is_empty()
+    }
+
+    /// The admin API's tokens, secrets read now (never logged; only their digests are kept).
+    pub fn tokens(&self) -> Result<Tokens> {
+        let mut out = Vec::new();
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        if self.uses_admin_shorthand() {
+            let var = self.admin_token_env.as_deref().unwrap_or(DEFAULT_ADMIN_ENV);
+            if self.tokens.contains_key("admin") {
+                return Err(Error::Config(
+                    "http.tokens.admin: the name `admin` is taken by http.admin_token_env (deprecated); \
+                     drop admin_token_env or rename the token"
+                        .into(),
+                ));
+            }
+            let secret = match std::env::var(var) {
+                Ok(t) if t.chars().count() >= MIN_TOKEN_LEN => t,
+                Ok(_) => {
+                    return Err(Error::Config(format!(
+                        "http.admin_token_env: {var} must hold at least {MIN_TOKEN_LEN} characters"
+                    )));
+                }
+                Err(_) => {
+                    return Err(Error::Config(format!(
+                        "http.admin_token_env: environment variable {var} is not set (or configure \
+                         [http.tokens.<name>] with scopes and env or file)"
+                    )));
+                }
+            };
+            secrets.push(("admin".into(), secret));
+            out.push(("admin".to_owned(), Scope::ALL.to_vec()));
         }
+        for (name, t) in &self.tokens {
+            let key = format!("http.tokens.{name}");
+            // The name goes into logs and the tables (`replayed_by`): plain characters only.
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(Error::Config(format!("{key}: a token name is 1 to 64 of A-Z a-z 0-9 - _ .")));
+            }
+            if t.scopes.is_empty() {
+                return Err(Error::Config(format!(
+                    "{key}.scopes: give at least one of read, raw, operate, metrics"
+                )));
+            }
+            // `raw` only widens what the `read` routes show; alone it would open nothing.
+            if t.scopes.contains(&Scope::Raw) && !t.scopes.contains(&Scope::Read) {
+                return Err(Error::Config(format!(
+                    "{key}.scopes: `raw` needs `read` (it widens what read shows)"
+                )));
+            }
+            secrets.push((name.clone(), t.secret(name)?));
+            out.push((name.clone(), t.scopes.clone()));
+        }
+        // One secret under two names would make "who" in the audit trail a guess.
+        for (i, (a, sa)) in secrets.iter().enumerate() {
+            if let Some((b, _)) = secrets[i + 1..].iter().find(|(_, sb)| sb == sa) {
+                return Err(Error::Config(format!(
+                    "http.tokens: `{a}` and `{b}` have the same token; each name needs its own"
+                )));
+            }
+        }
+        Ok(Tokens::new(
+            out.into_iter()
+                .zip(&secrets)
+                .map(|((name, scopes), (_, secret))| Token::new(name, secret, &scopes))
+                .collect(),
+        ))
     }
 }
 
@@ -406,7 +523,7 @@ impl Config {
             }
         }
         if let Some(h) = &self.http {
-            h.admin_token()?;
+            h.tokens()?;
         }
         for (name, src) in &self.sources {
             if !self.integrations.contains(name) {

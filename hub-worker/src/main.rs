@@ -172,8 +172,14 @@ enum MessagesCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("HUB_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        // Audit events (target `audit`: refused admin requests, replays) are on by default.
+        .with_env_filter(
+            EnvFilter::try_from_env("HUB_LOG").unwrap_or_else(|_| EnvFilter::new("warn,audit=info")),
+        )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs (audit events included) going to a file or a
+        // collector stay plain text a machine can parse.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Migrate(args) => {
@@ -269,14 +275,34 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay { id, source, since, from_layer, db } => {
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
-            let (ids, skipped) = match (id, source, since) {
-                (Some(id), _, _) => (hub_worker::audit::replay(&conn, id, from_layer).await?, 0),
-                (None, Some(source), Some(since)) => {
-                    let r = hub_worker::audit::replay_source(&conn, &source, since, from_layer).await?;
-                    (r.replayed, r.skipped_moving)
-                }
+            // Recorded as `replayed_by = cli`: whoever can run this holds the database URL.
+            let (what, result) = match (id, source, since) {
+                (Some(id), _, _) => (
+                    format!("message {id}"),
+                    hub_worker::audit::replay(&conn, id, from_layer, "cli").await.map(|ids| (ids, 0)),
+                ),
+                (None, Some(source), Some(since)) => (
+                    format!("source {source} since {}", since.to_rfc3339()),
+                    hub_worker::audit::replay_source(&conn, &source, since, from_layer, "cli")
+                        .await
+                        .map(|r| (r.replayed, r.skipped_moving)),
+                ),
                 _ => bail!("give a message id, or --source and --since"),
             };
+            // The same audit event as a replay over HTTP; "from where" is this machine.
+            tracing::info!(
+                target: "audit",
+                token = "cli",
+                method = "CLI",
+                path = "replay",
+                peer = "local",
+                outcome = if result.is_ok() { "replayed" } else { "not replayed" },
+                what = what.as_str(),
+                from_layer,
+                rows = result.as_ref().map_or(0, |(ids, _)| ids.len()),
+                "replay"
+            );
+            let (ids, skipped) = result?;
             println!(
                 "replayed through layer {from_layer} as {} new row(s); a running worker carries them on:",
                 ids.len()
@@ -331,7 +357,13 @@ async fn main() -> anyhow::Result<()> {
                     eprintln!("webhook intake on http://{}", listener.local_addr()?);
                     let state = hub_worker::http::ingest::IngestState::new(hub.clone(), doors)
                         .max_in_flight(http.max_in_flight);
-                    let audit = hub_worker::http::audit::AuditState::new(hub.clone(), http.admin_token()?);
+                    if http.uses_admin_shorthand() {
+                        tracing::warn!(
+                            "http.admin_token_env (or HUB_ADMIN_TOKEN alone) is deprecated: one token with every \
+                             scope; configure [http.tokens.<name>] with scopes instead"
+                        );
+                    }
+                    let audit = hub_worker::http::audit::AuditState::with_tokens(hub.clone(), http.tokens()?);
                     let app = hub_worker::http::router(state, audit);
                     Some(tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())))
                 }

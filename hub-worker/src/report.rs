@@ -42,6 +42,9 @@ pub fn lineage_text(lineage: &Lineage) -> String {
             e.attempts,
             e.updated_at.to_rfc3339(),
         );
+        if let Some(by) = &e.replayed_by {
+            let _ = writeln!(s, "{indent}   replayed by: {by}");
+        }
         if let Some(err) = &e.last_error {
             let _ = writeln!(s, "{indent}   reason: {err}");
         }

@@ -340,3 +340,151 @@ async fn run_serves_file_integrations_over_http() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run` with named tokens (one from the environment, one from a file) and no admin token:
+/// each opens what its scopes say; refusals and replays are audit events on stderr with the
+/// token's name and the peer's address, never the token; the replayed rows carry the token's
+/// name, and a replay from the CLI carries `cli`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_named_tokens_audits_refusals_and_replays() {
+    use std::io::{BufRead, BufReader};
+    const OPS: &str = "ops-token-from-env-0123456789";
+    const PROM: &str = "prometheus-token-from-file-0123";
+    let dir = std::env::temp_dir().join(format!("po-tok-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ints = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations");
+    let db = dir.join("tokens.sqlite");
+    let prom_file = dir.join("prometheus.token");
+    std::fs::write(&prom_file, format!("{PROM}\n")).expect("token file");
+    let cfg = dir.join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [http.tokens.ops]\nscopes = [\"read\", \"operate\"]\nenv = \"PO_TEST_OPS_TOKEN\"\n\
+             [http.tokens.prometheus]\nscopes = [\"metrics\"]\nfile = {:?}\n",
+            db.display(),
+            prom_file.display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut child = hub_worker()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("HUB_ADMIN_TOKEN")
+        .env_remove("HUB_LOG")
+        .env("PO_TEST_OPS_TOKEN", OPS)
+        .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
+        .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("webhook intake on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+            all.push(line);
+        }
+        all
+    });
+    let base = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("server address");
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| http.get(format!("{base}{path}")).bearer_auth(token).send();
+    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/payloads/iot-readings.json"))
+        .expect("payload");
+    let accepted: serde_json::Value = http
+        .post(format!("{base}/v1/ingest/iot-sensors"))
+        .header("content-type", "application/json")
+        .header("x-gateway-key", "gateway-key-0123456789")
+        .body(body)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = accepted["id"].as_str().expect("layer 1 id").to_owned();
+    // Layer 1 done (forwarded): replayable from layer 1.
+    let mut forwarded = false;
+    for _ in 0..100 {
+        let page: serde_json::Value = get("/v1/messages?layer=1&status=forwarded", OPS)
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if page["items"].as_array().is_some_and(|i| i.len() == 1) {
+            forwarded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(forwarded, "the payload was not normalized");
+    assert_eq!(get("/v1/stats", "not-a-token-of-this-hub").await.expect("get").status().as_u16(), 401);
+    assert_eq!(get("/metrics", OPS).await.expect("get").status().as_u16(), 403);
+    assert_eq!(get("/metrics", PROM).await.expect("get").status().as_u16(), 200, "the token from the file");
+    assert_eq!(get("/v1/stats", PROM).await.expect("get").status().as_u16(), 403);
+    let replay = http
+        .post(format!("{base}/v1/messages/{id}/replay?from_layer=1"))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status().as_u16(), 202);
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let log = lines.join().expect("stderr reader");
+    let audit: Vec<&String> = log.iter().filter(|l| l.contains(" audit: ")).collect();
+    let has = |parts: &[&str]| audit.iter().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(
+        has(&[
+            "token=\"anonymous\"",
+            "path=\"/v1/stats\"",
+            "peer=\"127.0.0.1:",
+            "unauthenticated",
+            "scope=\"read\""
+        ]),
+        "{log:#?}"
+    );
+    assert!(
+        has(&["token=\"ops\"", "path=\"/metrics\"", "peer=\"127.0.0.1:", "forbidden", "scope=\"metrics\""]),
+        "{log:#?}"
+    );
+    assert!(has(&["token=\"prometheus\"", "path=\"/v1/stats\"", "forbidden"]), "{log:#?}");
+    assert!(
+        has(&["token=\"ops\"", "method=\"POST\"", "outcome=\"replayed\"", "peer=\"127.0.0.1:", &id]),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains(OPS) || l.contains(PROM)), "a token was logged: {log:#?}");
+    assert!(!log.iter().any(|l| l.contains("deprecated")), "no admin token shorthand here: {log:#?}");
+
+    // Who replayed is on the rows: the token's name, and `cli` for the CLI's replay.
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let out = hub_worker()
+        .args(["replay", &id, "--from-layer", "1", "--database-url", &url])
+        .env_remove("HUB_LOG")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(" audit: ") && err.contains("token=\"cli\"") && err.contains("outcome=\"replayed\""),
+        "{err}"
+    );
+    let out = hub_worker().args(["trace", &id, "--json", "--database-url", &url]).output().expect("runs");
+    let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json lineage");
+    let by: Vec<&str> = lineage["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["layer"] == "Raw")
+        .map(|e| e["replayed_by"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(by, vec!["-", "ops", "cli"], "{lineage}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

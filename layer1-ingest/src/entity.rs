@@ -42,6 +42,9 @@ pub struct Model {
     pub headers: String,
     /// Hex SHA-256 of `body`, so an auditor can check the bytes were not altered.
     pub body_sha256: String,
+    /// Who asked for the replay that made this row (the admin token's name, `cli`); `NULL`
+    /// when the stages made it in the ordinary course.
+    pub replayed_by: Option<String>,
     /// When it was received.
     pub created_at: DateTimeUtc,
     /// When its status last changed.

@@ -132,6 +132,7 @@ fn prepare(
         content_type: raw.content_type.to_owned(),
         headers: redacted_headers(raw.headers)?,
         body_sha256: sha,
+        replayed_by: None,
         created_at: now,
         updated_at: now,
     };

@@ -37,6 +37,10 @@ pub struct LineageEntry {
     pub updated_at: DateTime<Utc>,
     /// The layer's own payload in one line.
     pub summary: String,
+    /// Who asked for the replay that made this row (admin token name, `cli`); absent for rows
+    /// the stages made in the ordinary course.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_by: Option<String>,
 }
 
 impl From<&crate::entity::Model> for LineageEntry {
@@ -55,6 +59,7 @@ impl From<&crate::entity::Model> for LineageEntry {
             created_at: m.created_at,
             updated_at: m.updated_at,
             summary: format!("{} bytes of {}, sha256 {}", m.body.len(), m.content_type, m.body_sha256),
+            replayed_by: m.replayed_by.clone(),
         }
     }
 }

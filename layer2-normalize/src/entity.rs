@@ -37,6 +37,9 @@ pub struct Model {
     pub record: String,
     /// The schema version it was checked against.
     pub schema_version: Option<String>,
+    /// Who asked for the replay that made this row (the admin token's name, `cli`); `NULL`
+    /// when the stages made it in the ordinary course.
+    pub replayed_by: Option<String>,
     /// Created.
     pub created_at: DateTimeUtc,
     /// Last status change.
@@ -85,6 +88,7 @@ impl From<&Model> for layer1_ingest::LineageEntry {
                 m.record_kind,
                 m.schema_version.as_deref().unwrap_or("-")
             ),
+            replayed_by: m.replayed_by.clone(),
         }
     }
 }

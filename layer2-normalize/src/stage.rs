@@ -101,6 +101,7 @@ pub fn record_row(
         record_index: i32::try_from(index).unwrap_or(i32::MAX),
         record: text,
         schema_version: rec.schema_version.clone(),
+        replayed_by: None,
         created_at: now,
         updated_at: now,
     })

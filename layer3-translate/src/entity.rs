@@ -41,6 +41,9 @@ pub struct Model {
     pub mapping_version: String,
     /// Fidelity report as JSON text: mapped, ignored and defaulted fields.
     pub fidelity: String,
+    /// Who asked for the replay that made this row (the admin token's name, `cli`); `NULL`
+    /// when the stages made it in the ordinary course.
+    pub replayed_by: Option<String>,
     /// Created.
     pub created_at: DateTimeUtc,
     /// Last status change.
@@ -87,6 +90,7 @@ impl From<&Model> for layer1_ingest::LineageEntry {
                 "{} v{} by mapping {}@{}",
                 m.message_type, m.type_version, m.mapping_name, m.mapping_version
             ),
+            replayed_by: m.replayed_by.clone(),
         }
     }
 }

@@ -98,6 +98,7 @@ pub async fn translate(
         mapping_name: tr.mapping_name,
         mapping_version: tr.mapping_version,
         fidelity,
+        replayed_by: None,
         created_at: now,
         updated_at: now,
     };

@@ -91,6 +91,8 @@ impl From<&Model> for layer1_ingest::LineageEntry {
             created_at: m.created_at,
             updated_at: m.updated_at,
             summary: format!("{} v{} -> {}{ack}", m.message_type, m.type_version, m.destination),
+            // A replay never copies into layer 4 (it re-routes from layer 3): no column here.
+            replayed_by: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod m20261121_000003_partial_claim_indexes;
 mod m20261121_000004_leaner_lineage_indexes;
 mod m20261121_000005_partial_dispatch_indexes;
 mod m20261121_000006_ordered_dispatch_claims;
+mod m20261121_000007_replayed_by;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000004_leaner_lineage_indexes::Migration),
             Box::new(m20261121_000005_partial_dispatch_indexes::Migration),
             Box::new(m20261121_000006_ordered_dispatch_claims::Migration),
+            Box::new(m20261121_000007_replayed_by::Migration),
         ]
     }
 }

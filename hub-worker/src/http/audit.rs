@@ -1,18 +1,19 @@
-//! The audit desk: lineage, listings, stats, replay, readiness and metrics. Every endpoint but
-//! `/healthz` and `/readyz` requires the admin bearer token.
+//! The audit desk: lineage, listings, stats, replay, readiness and metrics. Who may call which
+//! is declared in [`super::endpoints`] and checked by [`super::auth::guard`]; handlers get the
+//! identified [`Caller`].
 
 use std::fmt::Write;
-use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::auth::{Caller, Scope, Tokens};
 use super::problem::Problem;
-use crate::audit::{self, ListQuery};
+use crate::audit::{self, ListQuery, RawAccess};
 use crate::error::Error;
 use crate::hub::Hub;
 
@@ -20,58 +21,25 @@ use crate::hub::Hub;
 #[derive(Clone)]
 pub struct AuditState {
     hub: Hub,
-    token: Arc<Vec<u8>>,
+    tokens: Tokens,
 }
 
 impl AuditState {
-    /// The desk over `hub`, opened by `token`.
+    /// The desk over `hub` with a single admin token holding every scope (named `admin`): the
+    /// deprecated `admin_token_env` setup.
     pub fn new(hub: Hub, token: String) -> Self {
-        Self { hub, token: Arc::new(token.into_bytes()) }
+        Self::with_tokens(hub, Tokens::admin(&token))
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
-        use subtle::ConstantTimeEq;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(super::verify::bearer_token)
-            .map(str::as_bytes);
-        // Digests of equal length: no timing difference for a token of another length.
-        let same = |t: &[u8]| {
-            let d = super::verify::digest;
-            bool::from(d(t).ct_eq(&d(self.token.as_slice())))
-        };
-        match given {
-            Some(t) if same(t) => Ok(()),
-            Some(_) => {
-                tracing::warn!("audit request with a wrong token refused");
-                Err(Box::new(unauthorized("the bearer token is not accepted")))
-            }
-            None => {
-                tracing::warn!("audit request without a token refused");
-                Err(Box::new(unauthorized("missing `Authorization: Bearer <admin token>`")))
-            }
-        }
+    /// The desk over `hub`, opened by `tokens`.
+    pub fn with_tokens(hub: Hub, tokens: Tokens) -> Self {
+        Self { hub, tokens }
     }
-}
 
-/// Middleware in front of every audit route but `/readyz`: the admin bearer token, or 401.
-pub async fn require_admin(
-    State(s): State<AuditState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match s.check(req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(r) => *r,
+    /// The tokens the desk accepts.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
-}
-
-fn unauthorized(detail: &str) -> Response {
-    let mut r = Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Not authenticated", detail)
-        .into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    r
 }
 
 fn problem(e: Error) -> Response {
@@ -109,17 +77,23 @@ fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
     get,
     path = "/v1/messages/{id}",
     tag = "audit",
-    security(("admin" = [])),
+    security(("token" = ["read"])),
     params(("id" = Uuid, Path, description = "Any layer's id of the message")),
     responses(
-        (status = 200, description = "Every row of the message, and its raw bytes re-checked", body = crate::audit::MessageView),
+        (status = 200, description = "Every row of the message, and its raw bytes' SHA-256 re-checked; the bytes and headers themselves only for a token with scope `raw`", body = crate::audit::MessageView),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn message(State(s): State<AuditState>, Path(id): Path<Uuid>) -> Response {
-    answer(audit::message(s.hub.db(), id).await)
+pub async fn message(
+    State(s): State<AuditState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let access = if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld };
+    answer(audit::message(s.hub.db(), id, access).await)
 }
 
 /// `GET /v1/messages`
@@ -127,12 +101,13 @@ pub async fn message(State(s): State<AuditState>, Path(id): Path<Uuid>) -> Respo
     get,
     path = "/v1/messages",
     tag = "audit",
-    security(("admin" = [])),
+    security(("token" = ["read"])),
     params(ListQuery),
     responses(
         (status = 200, description = "One page, in id (creation) order", body = crate::audit::Page),
         (status = 400, description = "Unusable filter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -145,10 +120,11 @@ pub async fn list(State(s): State<AuditState>, Query(q): Query<ListQuery>) -> Re
     get,
     path = "/v1/stats",
     tag = "audit",
-    security(("admin" = [])),
+    security(("token" = ["read"])),
     responses(
         (status = 200, description = "Counts per source, layer and status; per destination health", body = crate::audit::Stats),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -178,28 +154,58 @@ pub struct Replayed {
     post,
     path = "/v1/messages/{id}/replay",
     tag = "audit",
-    security(("admin" = [])),
+    security(("token" = ["operate"])),
     params(("id" = Uuid, Path, description = "Any layer's id of the message"), ReplayQuery),
     responses(
         (status = 202, description = "New rows written; the stages carry them on", body = Replayed),
         (status = 400, description = "No such layer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Still moving, or no row in that layer", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn replay(
     State(s): State<AuditState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
     Path(id): Path<Uuid>,
     Query(q): Query<ReplayQuery>,
 ) -> Response {
-    match audit::replay(s.hub.db(), id, q.from_layer).await {
+    let result = audit::replay(s.hub.db(), id, q.from_layer, &caller.name).await;
+    // Every replay is an audit event, done or refused: who, what, from where, what came of it.
+    let event = |outcome: &str, rows: usize| {
+        tracing::info!(
+            target: "audit",
+            token = caller.name.as_str(),
+            method = "POST",
+            path = uri.path(),
+            peer = caller.peer.as_str(),
+            outcome,
+            scope = Scope::Operate.as_str(),
+            id = %id,
+            from_layer = q.from_layer,
+            rows,
+            "replay"
+        );
+    };
+    match result {
         Ok(ids) => {
+            event("replayed", ids.len());
             s.hub.wake();
             (StatusCode::ACCEPTED, Json(Replayed { replayed: ids })).into_response()
         }
-        Err(e) => problem(e),
+        Err(e) => {
+            let outcome = match &e {
+                Error::NotFound(_) => "not replayed: not found",
+                Error::BadRequest(_) => "not replayed: bad request",
+                Error::Conflict(_) => "not replayed: conflict",
+                _ => "not replayed: storage unavailable",
+            };
+            event(outcome, 0);
+            problem(e)
+        }
     }
 }
 
@@ -233,10 +239,11 @@ pub async fn ready(State(s): State<AuditState>) -> Response {
     get,
     path = "/metrics",
     tag = "health",
-    security(("admin" = [])),
+    security(("token" = ["metrics"])),
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
-        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -276,3 +276,293 @@ async fn openapi_document_validates_and_matches_the_server() {
     s.stop().await;
     tdb.cleanup().await;
 }
+
+/// One admin request with `token`: status, the `WWW-Authenticate` header, the JSON body.
+async fn call(s: &Server, method: &str, path: &str, token: Option<&str>) -> (u16, String, serde_json::Value) {
+    let url = format!("{}{path}", s.base);
+    let mut req = if method == "POST" { s.client.post(url) } else { s.client.get(url) };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let challenge =
+        resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let text = resp.text().await.unwrap_or_default();
+    (status, challenge, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// `[http.tokens]` as a production config gives them: secrets in files of their own.
+fn tokens_config(dir: &std::path::Path, tokens: &[(&str, &[&str], &str)]) -> serde_json::Value {
+    let mut table = serde_json::Map::new();
+    for (name, scopes, secret) in tokens {
+        let file = dir.join(format!("{name}.token"));
+        // A trailing newline, as `echo` writes it: not part of the token.
+        std::fs::write(&file, format!("{secret}\n")).expect("token file");
+        table.insert((*name).to_owned(), serde_json::json!({ "scopes": scopes, "file": file }));
+    }
+    serde_json::json!({ "listen": "127.0.0.1:0", "tokens": table })
+}
+
+const READER: &str = "reader-token-0123456789";
+const AUDITOR: &str = "auditor-token-0123456789";
+const OPS_OLD: &str = "ops-old-token-0123456789";
+const OPS_NEW: &str = "ops-new-token-0123456789";
+const SCRAPER: &str = "scraper-token-0123456789";
+
+/// Each scope opens what it names and nothing else; two operate tokens work side by side (a
+/// rotation); the rows a replay makes carry the token's name.
+async fn scopes_decide_who_may_do_what(backend: Backend) {
+    use layer2_normalize::entity as l2;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+    let tdb = TestDb::new(backend).await;
+    let dir = std::env::temp_dir().join(format!("po-tokens-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg: hub_worker::config::HttpConfig = serde_json::from_value(tokens_config(
+        &dir,
+        &[
+            ("reader", &["read"], READER),
+            ("auditor", &["read", "raw"], AUDITOR),
+            ("ops-old", &["operate"], OPS_OLD),
+            ("ops-new", &["operate"], OPS_NEW),
+            ("prometheus", &["metrics"], SCRAPER),
+        ],
+    ))
+    .expect("http config");
+    let s = crate::front_door::server_with_tokens(&tdb, cfg.tokens().expect("tokens from files")).await;
+    s.hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn(Receiver::new(s.transport.clone(), "core.payments", core.clone()).run(cancel.clone()));
+    let body = payment("evt_scope_1", "3.00", "cus_s");
+    let id = s.hub.ingest("payments", &body, IngestMeta::default()).await.expect("ingest").id;
+    assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
+    let msg = format!("/v1/messages/{id}");
+    let replay = format!("/v1/messages/{id}/replay?from_layer=3");
+
+    // No token, an unknown one, and the retired shorthand's token (not configured here): 401.
+    for token in [None, Some("not-a-configured-token-at-all"), Some(ADMIN)] {
+        for (m, p) in
+            [("GET", "/v1/stats"), ("GET", msg.as_str()), ("POST", replay.as_str()), ("GET", "/metrics")]
+        {
+            let (status, challenge, _) = call(&s, m, p, token).await;
+            assert_eq!((status, challenge.as_str()), (401, "Bearer"), "{m} {p} with {token:?}");
+        }
+    }
+
+    // read: listings, stats and lineage with the hash re-checked, but not the bytes.
+    assert_eq!(call(&s, "GET", "/v1/messages?layer=4", Some(READER)).await.0, 200);
+    assert_eq!(call(&s, "GET", "/v1/stats", Some(READER)).await.0, 200);
+    let (status, _, m) = call(&s, "GET", &msg, Some(READER)).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["raw"][0]["sha256_verified"], true, "{m}");
+    assert_eq!(m["raw"][0]["body_base64"], serde_json::Value::Null, "{m}");
+    assert_eq!(m["raw"][0]["headers"], serde_json::Value::Null, "{m}");
+    assert_eq!(m["raw"][0]["body_withheld"], "needs scope raw", "{m}");
+    assert!(!m.to_string().contains("cus_s"), "nothing of the payload leaks: {m}");
+    // ... and 403 naming the scope on replay and metrics.
+    for (m, p, scope) in [("POST", replay.as_str(), "operate"), ("GET", "/metrics", "metrics")] {
+        let (status, challenge, problem) = call(&s, m, p, Some(READER)).await;
+        assert_eq!(status, 403, "{m} {p}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(&format!("`{scope}`"))), "{problem}");
+        assert_eq!(problem["type"], "https://post-office.dev/problems/forbidden");
+        assert!(challenge.contains(&format!("scope=\"{scope}\"")), "{challenge}");
+    }
+
+    // raw (with read): the bytes exactly as received.
+    let (status, _, m) = call(&s, "GET", &msg, Some(AUDITOR)).await;
+    assert_eq!(status, 200);
+    assert!(m["raw"][0].get("body_withheld").is_none(), "{m}");
+    assert!(m["raw"][0]["headers"].is_object(), "{m}");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(m["raw"][0]["body_base64"].as_str().expect("shown with raw"))
+        .expect("b64");
+    assert_eq!(raw, body);
+    assert_eq!(call(&s, "POST", &replay, Some(AUDITOR)).await.0, 403);
+
+    // operate: replay, with either token of the rotation; the new rows say who asked.
+    assert_eq!(call(&s, "GET", "/v1/stats", Some(OPS_OLD)).await.0, 403, "operate does not read");
+    assert_eq!(call(&s, "GET", "/metrics", Some(OPS_OLD)).await.0, 403);
+    let (status, _, r) = call(&s, "POST", &replay, Some(OPS_OLD)).await;
+    assert_eq!(status, 202, "{r}");
+    assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
+    let (status, _, r) = call(&s, "POST", &replay, Some(OPS_NEW)).await;
+    assert_eq!(status, 202, "{r}");
+    assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
+    let rows = l2::Entity::find()
+        .filter(l2::Column::OriginId.eq(id))
+        .order_by_asc(l2::Column::Id)
+        .all(s.hub.db())
+        .await
+        .expect("l2 rows");
+    let by: Vec<Option<&str>> = rows.iter().map(|r| r.replayed_by.as_deref()).collect();
+    assert_eq!(by, vec![None, Some("ops-old"), Some("ops-new")]);
+    // A replay from layer 1 copies the raw row: recorded there too.
+    let (status, _, r) =
+        call(&s, "POST", &format!("/v1/messages/{id}/replay?from_layer=1"), Some(OPS_NEW)).await;
+    assert_eq!(status, 202, "{r}");
+    let copy = r["replayed"][0].as_str().expect("new id").to_owned();
+    let raw_copy = layer1_ingest::entity::Entity::find_by_id(copy.parse::<uuid::Uuid>().expect("uuid"))
+        .one(s.hub.db())
+        .await
+        .expect("l1")
+        .expect("the copy");
+    assert_eq!(raw_copy.replayed_by.as_deref(), Some("ops-new"));
+    assert!(s.hub.wait_settled(Duration::from_secs(30)).await.expect("settle"));
+    // The lineage shows it; rows the stages made have no `replayed_by` at all.
+    let (_, _, m) = call(&s, "GET", &msg, Some(READER)).await;
+    let entries = m["entries"].as_array().expect("entries");
+    let shown: Vec<&str> = entries.iter().filter_map(|e| e["replayed_by"].as_str()).collect();
+    assert_eq!(shown, vec!["ops-new", "ops-old", "ops-new"], "{m}");
+    assert!(entries.iter().filter(|e| e["layer"] == "Dispatch").all(|e| e.get("replayed_by").is_none()));
+
+    // metrics: /metrics and nothing else.
+    let (status, _, text) = call(&s, "GET", "/metrics", Some(SCRAPER)).await;
+    assert_eq!(status, 200);
+    assert!(text.as_str().is_some_and(|t| t.contains("post_office_messages{")), "{text}");
+    for (m, p) in
+        [("GET", "/v1/stats"), ("GET", "/v1/messages"), ("GET", msg.as_str()), ("POST", replay.as_str())]
+    {
+        assert_eq!(call(&s, m, p, Some(SCRAPER)).await.0, 403, "{m} {p}");
+    }
+    // The open routes stay open.
+    assert_eq!(call(&s, "GET", "/healthz", None).await.0, 200);
+    assert_eq!(call(&s, "GET", "/readyz", None).await.0, 200);
+    cancel.cancel();
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    tdb.cleanup().await;
+}
+
+on_both!(scopes_decide_who_may_do_what);
+
+/// The router's routes, as the table it is built from declares them: the public ones are
+/// exactly health, readiness, the document and intake; every other one has a scope, the
+/// OpenAPI document says the same, and the running server enforces exactly that scope (a
+/// token with every other scope is refused, one with it is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_declares_its_scope() {
+    use hub_worker::http::auth::{Access, Scope, Token, Tokens};
+
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    // Per scope, a token with every scope but that one, and one with only that one.
+    let mut tokens = Vec::new();
+    for s in Scope::ALL {
+        let others: Vec<Scope> = Scope::ALL.into_iter().filter(|x| *x != s).collect();
+        tokens.push(Token::new(format!("all-but-{s}"), &format!("all-but-{s}-0123456789"), &others));
+        tokens.push(Token::new(format!("only-{s}"), &format!("only-{s}-0123456789"), &[s]));
+    }
+    let s = crate::front_door::server_with_tokens(&tdb, Tokens::new(tokens)).await;
+    let id = s
+        .hub
+        .ingest("payments", &payment("evt_routes", "1.00", "c"), IngestMeta::default())
+        .await
+        .expect("ingest")
+        .id;
+    let routes: Vec<(String, &'static str, Access)> = hub_worker::http::endpoints(
+        hub_worker::http::ingest::IngestState::new(s.hub.clone(), Default::default()),
+        hub_worker::http::audit::AuditState::new(s.hub.clone(), ADMIN.to_owned()),
+    )
+    .into_iter()
+    .map(|e| (e.method.to_string(), e.path, e.access))
+    .collect();
+    assert!(routes.len() >= 9, "{routes:?}");
+
+    let mut public: Vec<String> =
+        routes.iter().filter(|r| r.2 == Access::Public).map(|(m, p, _)| format!("{m} {p}")).collect();
+    public.sort();
+    assert_eq!(
+        public,
+        vec!["GET /healthz", "GET /readyz", "GET /v1/openapi.json", "POST /v1/ingest/{source}"],
+        "a route made public must be added here on purpose"
+    );
+
+    let (_, doc) = s.get("/v1/openapi.json", None).await;
+    for (method, path, access) in &routes {
+        if *path == "/v1/openapi.json" {
+            continue;
+        }
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not in the OpenAPI document");
+        let Access::Scope(scope) = *access else {
+            assert!(op.get("security").is_none(), "{method} {path} is public but documented as secured");
+            continue;
+        };
+        assert_eq!(
+            op["security"],
+            serde_json::json!([{ "token": [scope.as_str()] }]),
+            "{method} {path}: the document names another scope"
+        );
+        let url = path.replace("{id}", &id.to_string());
+        let url = if method == "POST" { format!("{url}?from_layer=9") } else { url };
+        let (status, _, problem) = call(&s, method, &url, Some(&format!("all-but-{scope}-0123456789"))).await;
+        assert_eq!(status, 403, "{method} {path} without {scope}: {problem}");
+        let (status, _, body) = call(&s, method, &url, Some(&format!("only-{scope}-0123456789"))).await;
+        // 400 for the replay's layer 9: past the guard, refused by the handler.
+        assert!(status == 200 || status == 400, "{method} {path} with {scope}: {status} {body}");
+        assert_eq!(call(&s, method, &url, None).await.0, 401, "{method} {path} without a token");
+    }
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+/// Token configuration mistakes are refused before anything runs, naming the token.
+#[test]
+fn token_config_mistakes_are_refused() {
+    let dir = std::env::temp_dir().join(format!("po-tokcfg-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let load = |v: serde_json::Value| -> Result<usize, String> {
+        let cfg: hub_worker::config::HttpConfig = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        cfg.tokens().map(|t| t.iter().count()).map_err(|e| e.to_string())
+    };
+    let ok = tokens_config(
+        &dir,
+        &[("a", &["read"], "aaaaaaaaaaaaaaaa-1"), ("b", &["read"], "bbbbbbbbbbbbbbbb-2")],
+    );
+    assert_eq!(load(ok), Ok(2), "two tokens with the same scopes: a rotation");
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (tokens_config(&dir, &[("short", &["read"], "0123456789")]), "at least 16"),
+        (tokens_config(&dir, &[("rawonly", &["raw"], "0123456789abcdef")]), "`raw` needs `read`"),
+        (tokens_config(&dir, &[("none", &[], "0123456789abcdef")]), "at least one"),
+        (tokens_config(&dir, &[("bad", &["write"], "0123456789abcdef")]), "unknown variant `write`"),
+        (tokens_config(&dir, &[("bad name", &["read"], "0123456789abcdef")]), "token name"),
+        (
+            tokens_config(
+                &dir,
+                &[("x", &["read"], "same-0123456789abcdef"), ("y", &["operate"], "same-0123456789abcdef")],
+            ),
+            "the same token",
+        ),
+        (
+            serde_json::json!({"listen": "x", "tokens": {"both": {"scopes": ["read"], "env": "A", "file": "/b"}}}),
+            "exactly one of env and file",
+        ),
+        (
+            serde_json::json!({"listen": "x", "tokens": {"neither": {"scopes": ["read"]}}}),
+            "exactly one of env and file",
+        ),
+        (
+            serde_json::json!({"listen": "x", "tokens": {"gone": {"scopes": ["read"], "file": dir.join("missing")}}}),
+            "http.tokens.gone.file",
+        ),
+        (
+            serde_json::json!({"listen": "x", "tokens": {"unset": {"scopes": ["read"], "env": "PO_TEST_UNSET_TOKEN_VAR"}}}),
+            "PO_TEST_UNSET_TOKEN_VAR is not set",
+        ),
+        (
+            serde_json::json!({"listen": "x", "admin_token_env": "PO_TEST_UNSET_TOKEN_VAR"}),
+            "PO_TEST_UNSET_TOKEN_VAR is not set",
+        ),
+    ];
+    for (v, says) in cases {
+        let r = load(v.clone());
+        assert!(r.as_ref().is_err_and(|e| e.contains(says)), "{v} gave {r:?}, expected `{says}`");
+    }
+    // One token per file: several lines would be several secrets under one name.
+    let file = dir.join("two-lines");
+    std::fs::write(&file, "first-0123456789abcdef\nsecond-0123456789abcdef\n").expect("write");
+    let r = load(serde_json::json!({"listen": "x", "tokens": {"two": {"scopes": ["read"], "file": file}}}));
+    assert!(r.as_ref().is_err_and(|e| e.contains("one token per file")), "{r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -223,7 +223,7 @@ async fn replay_after_a_mapping_change_keeps_both_versions(backend: Backend) {
     // The mapping changes; the worker restarts with version 2 and replays from layer 3.
     let v2 = examples_with_payments_v2();
     let (hub, core2, cancel) = start(&tdb.url, &v2).await;
-    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 3).await.expect("replay");
+    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 3, "cli").await.expect("replay");
     assert_eq!((r.replayed.len(), r.skipped_moving), (1, 0));
     settle(&hub).await;
 
@@ -247,11 +247,11 @@ async fn replay_after_a_mapping_change_keeps_both_versions(backend: Backend) {
     assert_eq!(again.len(), 1, "the core app gets the new version");
     assert_eq!(again[0].headers.origin_id, pay.id);
     // A second replay of the same window copies only the newest record, once.
-    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 3).await.expect("replay");
+    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 3, "cli").await.expect("replay");
     assert_eq!(r.replayed.len(), 1);
     settle(&hub).await;
     // Through layer 4 now: only the newest translation is routed again, not the stale ones.
-    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 4).await.expect("replay");
+    let r = hub_worker::audit::replay_source(hub.db(), "payments", since, 4, "cli").await.expect("replay");
     assert_eq!(r.replayed.len(), 1, "only the current translation");
     settle(&hub).await;
     assert_eq!(core2.got.lock().expect("lock").len(), 3);

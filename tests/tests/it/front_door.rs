@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use hub_worker::Hub;
 use hub_worker::config::SourceConfig;
+use hub_worker::http::auth::Tokens;
 use hub_worker::http::ingest::IngestState;
 use hub_worker::integrations::payments::PaymentNormalizer;
 use layer1_ingest::{Failure, Status, entity as l1};
@@ -66,6 +67,15 @@ pub async fn server(tdb: &TestDb) -> Server {
 }
 
 async fn server_with(tdb: &TestDb, in_flight: usize) -> Server {
+    server_full(tdb, in_flight, Tokens::admin(ADMIN)).await
+}
+
+/// A server whose admin API accepts exactly `tokens`.
+pub async fn server_with_tokens(tdb: &TestDb, tokens: Tokens) -> Server {
+    server_full(tdb, hub_worker::http::ingest::DEFAULT_IN_FLIGHT, tokens).await
+}
+
+async fn server_full(tdb: &TestDb, in_flight: usize, tokens: Tokens) -> Server {
     let dir = std::env::temp_dir().join(format!("po-door-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let transport = Arc::new(layer4_dispatch::InProcessTransport::default());
@@ -105,7 +115,7 @@ async fn server_with(tdb: &TestDb, in_flight: usize) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let cancel = CancellationToken::new();
-    let audit = hub_worker::http::audit::AuditState::new(hub.clone(), ADMIN.to_owned());
+    let audit = hub_worker::http::audit::AuditState::with_tokens(hub.clone(), tokens);
     let app = hub_worker::http::router(IngestState::new(hub.clone(), doors).max_in_flight(in_flight), audit);
     tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone()));
     Server { base, hub, transport, cancel, client: reqwest::Client::new(), dir }
