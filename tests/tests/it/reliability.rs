@@ -307,6 +307,13 @@ async fn receiver_away_over_rabbitmq() {
     receiver_away_for_ten_ack_timeouts(Backend::Postgres, rabbit()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_away_over_sqs() {
+    let sqs =
+        layer4_dispatch::SqsTransport::new(layer4_dispatch::SqsConfig::local(crate::util::sqs_url())).await;
+    receiver_away_for_ten_ack_timeouts(Backend::Sqlite, Arc::new(sqs)).await;
+}
+
 /// A receipt for a row that is already `dead` is applied, with when it came and why the row
 /// had been given up.
 async fn late_receipt_on_a_dead_row(backend: Backend) {
