@@ -538,3 +538,76 @@ async fn a_broker_outage_is_logged_by_its_changes_not_per_message() {
     hub.shutdown().await;
     tdb.cleanup().await;
 }
+
+/// The interleaving that broke per-key order with several workers, made to happen: a publisher
+/// starts its claim while no ordered row is waiting, and before its claim reads the table a
+/// later event of a customer lands in layer 4 while the customer's earlier event is still in
+/// layer 1. (The test holds an EXCLUSIVE lock on `layer4_dispatch`: plain reads pass, the
+/// publisher's locking claim waits, and the test commits the later row under that lock.) The
+/// later event must wait for the earlier one: the check and the claim are one decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_arriving_mid_claim_waits_for_an_earlier_open_message() {
+    use layer1_ingest::{Direction, Stage};
+    use layer4_dispatch::{PublishSettings, PublishStage};
+    use sea_orm::{ActiveModelTrait, Set, TransactionTrait};
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let transport = Arc::new(InProcessTransport::default());
+    transport.ensure_queue(&q.payments).await.expect("queue");
+    // Built, not started: the earlier event stays `just_in` in layer 1.
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    let earlier = hub
+        .ingest("payments", &payment("evt_mid_1", "1.00", "cus_mid"), IngestMeta::default())
+        .await
+        .expect("ingest");
+    let db = hub.db().clone();
+    let publisher = Arc::new(PublishStage::new(
+        db.clone(),
+        transport.clone(),
+        crate::util::test_settings().stage,
+        PublishSettings { receipts_queue: q.receipts.clone(), ..Default::default() },
+    ));
+
+    let blocker = db.begin().await.expect("begin");
+    blocker.execute_unprepared("LOCK TABLE layer4_dispatch IN EXCLUSIVE MODE").await.expect("lock");
+    let claim = tokio::spawn({
+        let p = publisher.clone();
+        async move { p.run_batch().await }
+    });
+    // The publisher is now waiting for the lock with its first statements behind it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = chrono::Utc::now();
+    let later_origin = Uuid::now_v7();
+    assert!(later_origin > earlier.id, "the later event entered layer 1 after the earlier one");
+    let later = l4::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        direction: Set(Direction::Upstream),
+        status: Set(Status::JustIn),
+        attempts: Set(0),
+        last_error: Set(None),
+        next_attempt_at: Set(Some(now - chrono::Duration::seconds(1))),
+        parent_id: Set(None),
+        origin_id: Set(later_origin),
+        source: Set("payments".into()),
+        source_ref: Set(Some("evt_mid_2".into())),
+        destination: Set(q.payments.clone()),
+        message_type: Set("payment.recorded".into()),
+        type_version: Set("1".into()),
+        body: Set(r#"{"customer_ref":"cus_mid"}"#.into()),
+        ordering_key: Set(Some("cus_mid".into())),
+        queued_at: Set(None),
+        acknowledged_at: Set(None),
+        intake_key: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&blocker)
+    .await
+    .expect("later row");
+    blocker.commit().await.expect("commit");
+    claim.await.expect("claim task").expect("claim");
+    assert_eq!(transport.depth(&q.payments), 0, "the later event was published before the earlier one");
+    let row = l4::Entity::find_by_id(later.id).one(&db).await.expect("l4").expect("row");
+    assert_eq!((row.status, row.attempts), (Status::JustIn, 0), "{row:?}");
+    tdb.cleanup().await;
+}
