@@ -189,6 +189,9 @@ pub struct DestinationStats {
     pub unacknowledged: i64,
     /// Age in seconds of the oldest row not acknowledged and not final.
     pub oldest_unacknowledged_secs: Option<i64>,
+    /// Published messages whose receipt is overdue (no receipt within `max_attempts` ack
+    /// timeouts): the alert. They keep waiting; a receipt is applied whenever it comes.
+    pub receipts_overdue: i64,
 }
 
 /// Counts and per-destination health.
@@ -224,6 +227,18 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
         .into_tuple()
         .all(db)
         .await?;
+    // The publisher marks overdue rows' `last_error` (layer4_dispatch::publish).
+    let overdue: Vec<(String, i64)> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::Destination)
+        .column_as(Expr::col(l4::Column::Id).count(), "n")
+        .filter(l4::Column::Direction.eq(Direction::Upstream))
+        .filter(l4::Column::Status.eq(Status::Queued))
+        .filter(l4::Column::LastError.starts_with("no receipt within"))
+        .group_by(l4::Column::Destination)
+        .into_tuple()
+        .all(db)
+        .await?;
     let now = Utc::now();
     let mut names: Vec<String> = per.iter().map(|(d, _, _)| d.clone()).collect();
     names.sort();
@@ -243,6 +258,7 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
                     .find(|(x, _)| *x == d)
                     .and_then(|(_, t)| *t)
                     .map(|t| (now - t).num_seconds()),
+                receipts_overdue: overdue.iter().find(|(x, _)| *x == d).map_or(0, |(_, n)| *n),
                 destination: d,
             }
         })

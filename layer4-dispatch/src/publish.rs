@@ -327,6 +327,8 @@ impl Stage for PublishStage {
                 .col_expr(Column::NextAttemptAt, Expr::value(now + chrono(self.publish.lease)))
                 .col_expr(Column::UpdatedAt, Expr::value(now))
                 .filter(Column::Id.is_in(live_ids))
+                // A receipt may have settled a row since it was read: it stays as it is.
+                .filter(Column::Status.is_in([Status::JustIn, Status::Failed, Status::Queued]))
                 .exec(&txn)
                 .await?;
         }

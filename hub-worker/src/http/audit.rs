@@ -293,6 +293,19 @@ pub async fn metrics(State(s): State<AuditState>) -> Response {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP post_office_destination_receipts_overdue Published messages with no receipt within max_attempts ack timeouts (alert on > 0)."
+    );
+    let _ = writeln!(out, "# TYPE post_office_destination_receipts_overdue gauge");
+    for d in &stats.destinations {
+        let _ = writeln!(
+            out,
+            "post_office_destination_receipts_overdue{{destination=\"{}\"}} {}",
+            escape(&d.destination),
+            d.receipts_overdue
+        );
+    }
     out.push_str(&layer1_ingest::metrics::render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

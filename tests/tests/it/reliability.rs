@@ -287,6 +287,9 @@ async fn receiver_away_for_ten_ack_timeouts(backend: Backend, transport: Arc<dyn
         let note = r.last_error.as_deref().unwrap_or_default();
         assert!(note.contains("no receipt within 3 ack timeouts"), "overdue flagged on the row: {note:?}");
     }
+    let stats = hub_worker::audit::stats(hub.db()).await.expect("stats");
+    let desk = stats.destinations.iter().find(|d| d.destination == q.payments).expect("destination");
+    assert_eq!(desk.receipts_overdue, total as i64, "the audit desk shows the alert");
     let copies = drain_counting(&transport, &q.payments, &q.receipts, total).await;
     assert_eq!(copies.len(), total, "every message was waiting");
     let most = copies.values().copied().max().unwrap_or(0);
