@@ -78,6 +78,13 @@ pub struct HttpConfig {
     /// Intake requests handled at once; more are answered 503 with Retry-After.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// PEM file with the server's certificate chain, leaf first (relative to the config file).
+    /// With `tls_key` the server speaks HTTPS only; without both, plain HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (relative to the config file).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_in_flight() -> usize {
@@ -525,6 +532,7 @@ impl Config {
         if let Some(h) = &self.http {
             h.tokens()?;
         }
+        self.http_tls()?;
         for (name, src) in &self.sources {
             if !self.integrations.contains(name) {
                 return Err(Error::Config(format!(
@@ -540,6 +548,24 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The HTTP server's TLS configuration, its files read and checked now; `None`: plain
+    /// HTTP (no `[http]`, or neither `tls_cert` nor `tls_key`).
+    pub fn http_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        let Some(h) = &self.http else { return Ok(None) };
+        match (&h.tls_cert, &h.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                crate::http::tls::server_config(&self.base_dir.join(cert), &self.base_dir.join(key)).map(Some)
+            }
+            (Some(_), None) => Err(Error::Config(
+                "http.tls_key: missing; http.tls_cert is set (give both for HTTPS, or neither)".into(),
+            )),
+            (None, Some(_)) => Err(Error::Config(
+                "http.tls_cert: missing; http.tls_key is set (give both for HTTPS, or neither)".into(),
+            )),
+        }
     }
 
     /// The hub settings this config describes.

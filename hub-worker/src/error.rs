@@ -32,4 +32,8 @@ pub enum Error {
     /// The configuration is unusable (the text names the key).
     #[error("configuration: {0}")]
     Config(String),
+    /// Told to stop before the hub was up (Ctrl-C while waiting for the database or the
+    /// transport); the text says what was still missing.
+    #[error("{0}")]
+    Stopped(String),
 }

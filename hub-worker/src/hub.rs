@@ -70,6 +70,7 @@ pub struct HubBuilder {
     translators: Translators,
     router: Option<Arc<dyn Router>>,
     settings: HubSettings,
+    wait: Option<crate::startup::Wait>,
 }
 
 impl HubBuilder {
@@ -103,25 +104,53 @@ impl HubBuilder {
         self
     }
 
+    /// Makes [`HubBuilder::build`] wait for a database or transport that does not answer
+    /// (refused or timed-out connections), retrying with backoff until both do or
+    /// `wait.cancel` fires, instead of failing at once. `wait.progress` tells a readiness
+    /// endpoint what is still missing meanwhile. Without it, `build` fails fast, which is what
+    /// an embedding application that handles its own start-up usually wants.
+    pub fn wait_for_dependencies(mut self, wait: crate::startup::Wait) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
     /// Connects (and migrates, unless told not to), declares the router's destinations and the
     /// receipts queue on the transport. Stages start with [`Hub::start`].
+    ///
+    /// Fails at once when the database or the transport cannot be reached, unless
+    /// [`HubBuilder::wait_for_dependencies`] asked to wait; then only what waiting cannot
+    /// mend fails (a refused login, a missing database, a failed migration), and
+    /// [`Error::Stopped`] when told to stop first.
     pub async fn build(self) -> Result<Hub> {
         let router =
             self.router.ok_or_else(|| Error::Config("a hub needs routes (HubBuilder::router)".into()))?;
-        let db = layer1_ingest::db::connect(&self.database_url).await?;
-        if self.settings.migrate {
-            Migrator::up(&db, None).await?;
-        }
         let transport: Arc<dyn Transport> = match self.transport {
             Some(t) => t,
             None => Arc::new(layer4_dispatch::InProcessTransport::default()),
         };
-        for d in router.destinations() {
-            transport.ensure_queue(&d).await?;
-        }
-        transport.ensure_queue(&self.settings.publish.receipts_queue).await?;
-        if let Some(q) = &self.settings.publish.inbound_queue {
-            transport.ensure_queue(q).await?;
+        let mut queues = router.destinations();
+        queues.push(self.settings.publish.receipts_queue.clone());
+        queues.extend(self.settings.publish.inbound_queue.clone());
+        let url = &self.database_url;
+        let database = || async move { Ok::<_, Error>(layer1_ingest::db::connect(url).await?) };
+        let declare = || async {
+            for q in &queues {
+                transport.ensure_queue(q).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let db = match &self.wait {
+            Some(w) => crate::startup::reach(w, database, declare).await?,
+            None => {
+                let db = database().await?;
+                declare().await?;
+                db
+            }
+        };
+        // After the wait, not inside it: Ctrl-C may interrupt an attempt to connect, and a
+        // migration is better not interrupted half-way.
+        if self.settings.migrate {
+            Migrator::up(&db, None).await?;
         }
         Ok(Hub {
             inner: Arc::new(Inner {
@@ -192,6 +221,7 @@ impl Hub {
             translators: HashMap::new(),
             router: None,
             settings: HubSettings::default(),
+            wait: None,
         }
     }
 

@@ -26,6 +26,7 @@ mod hub;
 pub mod integrations;
 pub mod lineage;
 pub mod report;
+pub mod startup;
 
 pub use error::{Error, Result};
 pub use fused::FusedStage;

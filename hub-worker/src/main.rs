@@ -346,35 +346,86 @@ async fn main() -> anyhow::Result<()> {
             };
             // Front doors (and their secrets) only with the HTTP server on.
             let doors = if cfg.http.is_some() { cfg.doors(&files)? } else { Default::default() };
-            let hub = cfg.hub_builder(files).await?.build().await?;
-            hub.start();
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let server = match &cfg.http {
+            // Everything read from files and the environment is read before anything is waited
+            // for: a configuration mistake exits at once, only unreachable dependencies wait.
+            let tls = cfg.http_tls()?;
+            let tokens = match &cfg.http {
                 Some(http) => {
-                    let listener = tokio::net::TcpListener::bind(&http.listen)
-                        .await
-                        .with_context(|| format!("listening on {}", http.listen))?;
-                    eprintln!("webhook intake on http://{}", listener.local_addr()?);
-                    let state = hub_worker::http::ingest::IngestState::new(hub.clone(), doors)
-                        .max_in_flight(http.max_in_flight);
                     if http.uses_admin_shorthand() {
                         tracing::warn!(
                             "http.admin_token_env (or HUB_ADMIN_TOKEN alone) is deprecated: one token with every \
                              scope; configure [http.tokens.<name>] with scopes instead"
                         );
                     }
-                    let audit = hub_worker::http::audit::AuditState::with_tokens(hub.clone(), http.tokens()?);
-                    let app = hub_worker::http::router(state, audit);
-                    Some(tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())))
+                    Some(http.tokens()?)
                 }
                 None => None,
             };
+            // Ctrl-C from now on, waiting for the database and the broker included.
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    if let Err(e) = tokio::signal::ctrl_c().await {
+                        eprintln!("cannot listen for Ctrl-C ({e}); stopping");
+                    }
+                    stop.cancel();
+                }
+            });
+            let wait = hub_worker::startup::Wait::new(stop.clone());
+            // The server starts before the hub: /healthz answers and /readyz says what is
+            // missing while the database or the broker is still away.
+            let gate = hub_worker::http::gate::Gate::new(wait.progress.clone());
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let server = match &cfg.http {
+                Some(http) => {
+                    let listener = tokio::net::TcpListener::bind(&http.listen)
+                        .await
+                        .with_context(|| format!("listening on {}", http.listen))?;
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    let url = format!("{scheme}://{}", listener.local_addr()?);
+                    eprintln!("listening on {url} (/healthz, /readyz; everything else once the hub is up)");
+                    let app = gate.router();
+                    let task = match tls {
+                        Some(tls) => {
+                            tokio::spawn(hub_worker::http::serve_tls(listener, tls, app, cancel.clone()))
+                        }
+                        None => tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())),
+                    };
+                    Some((task, url))
+                }
+                None => None,
+            };
+            let hub = match cfg.hub_builder(files).await?.wait_for_dependencies(wait).build().await {
+                Ok(hub) => hub,
+                // Ctrl-C before the hub was up: nothing was claimed, nothing to finish.
+                Err(hub_worker::Error::Stopped(why)) => {
+                    eprintln!("{why}; exiting");
+                    cancel.cancel();
+                    if let Some((s, _)) = server {
+                        s.await.context("http server task")?.context("http server")?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            hub.start();
+            if let (Some(http), Some(tokens)) = (&cfg.http, tokens) {
+                let state = hub_worker::http::ingest::IngestState::new(hub.clone(), doors)
+                    .max_in_flight(http.max_in_flight);
+                let audit = hub_worker::http::audit::AuditState::with_tokens(hub.clone(), tokens);
+                gate.open(hub_worker::http::router(state, audit));
+            }
+            if let Some((_, url)) = &server {
+                // Said once every route answers (scripts and tests wait for this line).
+                eprintln!("webhook intake on {url}");
+            }
             tracing::info!("hub running; Ctrl-C stops it");
             eprintln!("hub-worker running on {} (Ctrl-C to stop)", redact_url(&cfg.database.url));
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            stop.cancelled().await;
             eprintln!("stopping: finishing requests in flight and claimed batches");
             cancel.cancel();
-            if let Some(s) = server {
+            if let Some((s, _)) = server {
                 s.await.context("http server task")?.context("http server")?;
             }
             hub.shutdown().await;

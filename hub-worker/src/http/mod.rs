@@ -2,8 +2,10 @@
 
 pub mod audit;
 pub mod auth;
+pub mod gate;
 pub mod ingest;
 pub mod problem;
+pub mod tls;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -125,6 +127,23 @@ impl utoipa::Modify for AdminToken {
 /// Serves `router` on `listener` until `cancel` fires; requests in flight are finished.
 pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
     // With the peer's address on every request: audit events say where a request came from.
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// [`serve`] over HTTPS: TLS handshakes with `tls` on `listener` (see [`tls`]), the same
+/// routes, connection info and graceful shutdown.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // `tap_io` only so that axum gives the peer's address as connection info, as it does for
+    // a plain TcpListener.
+    let listener = tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -233,7 +233,14 @@ impl Transport for SqsTransport {
             req = req.attributes(QueueAttributeName::FifoQueue, "true");
         }
         let out = req.send().await.map_err(|e| {
-            TransportError::Refused(format!("creating queue `{queue}`: {}", DisplayErrorContext(e)))
+            let text = format!("creating queue `{queue}`: {}", DisplayErrorContext(&e));
+            // No answer (endpoint down, DNS, timeout) is the connection's fault, so a worker
+            // starting meanwhile waits for it; an answer (bad name, no permission) is a refusal.
+            if e.as_service_error().is_some() {
+                TransportError::Refused(text)
+            } else {
+                TransportError::Connection(text)
+            }
         })?;
         let url = out.queue_url().unwrap_or_default().to_owned();
         self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url);
