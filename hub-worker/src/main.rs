@@ -91,6 +91,11 @@ enum Command {
         /// mapping) instead of the built-in Rust one.
         #[arg(long)]
         integrations_dir: Option<PathBuf>,
+        /// Instead: a backlog drain. With the broker held down, the messages pile up in layer
+        /// 4 spread over this many ordering keys; then the broker comes back. Prints the drain
+        /// rate of that ordered backlog and of an unordered one of the same size.
+        #[arg(long)]
+        backlog_keys: Option<usize>,
     },
     /// Lists messages of one layer (JSON, keyset pages).
     Messages {
@@ -213,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             receivers,
             fresh,
             integrations_dir,
+            backlog_keys,
         } => {
             use layer4_dispatch::{
                 InProcessTransport, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport, Transport,
@@ -236,6 +242,17 @@ async fn main() -> anyhow::Result<()> {
                 fresh,
                 integrations_dir: integrations_dir.clone(),
             };
+            if let Some(keys) = backlog_keys {
+                let unordered = hub_worker::bench::drain(&cfg, t.clone(), 0).await?;
+                let ordered = hub_worker::bench::drain(&cfg, t, keys.max(1)).await?;
+                println!("hub backlog drain n={messages} transport={transport} batch={batch_size}");
+                for r in [&unordered, &ordered] {
+                    let what = if r.keys == 0 { "unordered".to_owned() } else { format!("ordered over {} keys", r.keys) };
+                    println!("  {what:<24} {:>8.0} msg/s ({} rows in {:.2} s)", r.rate, r.messages, r.seconds);
+                }
+                println!("  ordered / unordered: {:.2}", ordered.rate / unordered.rate.max(f64::MIN_POSITIVE));
+                return Ok(());
+            }
             let r = hub_worker::bench::run(&cfg, t).await?;
             println!(
                 "hub bench n={} transport={transport} db={} batch={batch_size} receivers={receivers} integration={}",
