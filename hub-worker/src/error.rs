@@ -37,3 +37,38 @@ pub enum Error {
     #[error("{0}")]
     Stopped(String),
 }
+
+impl Error {
+    /// A short, stable name of the kind of error, for logs and metrics: a database that does
+    /// not answer is `database`, never `configuration`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Base(e) => e.kind(),
+            Error::Db(_) => "database",
+            Error::Transport(_) => "transport",
+            Error::UnknownSource(_) => "unknown-source",
+            Error::NotFound(_) => "not-found",
+            Error::BadRequest(_) => "bad-request",
+            Error::Conflict(_) => "conflict",
+            Error::Config(_) => "configuration",
+            Error::Stopped(_) => "stopped",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that does not answer is logged as what it is (issue 9 item 5: it was
+    /// "configuration").
+    #[test]
+    fn kinds_name_the_real_cause() {
+        let db = Error::Base(layer1_ingest::Error::Db(sea_orm::DbErr::Custom("gone".into())));
+        assert_eq!(db.kind(), "database");
+        let commit = Error::Base(layer1_ingest::Error::OutcomeUnknown(sea_orm::DbErr::Custom("gone".into())));
+        assert_eq!(commit.kind(), "database-outcome-unknown");
+        assert!(commit.to_string().contains("outcome is unknown"), "{commit}");
+        assert_eq!(Error::Config("x".into()).kind(), "configuration");
+    }
+}

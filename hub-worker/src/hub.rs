@@ -236,16 +236,24 @@ impl Hub {
     }
 
     /// Stores `body` for `source` in layer 1 (`just_in`) and wakes the normalize stage.
-    /// Returns the layer 1 id, and whether the same event was already on record.
+    /// Returns the layer 1 id and what became of the payload ([`layer1_ingest::IngestOutcome`]):
+    /// new, a duplicate of the copy on record, a resend of an event whose copies were all
+    /// rejected or dead (stored and processed), or a conflict (other bytes under the key of a
+    /// copy that stands: stored rejected, not processed).
+    ///
+    /// A database error is [`layer1_ingest::Error::Db`] when nothing was stored and
+    /// [`layer1_ingest::Error::OutcomeUnknown`] when the commit got no answer; retrying is safe
+    /// after either.
     pub async fn ingest(&self, source: &str, body: &[u8], meta: IngestMeta) -> Result<Ingested> {
         self.ingest_batch(source, &[(body, meta)])
             .await?
             .pop()
-            .unwrap_or_else(|| Err(Error::Config("empty ingest answer".into())))
+            .unwrap_or_else(|| Err(Error::Db(sea_orm::DbErr::Custom("ingest gave no answer".into()))))
     }
 
-    /// [`Hub::ingest`] for many payloads of one source: one multi-row INSERT per 500 payloads.
-    /// Each payload gets its own answer; the outer error is the database's or an unknown source.
+    /// [`Hub::ingest`] for many payloads of one source, in one transaction: one multi-row INSERT
+    /// per 500 payloads. Each payload gets its own answer; the outer error is the database's
+    /// (for the whole batch) or an unknown source.
     pub async fn ingest_batch(
         &self,
         source: &str,
@@ -271,7 +279,10 @@ impl Hub {
             .collect();
         let answers =
             layer1_ingest::ingest_many(&self.inner.db, &raws, self.inner.settings.max_body_bytes).await?;
-        if answers.iter().any(|a| matches!(a, Ok(i) if !i.duplicate)) {
+        // New rows and resends are `just_in`; duplicates and conflicts give the stages nothing.
+        if answers.iter().any(|a| {
+            matches!(a, Ok(i) if matches!(i.outcome, layer1_ingest::IngestOutcome::New | layer1_ingest::IngestOutcome::Resend { .. }))
+        }) {
             self.inner.wake.normalize.wake();
         }
         Ok(answers.into_iter().map(|a| a.map_err(Error::from)).collect())

@@ -31,5 +31,5 @@ pub mod startup;
 pub use error::{Error, Result};
 pub use fused::FusedStage;
 pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts};
-pub use layer1_ingest::Ingested;
+pub use layer1_ingest::{IngestOutcome, Ingested};
 pub use lineage::{Lineage, lineage};

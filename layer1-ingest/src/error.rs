@@ -13,6 +13,10 @@ pub enum Error {
     /// The database refused or could not be reached; a retry may help.
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
+    /// The database got the COMMIT but no answer came back (the connection died): the rows may
+    /// or may not be stored. Retrying is safe, because ingest is idempotent.
+    #[error("database error at commit, the outcome is unknown: {0}")]
+    OutcomeUnknown(sea_orm::DbErr),
     /// A status change that is not in the transition table.
     #[error("illegal status transition for message {id}: {from} -> {to}")]
     IllegalTransition {
@@ -54,6 +58,19 @@ pub enum Error {
 impl Error {
     /// Whether trying the same thing again later can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Db(_) | Error::LostClaim { .. })
+        matches!(self, Error::Db(_) | Error::OutcomeUnknown(_) | Error::LostClaim { .. })
+    }
+
+    /// A short, stable name of the kind of error, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Db(_) => "database",
+            Error::OutcomeUnknown(_) => "database-outcome-unknown",
+            Error::IllegalTransition { .. } => "illegal-transition",
+            Error::InvalidInput(_) => "invalid-input",
+            Error::BodyTooLarge { .. } => "body-too-large",
+            Error::NotFound(_) => "not-found",
+            Error::LostClaim { .. } => "lost-claim",
+        }
     }
 }

@@ -3,7 +3,10 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionSession,
+    TransactionTrait, TryInsertResult,
+};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -43,13 +46,47 @@ pub struct NewRaw<'a> {
     pub direction: Direction,
 }
 
+/// What became of one payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored as a new message.
+    New,
+    /// The same bytes are on record under the same key, in a copy that is not rejected or
+    /// dead: nothing new was stored; the answer's id is that copy.
+    Duplicate,
+    /// The key is on record, but every copy on record ended `rejected` or `dead`: the payload
+    /// is stored as a new message (its own row, `parent_id` = `of`, same origin), so that a
+    /// corrected (or identical) resend of a refused event is processed, not dropped.
+    Resend {
+        /// The newest earlier copy, which the new row supersedes.
+        of: Uuid,
+    },
+    /// The key is on record in a copy that is not rejected or dead, with different bytes: the
+    /// payload is stored as a row of its own, `rejected` at once (the reason names both rows
+    /// and both hashes), and is not processed. Two versions of one event are never both
+    /// carried on silently; an operator who decides the new bytes are right replays the row.
+    Conflict {
+        /// The copy on record, which stands.
+        with: Uuid,
+    },
+}
+
 /// The answer to an ingest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
-    /// The layer 1 id (the existing one for a duplicate).
+    /// The layer 1 row holding these bytes: the new row (new, resend, conflict) or the copy
+    /// already on record (duplicate).
     pub id: Uuid,
-    /// Whether the message was already on record.
+    /// Whether the payload was a duplicate of a copy on record (`outcome` is `Duplicate`).
     pub duplicate: bool,
+    /// What became of it.
+    pub outcome: IngestOutcome,
+}
+
+impl Ingested {
+    fn new(id: Uuid, outcome: IngestOutcome) -> Self {
+        Self { id, duplicate: outcome == IngestOutcome::Duplicate, outcome }
+    }
 }
 
 /// The idempotency key: the third party's id, or the body's hash when it sent none.
@@ -96,11 +133,7 @@ fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-fn prepare(
-    raw: &NewRaw<'_>,
-    max_body: usize,
-    now: chrono::DateTime<Utc>,
-) -> Result<(Uuid, String, entity::Model)> {
+fn prepare(raw: &NewRaw<'_>, max_body: usize, now: chrono::DateTime<Utc>) -> Result<entity::Model> {
     check_len("source", raw.source, MAX_SOURCE_LEN)?;
     if let Some(r) = raw.source_ref {
         check_len("source_ref", r, MAX_SOURCE_REF_LEN)?;
@@ -115,7 +148,6 @@ fn prepare(
     }
     let sha = sha256_hex(raw.body);
     let id = Uuid::now_v7();
-    let key = dedup_key(raw.source_ref, &sha);
     let model = entity::Model {
         id,
         direction: raw.direction,
@@ -127,7 +159,7 @@ fn prepare(
         origin_id: id,
         source: raw.source.to_owned(),
         source_ref: raw.source_ref.map(str::to_owned),
-        dedup_key: key.clone(),
+        dedup_key: dedup_key(raw.source_ref, &sha),
         body: raw.body.to_vec(),
         content_type: raw.content_type.to_owned(),
         headers: redacted_headers(raw.headers)?,
@@ -136,17 +168,21 @@ fn prepare(
         created_at: now,
         updated_at: now,
     };
-    Ok((id, key, model))
+    Ok(model)
 }
 
-/// Stores `raw` as a `just_in` row, or returns the row already stored under the same
-/// `(source, dedup key)`. Bodies over `max_body` bytes are refused before anything is written.
+/// Stores `raw` as a `just_in` row, or answers with the copy already on record under the same
+/// `(source, dedup key)`; see [`IngestOutcome`] for resends and conflicts. Bodies over `max_body`
+/// bytes are refused before anything is written.
 #[instrument(skip_all, fields(source = raw.source))]
-pub async fn ingest<C: ConnectionTrait>(conn: &C, raw: &NewRaw<'_>, max_body: usize) -> Result<Ingested> {
+pub async fn ingest<C>(conn: &C, raw: &NewRaw<'_>, max_body: usize) -> Result<Ingested>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     ingest_many(conn, std::slice::from_ref(raw), max_body)
         .await?
         .pop()
-        .unwrap_or_else(|| Err(Error::InvalidInput("nothing ingested".into())))
+        .unwrap_or_else(|| Err(Error::Db(sea_orm::DbErr::Custom("ingest gave no answer".into()))))
 }
 
 /// Inserts the rows whose `(source, dedup_key)` is not taken and returns the ids of those
@@ -178,64 +214,58 @@ async fn insert_new<'a, C: ConnectionTrait>(
 /// Rows per multi-row INSERT (17 columns: well under both engines' bind-parameter limits).
 const INGEST_CHUNK: usize = 500;
 
-/// [`ingest`] for many payloads in one multi-row INSERT per 500 (plus one lookup), which is
-/// what makes intake under load cheap. Each payload gets its own answer: an invalid one does
-/// not fail the others. The outer error is the database's.
-pub async fn ingest_many<C: ConnectionTrait>(
-    conn: &C,
-    raws: &[NewRaw<'_>],
-    max_body: usize,
-) -> Result<Vec<Result<Ingested>>> {
+/// A copy on record that still stands for its event: one that did not end `rejected` or
+/// `dead`. A copy that did no longer absorbs a resend of the event.
+fn stands(status: Status) -> bool {
+    !matches!(status, Status::Rejected | Status::Dead)
+}
+
+/// The row on record under a payload's key, as far as settling the payload needs it.
+#[derive(Debug, Clone)]
+struct OnRecord {
+    id: Uuid,
+    status: Status,
+    body_sha256: String,
+    origin_id: Uuid,
+}
+
+/// [`ingest`] for many payloads in one transaction: one multi-row INSERT per 500 (plus one
+/// lookup for the keys already taken), which is what makes intake under load cheap. Each
+/// payload gets its own answer: an invalid one does not fail the others.
+///
+/// The outer error is the database's, and says what a sender must be told: [`Error::Db`] when
+/// it failed before the commit (the transaction is rolled back: nothing of the batch was
+/// stored), [`Error::OutcomeUnknown`] when the commit itself got no answer (the rows may or may
+/// not be stored; a retry is deduplicated either way).
+pub async fn ingest_many<C>(conn: &C, raws: &[NewRaw<'_>], max_body: usize) -> Result<Vec<Result<Ingested>>>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let now = Utc::now();
     let mut answers: Vec<Option<Result<Ingested>>> = Vec::with_capacity(raws.len());
-    let mut rows: Vec<(usize, Uuid, String, String, entity::Model)> = Vec::new();
+    let mut rows: Vec<(usize, entity::Model)> = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
         match prepare(raw, max_body, now) {
-            Ok((id, key, m)) => {
-                rows.push((i, id, raw.source.to_owned(), key, m));
+            Ok(m) => {
+                rows.push((i, m));
                 answers.push(None);
             }
             Err(e) => answers.push(Some(Err(e))),
         }
     }
-    for chunk in rows.chunks(INGEST_CHUNK) {
-        // ON CONFLICT DO NOTHING on the unique (source, dedup_key) index: concurrent duplicates
-        // race in the database, not in our code, and exactly one row wins. RETURNING says which
-        // of our rows went in; only the others (duplicates) need a lookup.
-        let inserted = insert_new(conn, chunk.iter().map(|r| &r.4)).await?;
-        let missing: Vec<&(usize, Uuid, String, String, entity::Model)> =
-            chunk.iter().filter(|r| !inserted.contains(&r.1)).collect();
-        let mut existing: HashMap<(String, String), Uuid> = HashMap::new();
-        if !missing.is_empty() {
-            let mut sources: Vec<&str> = missing.iter().map(|r| r.2.as_str()).collect();
-            sources.sort_unstable();
-            sources.dedup();
-            existing = Entity::find()
-                .select_only()
-                .column(Column::Source)
-                .column(Column::DedupKey)
-                .column(Column::Id)
-                .filter(Column::Source.is_in(sources))
-                .filter(Column::DedupKey.is_in(missing.iter().map(|r| r.3.clone())))
-                .into_tuple::<(String, String, Uuid)>()
-                .all(conn)
-                .await?
-                .into_iter()
-                .map(|(s, k, id)| ((s, k), id))
-                .collect();
+    // Keys in one order in every batch: two workers' transactions inserting overlapping keys
+    // then wait on each other's rows in the same order instead of deadlocking.
+    rows.sort_by(|a, b| (&a.1.source, &a.1.dedup_key).cmp(&(&b.1.source, &b.1.dedup_key)));
+    if !rows.is_empty() {
+        // One transaction for the batch, so that an error has one of two meanings a sender can
+        // be told truthfully: before COMMIT nothing was stored; at COMMIT nobody knows.
+        let txn = conn.begin().await?;
+        for chunk in rows.chunks(INGEST_CHUNK) {
+            for (i, answer) in settle_chunk(&txn, chunk).await? {
+                answers[i] = Some(Ok(answer));
+            }
         }
-        for (i, id, source, key, _) in chunk {
-            answers[*i] = Some(if inserted.contains(id) {
-                Ok(Ingested { id: *id, duplicate: false })
-            } else {
-                match existing.get(&(source.clone(), key.clone())) {
-                    Some(earlier) => Ok(Ingested { id: *earlier, duplicate: true }),
-                    None => Err(Error::Db(sea_orm::DbErr::Custom(format!(
-                        "row for key `{key}` vanished after insert"
-                    )))),
-                }
-            });
-        }
+        txn.commit().await.map_err(Error::OutcomeUnknown)?;
     }
     Ok(answers
         .into_iter()
@@ -243,6 +273,155 @@ pub async fn ingest_many<C: ConnectionTrait>(
             a.unwrap_or_else(|| Err(Error::Db(sea_orm::DbErr::Custom("payload was not ingested".into()))))
         })
         .collect())
+}
+
+/// Inserts one chunk and answers each of its payloads (by its index in the batch).
+async fn settle_chunk<C: ConnectionTrait>(
+    conn: &C,
+    chunk: &[(usize, entity::Model)],
+) -> Result<Vec<(usize, Ingested)>> {
+    // ON CONFLICT DO NOTHING on the unique (source, dedup_key) index: concurrent duplicates
+    // race in the database, not in our code, and exactly one row wins. RETURNING says which
+    // of our rows went in; only the others need a lookup.
+    let inserted = insert_new(conn, chunk.iter().map(|r| &r.1)).await?;
+    let missing: Vec<&entity::Model> =
+        chunk.iter().map(|r| &r.1).filter(|m| !inserted.contains(&m.id)).collect();
+    let mut existing: HashMap<(String, String), OnRecord> = HashMap::new();
+    if !missing.is_empty() {
+        let mut sources: Vec<&str> = missing.iter().map(|m| m.source.as_str()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        existing = Entity::find()
+            .select_only()
+            .column(Column::Source)
+            .column(Column::DedupKey)
+            .column(Column::Id)
+            .column(Column::Status)
+            .column(Column::BodySha256)
+            .column(Column::OriginId)
+            .filter(Column::Source.is_in(sources))
+            .filter(Column::DedupKey.is_in(missing.iter().map(|m| m.dedup_key.clone())))
+            .into_tuple::<(String, String, Uuid, Status, String, Uuid)>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|(s, k, id, status, body_sha256, origin_id)| {
+                ((s, k), OnRecord { id, status, body_sha256, origin_id })
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(chunk.len());
+    for (i, m) in chunk {
+        let answer = if inserted.contains(&m.id) {
+            Ingested::new(m.id, IngestOutcome::New)
+        } else {
+            match existing.get(&(m.source.clone(), m.dedup_key.clone())) {
+                // The common duplicate (a sender's retry): same bytes, copy standing.
+                Some(e) if e.body_sha256 == m.body_sha256 && stands(e.status) => {
+                    Ingested::new(e.id, IngestOutcome::Duplicate)
+                }
+                Some(e) => settle_against(conn, m, e).await?,
+                None => {
+                    return Err(Error::Db(sea_orm::DbErr::Custom(format!(
+                        "row for key `{}` vanished after insert",
+                        m.dedup_key
+                    ))));
+                }
+            }
+        };
+        out.push((*i, answer));
+    }
+    Ok(out)
+}
+
+/// How many times a payload is settled again after losing an insert race to a concurrent
+/// writer. Each loss means the other writer's row is now on record and decides the next round
+/// (a duplicate or a conflict, both final), so two rounds suffice; the rest is margin.
+const SETTLE_ROUNDS: usize = 4;
+
+/// Settles a payload whose key is taken by `first` but which is not a plain duplicate of it:
+/// a resend of an event whose copies all ended rejected or dead, different bytes under the key
+/// of a copy that stands, or the same bytes as a later copy of the event.
+///
+/// Every copy of an event shares `first`'s origin (resends and replays keep it), so the copies
+/// are one indexed lookup on `origin_id`. The new rows' keys are what keeps concurrent writers
+/// honest: a resend takes the key `resend:<id of the copy it supersedes>` (one successor per
+/// copy: of two concurrent resends one wins and the other is settled again against it), a
+/// conflict `conflict:<id of the copy that stands>:<sha256>` (the same conflicting bytes sent
+/// again are answered with the same row).
+async fn settle_against<C: ConnectionTrait>(
+    conn: &C,
+    m: &entity::Model,
+    first: &OnRecord,
+) -> Result<Ingested> {
+    for _ in 0..SETTLE_ROUNDS {
+        let copies: Vec<(Uuid, Status, String)> = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .column(Column::Status)
+            .column(Column::BodySha256)
+            .filter(Column::OriginId.eq(first.origin_id))
+            .filter(Column::Source.eq(m.source.as_str()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        let mut standing: Vec<&(Uuid, Status, String)> = copies.iter().filter(|c| stands(c.1)).collect();
+        // UUIDv7: by id is by arrival.
+        standing.sort_by_key(|c| c.0);
+        if let Some(same) = standing.iter().find(|c| c.2 == m.body_sha256) {
+            return Ok(Ingested::new(same.0, IngestOutcome::Duplicate));
+        }
+        if let Some(stand) = standing.last() {
+            let mut row = m.clone();
+            row.dedup_key = format!("conflict:{}:{}", stand.0, m.body_sha256);
+            row.status = Status::Rejected;
+            row.next_attempt_at = None;
+            row.last_error = Some(format!(
+                "conflict: `{}` is on record as message {} with other bytes (sha256 {} there, {} here); \
+                 stored, not processed: replay this message if these bytes are the right ones",
+                m.source_ref.as_deref().unwrap_or(&m.dedup_key),
+                stand.0,
+                stand.2,
+                m.body_sha256
+            ));
+            let id = if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
+                tracing::warn!(source = %m.source, conflict = %row.id, with = %stand.0, "different bytes under a key on record: stored as a conflict");
+                row.id
+            } else {
+                Entity::find()
+                    .select_only()
+                    .column(Column::Id)
+                    .filter(Column::Source.eq(m.source.as_str()))
+                    .filter(Column::DedupKey.eq(row.dedup_key.as_str()))
+                    .into_tuple::<Uuid>()
+                    .one(conn)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Db(sea_orm::DbErr::Custom(format!(
+                            "row for key `{}` vanished after insert",
+                            row.dedup_key
+                        )))
+                    })?
+            };
+            return Ok(Ingested::new(id, IngestOutcome::Conflict { with: stand.0 }));
+        }
+        // Nothing stands: the newest copy (the key's own row at least) is superseded by these
+        // bytes, as a replay would supersede it.
+        let newest = copies.iter().map(|c| c.0).max().unwrap_or(first.id);
+        let mut row = m.clone();
+        row.dedup_key = format!("resend:{newest}");
+        row.parent_id = Some(newest);
+        row.origin_id = first.origin_id;
+        if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
+            tracing::info!(source = %m.source, id = %row.id, of = %newest, "resend of a refused event: stored as a new message");
+            return Ok(Ingested::new(row.id, IngestOutcome::Resend { of: newest }));
+        }
+        // A concurrent writer stored a resend of the same copy first: settle against it.
+    }
+    Err(Error::Db(sea_orm::DbErr::Custom(format!(
+        "key `{}` of source `{}` kept changing under concurrent writers; nothing was stored, retry",
+        m.dedup_key, m.source
+    ))))
 }
 
 #[cfg(test)]

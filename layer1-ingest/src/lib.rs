@@ -17,7 +17,7 @@ pub mod status;
 pub mod table;
 
 pub use error::{Error, Result};
-pub use ingest::{Ingested, NewRaw, ingest, ingest_many};
+pub use ingest::{IngestOutcome, Ingested, NewRaw, ingest, ingest_many};
 pub use lineage::LineageEntry;
 pub use outcome::{Failure, Rejection, guarded};
 pub use stage::{Stage, StageSettings, Wakeup, run_stage};

@@ -96,8 +96,7 @@ impl Normalizer for DeclaredNormalizer {
     }
 
     fn event_ref(&self, body: &[u8]) -> Option<String> {
-        let p = self.event_ref.as_deref()?;
-        serde_json::from_slice::<Value>(body).ok()?.pointer(p).and_then(scalar_text)
+        crate::normalizer::event_ref_at(body, self.event_ref.as_deref()?)
     }
 
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {

@@ -9,6 +9,6 @@ pub mod schema;
 pub mod stage;
 
 pub use declared::{DeclaredKind, DeclaredNormalizer};
-pub use normalizer::{Normalizer, RawInput, Record, parse_json, validate};
+pub use normalizer::{Normalizer, RawInput, Record, event_ref_at, parse_json, validate};
 pub use schema::JsonSchema;
 pub use stage::{NormalizeStage, Normalizers, normalize, record_row};

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-use layer1_ingest::json::escape_token;
+use layer1_ingest::json::{escape_token, parse_exact, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -68,7 +68,8 @@ pub trait Normalizer: Send + Sync + 'static {
 
     /// The third party's event id, read from the body, for sources that put it there (when the
     /// caller did not pass one). Used as the idempotency key at ingest; `None` falls back to
-    /// the body's hash.
+    /// the body's hash. Read it with [`event_ref_at`], so that a body layer 2 will refuse for a
+    /// repeated key cannot claim an event id.
     fn event_ref(&self, _body: &[u8]) -> Option<String> {
         None
     }
@@ -77,10 +78,35 @@ pub trait Normalizer: Send + Sync + 'static {
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure>;
 }
 
+/// The event id at `pointer` in `body` (a string, or a number as written), read with the exact
+/// parse declared integrations use at layer 2 ([`parse_exact`]). A body that parse refuses (not
+/// JSON, or a key repeated anywhere) has no event id and is keyed by its hash: otherwise
+/// `{"id":"evt_x","id":"evt_other"}`, rejected at layer 2, would take `evt_other`'s key and the
+/// real `evt_other` would later be answered "duplicate".
+pub fn event_ref_at(body: &[u8], pointer: &str) -> Option<String> {
+    parse_exact(body).ok()?.pointer(pointer).and_then(scalar_text)
+}
+
 /// Parses JSON into `T`, naming the offending field on failure: its JSON pointer, and the rule
 /// (`json` for syntax, `required` for a missing field, `unknown_field` for a field the type does
-/// not declare, `enum` for a value outside a closed set, `type` for the rest).
+/// not declare, `enum` for a value outside a closed set, `duplicate_key` for a key repeated
+/// anywhere, `type` for the rest).
+///
+/// A repeated key is refused even where serde would keep the last value (maps, ignored
+/// fields): the payload is ambiguous, and ingest ([`event_ref_at`]) gives such a body no event
+/// id, so layer 2 must not carry it on as if it had one.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let value = parse_typed(body)?;
+    if let Err(e) = parse_exact(body) {
+        return Err(match e.strip_prefix("duplicate key at `").and_then(|r| r.strip_suffix('`')) {
+            Some(pointer) => Rejection::field(pointer.to_owned(), "duplicate_key", e.clone()),
+            None => Rejection::whole("json", e),
+        });
+    }
+    Ok(value)
+}
+
+fn parse_typed<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let mut pointer = path_to_pointer(e.path());
@@ -199,6 +225,25 @@ mod tests {
         email: String,
         #[validate(range(min = 1, max = 10))]
         qty: u32,
+    }
+
+    /// The event id is read with the exact parse: a repeated key (anywhere) leaves a body with
+    /// no id, and layer 2 refuses it naming the key, so the two never disagree.
+    #[test]
+    fn a_repeated_key_gives_no_event_id_and_is_refused() {
+        assert_eq!(event_ref_at(br#"{"id":"evt_x","n":1}"#, "/id").as_deref(), Some("evt_x"));
+        assert_eq!(
+            event_ref_at(br#"{"id":12345678901234567890}"#, "/id").as_deref(),
+            Some("12345678901234567890")
+        );
+        assert_eq!(event_ref_at(br#"{"id":"evt_x","id":"evt_other"}"#, "/id"), None);
+        assert_eq!(event_ref_at(br#"{"id":"evt_x","m":{"k":1,"k":2}}"#, "/id"), None);
+        assert_eq!(event_ref_at(b"{\"id\":\"evt_trunc", "/id"), None);
+        assert_eq!(event_ref_at(br#"{"id":{"nested":1}}"#, "/id"), None);
+
+        let r = parse_json::<std::collections::BTreeMap<String, u32>>(br#"{"k":1,"k":2}"#)
+            .expect_err("serde alone would keep the last `k`");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/k"), "duplicate_key"));
     }
 
     #[test]

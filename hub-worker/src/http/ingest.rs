@@ -1,6 +1,7 @@
 //! `POST /v1/ingest/{source}`: authenticate, bound, store byte for byte, answer with the
 //! layer 1 id. Concurrent requests are grouped into one multi-row insert; each request is
-//! answered only after its row is committed.
+//! answered only after its row is committed, and a failure is answered with what is known:
+//! nothing stored (the database failed before the commit) or outcome unknown (at the commit).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::problem::Problem;
 use super::verify::Verifier;
 use crate::error::Error;
 use crate::hub::{Hub, IngestMeta};
-use layer1_ingest::Ingested;
+use layer1_ingest::{IngestOutcome, Ingested};
 
 /// How one source's requests are received.
 #[derive(Debug, Clone)]
@@ -39,7 +40,7 @@ struct Job {
     source: String,
     body: Vec<u8>,
     meta: IngestMeta,
-    reply: oneshot::Sender<Result<Ingested, Error>>,
+    reply: oneshot::Sender<Result<Ingested, Arc<Error>>>,
 }
 
 /// What the handlers share.
@@ -55,6 +56,8 @@ pub struct IngestState {
 /// Requests handled at once by default.
 pub const DEFAULT_IN_FLIGHT: usize = 512;
 
+/// Longest wait for a request's row to be committed before answering 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests grouped into one insert.
 const GROUP: usize = 256;
 /// Most header lines kept per request, and their longest value.
@@ -99,13 +102,15 @@ async fn group_inserts(hub: Hub, mut rx: mpsc::Receiver<Job>) {
             match hub.ingest_batch(&source, &items).await {
                 Ok(answers) => {
                     for (j, a) in jobs.into_iter().zip(answers) {
-                        let _ = j.reply.send(a);
+                        let _ = j.reply.send(a.map_err(Arc::new));
                     }
                 }
                 Err(e) => {
-                    let text = e.to_string();
+                    // The batch's error, shared as it is: its kind (nothing stored, or outcome
+                    // unknown) decides each request's answer.
+                    let e = Arc::new(e);
                     for j in jobs {
-                        let _ = j.reply.send(Err(Error::Config(text.clone())));
+                        let _ = j.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -118,8 +123,12 @@ async fn group_inserts(hub: Hub, mut rx: mpsc::Receiver<Job>) {
 pub struct Accepted {
     /// The layer 1 id (the existing one for a duplicate).
     pub id: uuid::Uuid,
-    /// Whether the same event was already on record.
+    /// Whether the same bytes were already on record under the same event id.
     pub duplicate: bool,
+    /// A resend of an event whose copy on record was rejected (or dead): this is the newest
+    /// earlier copy, which the new message (`id`) supersedes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resend_of: Option<uuid::Uuid>,
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -147,15 +156,16 @@ fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     params(("source" = String, Path, description = "The integration's name")),
     request_body(content = String, description = "The third party's payload, stored byte for byte", content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored (durable) as a new message", body = Accepted),
-        (status = 200, description = "Already on record (same event id)", body = Accepted),
+        (status = 202, description = "Stored (durable) as a new message; `resend_of` when it resends an event whose copy on record was rejected", body = Accepted),
+        (status = 200, description = "Already on record (same event id, same bytes)", body = Accepted),
         (status = 400, description = "Unusable request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or bad signature, key or token; timestamp outside tolerance", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown source", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within the source's read timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the source's limit", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event id is on record with other bytes: these are stored as `id` (rejected, not processed); `existing_id` stands", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type the source does not accept", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable, or too many requests in flight: nothing stored, retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or too many requests in flight: the detail says whether nothing was stored or the outcome is unknown; retrying is safe either way", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ingest(
@@ -254,24 +264,62 @@ pub async fn ingest(
     if state.jobs.send(job).await.is_err() {
         return unavailable("intake is shutting down; nothing was stored".into());
     }
-    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+    // Whatever went wrong after the job was handed over, a retry is safe: the same bytes are
+    // answered as a duplicate of whatever was stored.
+    let unknown = |detail: &str| {
+        unavailable(format!("{detail}; the outcome is unknown; retrying is safe: a retry is deduplicated"))
+    };
+    match tokio::time::timeout(STORE_TIMEOUT, rx).await {
         Ok(Ok(Ok(i))) => {
-            let status = if i.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
-            layer1_ingest::metrics::count(
-                "http_ingest",
-                if i.duplicate { "duplicate" } else { "accepted" },
-                1,
-            );
-            (status, Json(Accepted { id: i.id, duplicate: i.duplicate })).into_response()
+            let (status, label) = match i.outcome {
+                IngestOutcome::New => (StatusCode::ACCEPTED, "accepted"),
+                IngestOutcome::Resend { .. } => (StatusCode::ACCEPTED, "resend"),
+                IngestOutcome::Duplicate => (StatusCode::OK, "duplicate"),
+                IngestOutcome::Conflict { with } => {
+                    layer1_ingest::metrics::count("http_ingest", "conflict", 1);
+                    let mut p = Problem::new(
+                        StatusCode::CONFLICT,
+                        "event-conflict",
+                        "Event id on record with other bytes",
+                        format!(
+                            "this event id is on record as message {with} with a different body; this body \
+                             is stored as message {} (rejected, not processed) and {with} stands. Send a \
+                             changed event under a new id",
+                            i.id
+                        ),
+                    );
+                    p.id = Some(i.id);
+                    p.existing_id = Some(with);
+                    return p.into_response();
+                }
+            };
+            layer1_ingest::metrics::count("http_ingest", label, 1);
+            let resend_of = match i.outcome {
+                IngestOutcome::Resend { of } => Some(of),
+                _ => None,
+            };
+            (status, Json(Accepted { id: i.id, duplicate: i.duplicate, resend_of })).into_response()
         }
-        Ok(Ok(Err(Error::Base(layer1_ingest::Error::BodyTooLarge { .. })))) => too_large(),
-        Ok(Ok(Err(Error::Base(layer1_ingest::Error::InvalidInput(why))))) => {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", why).into_response()
-        }
-        Ok(Ok(Err(e))) => {
-            tracing::error!(source = %source, error = %e, "could not store a request");
-            unavailable("the database is unavailable; nothing was stored, retry later".into())
-        }
-        _ => unavailable("no answer from storage in time; retry later (a retry is deduplicated)".into()),
+        Ok(Ok(Err(e))) => match &*e {
+            Error::Base(layer1_ingest::Error::BodyTooLarge { .. }) => too_large(),
+            Error::Base(layer1_ingest::Error::InvalidInput(why)) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", why.clone())
+                    .into_response()
+            }
+            Error::Base(layer1_ingest::Error::OutcomeUnknown(_)) => {
+                tracing::error!(source = %source, kind = e.kind(), error = %e, "could not confirm a request was stored");
+                unknown("the database did not confirm the commit")
+            }
+            _ => {
+                // Every other error comes before the transaction's commit (or before it began):
+                // the database rolled back whatever it had.
+                tracing::error!(source = %source, kind = e.kind(), error = %e, "could not store a request");
+                unavailable("the database is unavailable; nothing was stored, retry later".into())
+            }
+        },
+        // The grouping task dropped the request (it stopped) or storage is slow: the job may
+        // still commit.
+        Ok(Err(_)) => unknown("storage stopped before answering"),
+        Err(_) => unknown(&format!("no answer from storage within {} s", STORE_TIMEOUT.as_secs())),
     }
 }

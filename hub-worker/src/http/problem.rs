@@ -16,6 +16,12 @@ pub struct Problem {
     pub status: u16,
     /// What was wrong with this request.
     pub detail: String,
+    /// 409 on intake: the layer 1 row these bytes were stored as (rejected, not processed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<uuid::Uuid>,
+    /// 409 on intake: the copy on record under the same event id, which stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existing_id: Option<uuid::Uuid>,
     /// Seconds to wait before retrying (503).
     #[serde(skip)]
     pub retry_after: Option<u32>,
@@ -29,13 +35,16 @@ impl Problem {
             title: title.to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
+            id: None,
+            existing_id: None,
             retry_after: None,
         }
     }
 }
 
 impl Problem {
-    /// A 503: nothing was done; retry after `retry_after` seconds when given.
+    /// A 503: retry after `retry_after` seconds when given. The detail says whether anything
+    /// was stored (nothing, or unknown), never more than is known.
     pub fn unavailable(slug: &str, title: &str, detail: impl Into<String>, retry_after: Option<u32>) -> Self {
         let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, slug, title, detail);
         p.retry_after = retry_after;

@@ -112,11 +112,6 @@ struct ContactRecord {
     contact: Contact,
 }
 
-#[derive(Deserialize)]
-struct EventId {
-    event_id: String,
-}
-
 /// Checks the webhook and splits it into one record per contact.
 pub struct ContactsNormalizer;
 
@@ -127,7 +122,7 @@ impl Normalizer for ContactsNormalizer {
     }
 
     fn event_ref(&self, body: &[u8]) -> Option<String> {
-        serde_json::from_slice::<EventId>(body).ok().map(|e| e.event_id)
+        layer2_normalize::event_ref_at(body, "/event_id")
     }
 
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {

@@ -76,11 +76,6 @@ struct Payment {
     metadata: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-struct EventId {
-    id: String,
-}
-
 /// Checks one event; the event is the record.
 pub struct PaymentNormalizer;
 
@@ -91,7 +86,7 @@ impl Normalizer for PaymentNormalizer {
     }
 
     fn event_ref(&self, body: &[u8]) -> Option<String> {
-        serde_json::from_slice::<EventId>(body).ok().map(|e| e.id)
+        layer2_normalize::event_ref_at(body, "/id")
     }
 
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {

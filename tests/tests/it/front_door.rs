@@ -76,10 +76,15 @@ pub async fn server_with_tokens(tdb: &TestDb, tokens: Tokens) -> Server {
 }
 
 async fn server_full(tdb: &TestDb, in_flight: usize, tokens: Tokens) -> Server {
+    server_at(&tdb.url, in_flight, tokens).await
+}
+
+/// The front door on the database at `url`.
+async fn server_at(url: &str, in_flight: usize, tokens: Tokens) -> Server {
     let dir = std::env::temp_dir().join(format!("po-door-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let transport = Arc::new(layer4_dispatch::InProcessTransport::default());
-    let mut b = crate::util::builder(&tdb.url, transport.clone());
+    let mut b = crate::util::builder(url, transport.clone());
     for name in ["sw", "gh", "stripe", "key", "bearer"] {
         b = b.normalizer(Arc::new(As(name)));
     }
@@ -404,3 +409,212 @@ async fn requests_in_flight_are_bounded() {
     s.stop().await;
     tdb.cleanup().await;
 }
+
+/// Where [`CutProxy`] breaks the next transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Cut {
+    Nowhere = 0,
+    /// Right after `BEGIN`: the transaction's first statement never reaches the server.
+    AfterBegin = 1,
+    /// Right after `COMMIT` is done: the server committed, the answer never reaches the hub.
+    AfterCommit = 2,
+}
+
+/// A TCP proxy in front of PostgreSQL that breaks one connection at a chosen point of a
+/// transaction, as a database stop or a network cut does; everything else passes through.
+/// The hub talks to it without TLS, so the simple-protocol `BEGIN` and `COMMIT` messages
+/// (`Q`, length, text, NUL) can be seen.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl CutProxy {
+    async fn start(upstream: String) -> CutProxy {
+        use std::sync::atomic::AtomicU8;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let armed = Arc::new(AtomicU8::new(Cut::Nowhere as u8));
+        let shared = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.expect("upstream");
+                tokio::spawn(CutProxy::pipe(client, server, shared.clone()));
+            }
+        });
+        CutProxy { addr, armed }
+    }
+
+    fn arm(&self, cut: Cut) {
+        self.armed.store(cut as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A simple-protocol query message.
+    fn query(sql: &str) -> Vec<u8> {
+        let len = u32::try_from(4 + sql.len() + 1).expect("short");
+        [&[b'Q'][..], &len.to_be_bytes(), sql.as_bytes(), &[0]].concat()
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: Arc<std::sync::atomic::AtomicU8>,
+    ) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let begin = CutProxy::query("BEGIN");
+        let commit = CutProxy::query("COMMIT");
+        let contains = |buf: &[u8], msg: &[u8]| buf.windows(msg.len()).any(|w| w == msg);
+        let claim = |cut: Cut| {
+            armed.compare_exchange(cut as u8, Cut::Nowhere as u8, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        };
+        // Set once this connection's COMMIT went to the server with the cut armed.
+        let committed = AtomicBool::new(false);
+        let upward = async {
+            let mut cut_next = false;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if cut_next {
+                    break;
+                }
+                let chunk = &buf[..n];
+                cut_next = contains(chunk, &begin) && claim(Cut::AfterBegin);
+                if contains(chunk, &commit) && claim(Cut::AfterCommit) {
+                    committed.store(true, Ordering::SeqCst);
+                }
+                if sw.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let downward = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                // The answer to COMMIT: the server has committed; the hub never hears it.
+                if committed.load(Ordering::SeqCst) {
+                    break;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // Either way ending (or a cut) closes both connections: the halves drop here.
+        tokio::select! {
+            _ = upward => {}
+            _ = downward => {}
+        }
+    }
+}
+
+/// Issue 9 item 5: a database error before the commit is "nothing was stored" (and nothing
+/// is), one at the commit is "the outcome is unknown" (the row may well be stored), both 503
+/// with Retry-After; the retry of the second is deduplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_answered_with_what_is_known() {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let (head, tail) = tdb.url.split_once('@').expect("user@host in the URL");
+    let (upstream, db) = tail.split_once('/').expect("host/db in the URL");
+    let proxy = CutProxy::start(upstream.to_owned()).await;
+    let url = format!("{head}@{}/{db}?sslmode=disable", proxy.addr);
+    let s = server_at(&url, hub_worker::http::ingest::DEFAULT_IN_FLIGHT, Tokens::admin(ADMIN)).await;
+    let post = |id: &'static str| {
+        s.client
+            .post(format!("{}/v1/ingest/key", s.base))
+            .header("content-type", "application/json")
+            .header("x-api-key", API_KEY)
+            .body(payment(id, "1.00", "c"))
+            .send()
+    };
+    let stored = |id: &'static str| {
+        let hub = s.hub.clone();
+        async move { l1::Entity::find().filter(l1::Column::SourceRef.eq(id)).all(hub.db()).await.expect("rows") }
+    };
+
+    proxy.arm(Cut::AfterBegin);
+    let resp = post("evt_cut_before").await.expect("request");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let p: serde_json::Value = resp.json().await.expect("problem");
+    assert!(p["detail"].as_str().unwrap_or_default().contains("nothing was stored"), "{p}");
+    assert!(stored("evt_cut_before").await.is_empty(), "nothing was stored, as the answer said");
+
+    proxy.arm(Cut::AfterCommit);
+    let resp = post("evt_cut_after").await.expect("request");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let p: serde_json::Value = resp.json().await.expect("problem");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the outcome is unknown")
+            && detail.contains("retrying is safe")
+            && !detail.contains("nothing was stored"),
+        "{p}"
+    );
+    let rows = stored("evt_cut_after").await;
+    assert_eq!(rows.len(), 1, "the commit went through although the answer was lost");
+
+    // The retries: the lost one is a duplicate of the stored row, the refused one is new.
+    let resp = post("evt_cut_after").await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let a: serde_json::Value = resp.json().await.expect("answer");
+    assert_eq!(a["id"].as_str(), Some(rows[0].id.to_string().as_str()), "{a}");
+    assert_eq!(post("evt_cut_before").await.expect("request").status().as_u16(), 202);
+    assert_eq!(s.stored().await, 2);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+/// Issue 9 item 7 at the front door: a corrected resend of a refused event is 202 with
+/// `resend_of`; other bytes under the id of an event that stands are 409 naming both rows.
+async fn resends_and_conflicts_are_answered(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let s = server(&tdb).await;
+    let key = vec![("x-api-key", API_KEY.to_owned())];
+    let (status, first) = s.post("key", &payment("evt_door", "1,00", "c"), &key).await;
+    assert_eq!(status, 202, "{first}");
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    // The hub's stages are not running here: refuse the row as layer 2 would.
+    {
+        use sea_orm::sea_query::Expr;
+        l1::Entity::update_many()
+            .col_expr(l1::Column::Status, Expr::value(Status::Rejected.as_str()))
+            .exec(s.hub.db())
+            .await
+            .expect("reject");
+    }
+    let (status, fixed) = s.post("key", &payment("evt_door", "1.00", "c"), &key).await;
+    assert_eq!(status, 202, "{fixed}");
+    assert_eq!(fixed["resend_of"].as_str(), Some(first_id.as_str()), "{fixed}");
+    assert_eq!(fixed["duplicate"], false);
+    let fixed_id = fixed["id"].as_str().expect("id").to_owned();
+    assert_ne!(fixed_id, first_id);
+
+    let (status, again) = s.post("key", &payment("evt_door", "1.00", "c"), &key).await;
+    assert_eq!((status, again["id"].as_str()), (200, Some(fixed_id.as_str())), "{again}");
+    assert!(again.get("resend_of").is_none(), "{again}");
+
+    let (status, p) = s.post("key", &payment("evt_door", "2.00", "c"), &key).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["existing_id"].as_str(), Some(fixed_id.as_str()), "{p}");
+    let conflict: uuid::Uuid = p["id"].as_str().and_then(|i| i.parse().ok()).expect("conflict id");
+    let row = l1::Entity::find_by_id(conflict).one(s.hub.db()).await.expect("query").expect("kept");
+    assert_eq!(row.status, Status::Rejected);
+    assert_eq!(s.stored().await, 3);
+    s.stop().await;
+    tdb.cleanup().await;
+}
+
+on_both!(resends_and_conflicts_are_answered);
