@@ -98,7 +98,7 @@ log "SQS-compatible server ready at $HUB_TEST_SQS"
 log_file=$(mktemp)
 trap 'rm -f "$log_file"; [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log_file"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole workspace (cargo prints one per test binary).

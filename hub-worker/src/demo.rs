@@ -99,7 +99,12 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
 
     let received = core.got.lock().unwrap_or_else(|p| p.into_inner()).clone();
     text.push_str(&format!("\nthe core app received {} messages, for example:\n", received.len()));
-    if let Some(m) = received.iter().find(|m| m.headers.message_type == "payment.recorded") {
+    // The first payment's message (the one whose lineage follows), whatever order the
+    // messages of different customers arrived in.
+    if let Some(m) = received
+        .iter()
+        .find(|m| m.headers.message_type == "payment.recorded" && m.headers.origin_id == ids[1].id)
+    {
         text.push_str(&format!(
             "  {} v{} hub-message-id {} amount {}\n",
             m.headers.message_type, m.headers.type_version, m.headers.message_id, m.body["amount"]
