@@ -247,10 +247,20 @@ async fn main() -> anyhow::Result<()> {
                 let ordered = hub_worker::bench::drain(&cfg, t, keys.max(1)).await?;
                 println!("hub backlog drain n={messages} transport={transport} batch={batch_size}");
                 for r in [&unordered, &ordered] {
-                    let what = if r.keys == 0 { "unordered".to_owned() } else { format!("ordered over {} keys", r.keys) };
-                    println!("  {what:<24} {:>8.0} msg/s ({} rows in {:.2} s)", r.rate, r.messages, r.seconds);
+                    let what = if r.keys == 0 {
+                        "unordered".to_owned()
+                    } else {
+                        format!("ordered over {} keys", r.keys)
+                    };
+                    println!(
+                        "  {what:<24} {:>8.0} msg/s ({} rows in {:.2} s)",
+                        r.rate, r.messages, r.seconds
+                    );
                 }
-                println!("  ordered / unordered: {:.2}", ordered.rate / unordered.rate.max(f64::MIN_POSITIVE));
+                println!(
+                    "  ordered / unordered: {:.2}",
+                    ordered.rate / unordered.rate.max(f64::MIN_POSITIVE)
+                );
                 return Ok(());
             }
             let r = hub_worker::bench::run(&cfg, t).await?;
