@@ -418,8 +418,9 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TransportConfig {
-    /// Queues inside this process: for embedding and the demo.
-    InProcess(InProcessConfig),
+    /// Queues inside this process: for embedding and the demo. A standalone worker has no
+    /// consumer for them, so `check` and `run` refuse it unless `accept_without_consumer`.
+    InProcess(InProcessSettings),
     /// RabbitMQ: `url`, `quorum_queues`, `max_message_bytes`, `confirm_timeout_secs`.
     Rabbitmq(RabbitMqConfig),
     /// AWS SQS or a compatible server: `endpoint_url`, `region`, `wait_time_seconds`, ...
@@ -428,7 +429,39 @@ pub enum TransportConfig {
 
 impl Default for TransportConfig {
     fn default() -> Self {
-        TransportConfig::InProcess(InProcessConfig::default())
+        TransportConfig::InProcess(InProcessSettings::default())
+    }
+}
+
+/// `[transport] kind = "in-process"`: the transport's settings plus the standalone worker's
+/// opt-in to running without a consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InProcessSettings {
+    /// Largest message carried, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages one queue holds waiting; publishing to a full queue waits (back-pressure).
+    pub max_queued: usize,
+    /// Run `hub-worker run` on in-process queues although nothing in the process consumes
+    /// them: for trying the front door and layers 1 to 3 without a broker. Messages reach
+    /// layer 4 and wait there (at most `max_queued` per queue in memory, the rest unpublished).
+    pub accept_without_consumer: bool,
+}
+
+impl Default for InProcessSettings {
+    fn default() -> Self {
+        let t = InProcessConfig::default();
+        Self {
+            max_message_bytes: t.max_message_bytes,
+            max_queued: t.max_queued,
+            accept_without_consumer: false,
+        }
+    }
+}
+
+impl From<&InProcessSettings> for InProcessConfig {
+    fn from(s: &InProcessSettings) -> Self {
+        InProcessConfig { max_message_bytes: s.max_message_bytes, max_queued: s.max_queued }
     }
 }
 
@@ -436,7 +469,7 @@ impl TransportConfig {
     /// The running transport (RabbitMQ connects on first use).
     pub async fn build(&self) -> Arc<dyn Transport> {
         match self {
-            TransportConfig::InProcess(c) => Arc::new(InProcessTransport::new(c.clone())),
+            TransportConfig::InProcess(c) => Arc::new(InProcessTransport::new(c.into())),
             TransportConfig::Rabbitmq(c) => Arc::new(RabbitMqTransport::new(c.clone())),
             TransportConfig::Sqs(c) => Arc::new(SqsTransport::new(c.clone()).await),
         }
@@ -616,6 +649,12 @@ impl Config {
     }
 }
 
+/// Why a standalone worker refuses in-process queues, and what to do instead.
+const NO_CONSUMER: &str = "a standalone worker's in-process queues have no consumer (the core app runs \
+     in another process), so messages would wait in memory unreceived. Use kind = \"rabbitmq\" or \"sqs\", \
+     or embed the hub in the core app as a library (hub_worker::Hub) to use in-process queues; to try the \
+     worker without a broker anyway: accept_without_consumer = true";
+
 /// Loads the config at `path` and its integrations directory and checks them together: what
 /// `hub-worker check` reports and what `run` refuses to start on. Problems come with file and
 /// line where they have one.
@@ -640,10 +679,23 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
             }]);
         }
     };
-    let Some(dir) = cfg.integrations_path() else { return Ok((cfg, Vec::new())) };
+    let mut out = Vec::new();
+    if let TransportConfig::InProcess(s) = &cfg.transport
+        && !s.accept_without_consumer
+    {
+        // The core app lives in another process and cannot reach queues in this one: every
+        // message would end `queued` in memory, never received, never acknowledged.
+        let line = loc.line_of(&["transport".into(), "kind".into()]);
+        let what =
+            if line.is_some() { "transport.kind = \"in-process\"" } else { "no [transport] (in-process)" };
+        out.push(diag(line, format!("{what}: {NO_CONSUMER}")));
+    }
+    let Some(dir) = cfg.integrations_path() else {
+        return if out.is_empty() { Ok((cfg, Vec::new())) } else { Err(out) };
+    };
     // Front doors (and their secrets) are only used with the HTTP server on.
     let mut loaded = files::load_dir(&dir, cfg.http.is_some());
-    let mut out = std::mem::take(&mut loaded.diagnostics);
+    out.append(&mut loaded.diagnostics);
     for i in &loaded.integrations {
         if cfg.integrations.contains(&i.source) {
             out.push(Diagnostic {

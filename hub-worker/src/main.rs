@@ -133,7 +133,8 @@ enum Command {
         #[arg(long, default_value = "config/hub-worker.example.toml")]
         config: PathBuf,
     },
-    /// Runs the stages until Ctrl-C (refusing to start on any problem `check` reports).
+    /// Runs the stages until Ctrl-C or SIGTERM (refusing to start on any problem `check`
+    /// reports).
     Run {
         /// Configuration file (TOML).
         #[arg(long)]
@@ -388,14 +389,25 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            // Ctrl-C from now on, waiting for the database and the broker included.
+            if let hub_worker::config::TransportConfig::InProcess(t) = &cfg.transport {
+                // Only reachable with the opt-in (`prepare` refuses it otherwise).
+                tracing::warn!(
+                    max_queued = t.max_queued,
+                    "transport in-process with accept_without_consumer: nothing consumes the destination \
+                     queues; messages stop at layer 4 (queued in memory up to max_queued per queue, the rest \
+                     waiting unpublished)"
+                );
+            }
+            // Ctrl-C or SIGTERM from now on, waiting for the database and the broker included.
+            // Listening starts here, before anything is waited for, so a stop asked for during
+            // the wait is not lost.
             let stop = tokio_util::sync::CancellationToken::new();
+            let stop_signal = stop_requested()?;
             tokio::spawn({
                 let stop = stop.clone();
                 async move {
-                    if let Err(e) = tokio::signal::ctrl_c().await {
-                        eprintln!("cannot listen for Ctrl-C ({e}); stopping");
-                    }
+                    let signal = stop_signal.await;
+                    eprintln!("{signal} received");
                     stop.cancel();
                 }
             });
@@ -447,8 +459,8 @@ async fn main() -> anyhow::Result<()> {
                 // Said once every route answers (scripts and tests wait for this line).
                 eprintln!("webhook intake on {url}");
             }
-            tracing::info!("hub running; Ctrl-C stops it");
-            eprintln!("hub-worker running on {} (Ctrl-C to stop)", redact_url(&cfg.database.url));
+            tracing::info!("hub running; Ctrl-C or SIGTERM stops it");
+            eprintln!("hub-worker running on {} (Ctrl-C or SIGTERM to stop)", redact_url(&cfg.database.url));
             stop.cancelled().await;
             eprintln!("stopping: finishing requests in flight and claimed batches");
             cancel.cancel();
@@ -459,6 +471,34 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves with the signal's name when the process is asked to stop: Ctrl-C (SIGINT) from a
+/// terminal, or SIGTERM, which containers, systemd and most supervisors send (and, unhandled,
+/// would kill the process mid-batch with no graceful shutdown). The handlers are installed
+/// before this returns, so a signal arriving before the future is first polled still counts.
+fn stop_requested() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                eprintln!("cannot listen for Ctrl-C ({e}); stopping");
+            }
+            "Ctrl-C"
+        })
+    }
 }
 
 /// The URL without its password, for printing.

@@ -129,8 +129,15 @@ fn run_refuses_a_bad_config_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
 
-#[test]
-fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
+/// The in-process transport with the opt-in for a worker without a consumer, as a config
+/// section: for tests that exercise the worker without a broker.
+const IN_PROCESS_TRIAL: &str = "[transport]\nkind = \"in-process\"\naccept_without_consumer = true\n";
+
+/// Starts `run` on the example config (its database in a temp dir, its broker replaced by the
+/// in-process trial transport), sends `signal` once the hub is up, and returns the exit status
+/// and stderr.
+fn run_example_until(signal: &str) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
     let dir = std::env::temp_dir().join(format!("po-run-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let example =
@@ -139,9 +146,13 @@ fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
     let db = dir.join("run.sqlite");
     let cfg = dir.join("hub.toml");
     let ints = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations");
+    // The example's broker section, replaced: these tests need no broker.
+    let broker = "[transport]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+    assert!(example.contains(broker), "the example's [transport] changed; update this test");
     let text = example
         .replace("post-office.sqlite", &db.display().to_string())
-        .replace("\"../examples/integrations\"", &format!("{ints:?}"));
+        .replace("\"../examples/integrations\"", &format!("{ints:?}"))
+        .replace(broker, IN_PROCESS_TRIAL.trim_end());
     std::fs::write(&cfg, text).expect("write");
     let mut child = hub_worker()
         .args(["run", "--config"])
@@ -149,18 +160,106 @@ fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
-    let started = std::time::Instant::now();
-    while !db.exists() && started.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("hub-worker running on ") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Up: the stages run (a signal now must finish them, not interrupt the start).
+    let up = rx.recv_timeout(std::time::Duration::from_secs(30));
+    if up.is_err() {
+        let _ = child.kill();
     }
+    up.expect("run started");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(child.try_wait().expect("wait").is_none(), "run exited early");
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let kill = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
     assert!(kill.success());
-    let out = child.wait_with_output().expect("exits");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("claimed batches"), "{err}");
+    let status = child.wait().expect("exits");
+    let err = reader.join().expect("stderr reader");
+    let _ = std::fs::remove_dir_all(&dir);
+    (status, err)
+}
+
+#[test]
+fn run_starts_on_a_config_and_stops_cleanly_on_ctrl_c() {
+    let (status, err) = run_example_until("-INT");
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("SIGINT received"), "{err}");
+    assert!(err.contains("stopping: finishing requests in flight and claimed batches"), "{err}");
+}
+
+/// Containers and systemd stop a service with SIGTERM: the same graceful stop as Ctrl-C, exit
+/// status 0 (unhandled, SIGTERM kills the process: no status, claimed batches cut off).
+#[test]
+fn run_stops_gracefully_on_sigterm() {
+    let (status, err) = run_example_until("-TERM");
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("SIGTERM received"), "{err}");
+    assert!(err.contains("stopping: finishing requests in flight and claimed batches"), "{err}");
+}
+
+/// A standalone worker on in-process queues has no consumer (the core app is another process):
+/// `check` and `run` refuse it, explicit or by default, saying what to use instead; the trial
+/// opt-in passes.
+#[test]
+fn check_and_run_refuse_in_process_queues_without_a_consumer() {
+    let dir = std::env::temp_dir().join(format!("po-inproc-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ints = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations");
+    let base = format!("integrations_dir = {ints:?}\n[database]\nurl = \"sqlite::memory:\"\n");
+    let cases = [
+        ("default", String::new(), None),
+        ("explicit", "[transport]\nkind = \"in-process\"\nmax_queued = 5\n".to_owned(), Some(5)),
+        (
+            "declined",
+            "[transport]\nkind = \"in-process\"\naccept_without_consumer = false\n".to_owned(),
+            Some(5),
+        ),
+    ];
+    for (name, transport, line) in cases {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, format!("{base}{transport}")).expect("write");
+        let want = match line {
+            Some(l) => format!("{}:{l}: error: transport.kind = \"in-process\": ", cfg.display()),
+            None => format!("{}: error: no [transport] (in-process): ", cfg.display()),
+        };
+        for cmd in ["check", "run"] {
+            let started = std::time::Instant::now();
+            let out = hub_worker()
+                .args([cmd, "--config"])
+                .arg(&cfg)
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .expect("runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} ({cmd}) must be refused: {err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{name} ({cmd}) waited");
+            let said = err.lines().find(|l| l.starts_with(&want));
+            assert!(said.is_some(), "{name} ({cmd}): expected `{want}...` in:\n{err}");
+            for hint in [
+                "no consumer",
+                "kind = \"rabbitmq\"",
+                "\"sqs\"",
+                "hub_worker::Hub",
+                "accept_without_consumer = true",
+            ] {
+                assert!(said.is_some_and(|l| l.contains(hint)), "{name} ({cmd}): `{hint}` missing in {err}");
+            }
+        }
+    }
+    let cfg = dir.join("trial.toml");
+    std::fs::write(&cfg, format!("{base}{IN_PROCESS_TRIAL}max_queued = 5\n")).expect("write");
+    let out = hub_worker().args(["check", "--config"]).arg(&cfg).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -193,6 +292,7 @@ fn check_finds_every_class_of_error_with_file_and_line() {
         (orders.clone(), "UNDECLARED-DESTINATION", "destination `core.order` is not declared"),
         (orders.clone(), "MISSING-SECRET", "PO_FIXTURE_UNSET_ORDERS_TOKEN"),
         (orders.clone(), "UNNAMED-LOSS", "lossy = \"truncate-timestamp\""),
+        (fx.join("hub.toml"), "NO-CONSUMER", "in-process queues have no consumer"),
     ];
     for (file, marker, says) in expect {
         let want = format!("{}:{}: error: ", file.display(), line_of(&file, marker));
@@ -201,7 +301,7 @@ fn check_finds_every_class_of_error_with_file_and_line() {
             "expected `{want}...{says}` in:\n{err}"
         );
     }
-    assert!(err.contains("7 problem(s) found"), "{err}");
+    assert!(err.contains("8 problem(s) found"), "{err}");
 
     // `run` refuses to start on the same problems.
     let out = hub_worker()
@@ -213,7 +313,7 @@ fn check_finds_every_class_of_error_with_file_and_line() {
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not starting: 7 problem(s)") && err.contains("`/emial` cannot exist"), "{err}");
+    assert!(err.contains("not starting: 8 problem(s)") && err.contains("`/emial` cannot exist"), "{err}");
 }
 
 #[test]
@@ -235,7 +335,7 @@ fn the_example_integrations_pass_the_check() {
     std::fs::write(
         &cfg,
         format!(
-            "integrations_dir = {:?}\n[database]\nurl = \"sqlite::memory:\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "integrations_dir = {:?}\n[database]\nurl = \"sqlite::memory:\"\n{IN_PROCESS_TRIAL}[http]\nlisten = \"127.0.0.1:0\"\n",
             ints.display().to_string()
         ),
     )
@@ -279,7 +379,7 @@ async fn run_serves_file_integrations_over_http() {
     std::fs::write(
         &cfg,
         format!(
-            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n{IN_PROCESS_TRIAL}[http]\nlisten = \"127.0.0.1:0\"\n",
             db.display()
         ),
     )
@@ -360,7 +460,7 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
     std::fs::write(
         &cfg,
         format!(
-            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n{IN_PROCESS_TRIAL}[http]\nlisten = \"127.0.0.1:0\"\n\
              [http.tokens.ops]\nscopes = [\"read\", \"operate\"]\nenv = \"PO_TEST_OPS_TOKEN\"\n\
              [http.tokens.prometheus]\nscopes = [\"metrics\"]\nfile = {:?}\n",
             db.display(),

@@ -19,7 +19,9 @@ fn config(dir: &std::path::Path, tls: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n[http]\nlisten = \"127.0.0.1:0\"\n{tls}",
+            "integrations_dir = {ints:?}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n\
+             [transport]\nkind = \"in-process\"\naccept_without_consumer = true\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n{tls}",
             dir.join("tls.sqlite").display()
         ),
     )

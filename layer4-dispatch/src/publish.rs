@@ -93,6 +93,8 @@ const DEPTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The broker could not be reached (shared by every publisher copy in the process).
 static BROKER_AWAY: Outage = Outage::new("broker unreachable");
+/// A destination queue refused messages for being full (nobody, or too slow, consuming it).
+static QUEUE_FULL: Outage = Outage::new("destination queue full");
 /// Messages have waited past `max_attempts` ack timeouts for their receipt.
 static RECEIPTS_OVERDUE: Outage = Outage::new("receipts overdue");
 
@@ -103,7 +105,7 @@ fn chrono(d: Duration) -> chrono::Duration {
 /// What became of one claimed row.
 enum Outcome {
     Confirmed,
-    /// The broker was away: the attempt is given back.
+    /// The broker was away, or the destination queue full: the attempt is given back.
     Unreachable,
     /// Not sent: an earlier row of its key was not confirmed. Its lease is given back.
     NotSent,
@@ -377,6 +379,14 @@ impl PublishStage {
                         BROKER_AWAY.occurred(1, &e);
                         Outcome::Unreachable
                     }
+                    // Back-pressure: the queue holds all it may, and nothing was queued. As
+                    // with an outage, the row waits (attempt not counted, status kept) and is
+                    // tried again after the pause: a queue nobody drains must not kill messages.
+                    Err(e @ TransportError::QueueFull { .. }) => {
+                        tracing::debug!(message_id = %row.id, error = %e, "destination queue full; will publish again");
+                        QUEUE_FULL.occurred(1, &e);
+                        Outcome::Unreachable
+                    }
                     Err(e) => {
                         let attempts = row.attempts;
                         let t = if !e.is_transient() {
@@ -458,6 +468,7 @@ impl PublishStage {
         txn.commit().await?;
         if n_confirmed > 0 {
             BROKER_AWAY.cleared();
+            QUEUE_FULL.cleared();
         }
         layer1_ingest::metrics::count("publish", "confirmed", n_confirmed as u64);
         layer1_ingest::metrics::count("publish", "unreachable", n_unreachable as u64);

@@ -56,6 +56,16 @@ pub enum TransportError {
     /// so the message is retried (the receiver drops a duplicate).
     #[error("transport connection problem: {0}")]
     Connection(String),
+    /// The queue holds as many waiting messages as it may (the in-process transport's
+    /// `max_queued`): back-pressure, not the message's fault. Nothing was queued; publish
+    /// again once a consumer has taken some.
+    #[error("queue `{queue}` is full ({limit} messages waiting)")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// How many messages it holds.
+        limit: usize,
+    },
     /// The transport was shut down.
     #[error("transport closed")]
     Closed,

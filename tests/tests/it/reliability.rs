@@ -614,3 +614,66 @@ async fn a_row_arriving_mid_claim_waits_for_an_earlier_open_message() {
     assert_eq!((row.status, row.attempts), (Status::JustIn, 0), "{row:?}");
     tdb.cleanup().await;
 }
+
+/// A destination nobody drains fills its in-process queue to `max_queued`; past that, publishing
+/// is back-pressure, not failure: the rows wait in layer 4 unpublished, their attempts given
+/// back, none `failed` or `dead` however long it lasts, and memory holds `max_queued` messages
+/// per queue, not all of them. Once a receiver drains the queues, everything is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_in_process_queue_holds_rows_back_without_killing_them() {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    const BOUND: usize = 3;
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let q = Queues::new(false);
+    let transport = Arc::new(InProcessTransport::new(layer4_dispatch::InProcessConfig {
+        max_queued: BOUND,
+        ..Default::default()
+    }));
+    let mut settings = crate::util::test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.publish.inbound_queue = None;
+    // Were a full queue a publish failure, two refusals would make a row dead.
+    settings.stage.max_attempts = 2;
+    settings.stage.poll_interval = Duration::from_millis(100);
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).settings(settings).build().await.expect("hub");
+    hub.start();
+    let events = 10;
+    for i in 0..events {
+        hub.ingest(
+            "payments",
+            &payment(&format!("evt_full_{i}"), "1.00", &format!("cus_{i}")),
+            IngestMeta::default(),
+        )
+        .await
+        .expect("ingest");
+    }
+    // Three reconnect pauses (2 s each): every row held back was refused at least twice.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let db = hub.db().clone();
+    let payments = l4::Entity::find()
+        .filter(l4::Column::Destination.eq(q.payments.clone()))
+        .all(&db)
+        .await
+        .expect("rows");
+    assert_eq!(payments.len(), events, "one payment message per event");
+    assert_eq!(transport.depth(&q.payments), BOUND, "the queue stays at its bound");
+    let queued = payments.iter().filter(|r| r.status == Status::Queued).count();
+    assert_eq!(queued, BOUND, "only what the queue took is queued");
+    for r in payments.iter().filter(|r| r.status != Status::Queued) {
+        assert_eq!(r.status, Status::JustIn, "held back, not failed: {r:?}");
+        assert_eq!(r.attempts, 0, "a refusal by a full queue is not an attempt: {r:?}");
+    }
+    assert_eq!(count_status(&db, Status::Dead).await, 0);
+    assert_eq!(count_status(&db, Status::Failed).await, 0);
+
+    let total = l4::Entity::find().count(&db).await.expect("count");
+    let cancel = CancellationToken::new();
+    for queue in [&q.payments, &q.members] {
+        let core = Arc::new(Collect::default());
+        tokio::spawn(Receiver::new(transport.clone(), queue.clone(), core).prefetch(2).run(cancel.clone()));
+    }
+    wait_all_acknowledged(&db, total, 60).await;
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
