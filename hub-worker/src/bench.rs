@@ -235,6 +235,9 @@ impl Transport for Gate {
     fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes()
     }
+    fn address(&self, queue: &str) -> std::result::Result<String, layer4_dispatch::TransportError> {
+        self.inner.address(queue)
+    }
     async fn ensure_queue(&self, queue: &str) -> std::result::Result<(), layer4_dispatch::TransportError> {
         self.inner.ensure_queue(queue).await
     }

@@ -474,6 +474,43 @@ impl TransportConfig {
             TransportConfig::Sqs(c) => Arc::new(SqsTransport::new(c.clone()).await),
         }
     }
+
+    /// How this transport names queues (its rule and `[transport.queues]`), checked.
+    pub fn queue_names(&self) -> std::result::Result<layer4_dispatch::QueueNames, String> {
+        match self {
+            TransportConfig::InProcess(_) => {
+                Ok(layer4_dispatch::QueueNames::by_rule(layer4_dispatch::NameRule::InProcess))
+            }
+            TransportConfig::Rabbitmq(c) => c.queue_names(),
+            TransportConfig::Sqs(c) => c.queue_names(),
+        }
+    }
+}
+
+impl Config {
+    /// The queue names this config uses itself, each with the key that names it: the receipts
+    /// and inbound queues and the destinations of `[[routes]]`.
+    pub fn configured_queues(&self) -> Vec<(String, &str)> {
+        let mut out = vec![("publish.receipts_queue".to_owned(), self.publish.receipts_queue.as_str())];
+        out.extend(self.publish.inbound_queue.as_deref().map(|q| ("publish.inbound_queue".to_owned(), q)));
+        for (i, r) in self.routes.iter().enumerate() {
+            out.extend(r.targets().map(|d| (format!("routes[{i}] destination"), d.as_str())));
+        }
+        out
+    }
+
+    /// Every queue this config names must be usable on its transport, and no two may share a
+    /// physical queue: checked before anything connects, so SQS never answers with a raw
+    /// `InvalidParameterValue`.
+    fn check_queue_names(&self) -> Result<()> {
+        let names = self.transport.queue_names().map_err(Error::Config)?;
+        let queues = self.configured_queues();
+        let list: Vec<&str> = queues.iter().map(|(_, q)| *q).collect();
+        if let Some((i, why)) = names.check(&list).into_iter().next() {
+            return Err(Error::Config(format!("{}: {why}", queues[i].0)));
+        }
+        Ok(())
+    }
 }
 
 /// The top-level keys; only `HUB_<KEY>...` variables for these are configuration (others, such
@@ -542,6 +579,7 @@ impl Config {
         if self.stages.max_attempts < 1 {
             return Err(Error::Config("stages.max_attempts must be at least 1".into()));
         }
+        self.check_queue_names()?;
         for name in &self.integrations {
             if !integrations::BUILT_IN.contains(&name.as_str()) {
                 return Err(Error::Config(format!(
@@ -696,6 +734,12 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
     // Front doors (and their secrets) are only used with the HTTP server on.
     let mut loaded = files::load_dir(&dir, cfg.http.is_some());
     out.append(&mut loaded.diagnostics);
+    // The core app's destinations on the configured transport, beside the config's own queues
+    // (which `Config::validate` checked alone).
+    if let Ok(names) = cfg.transport.queue_names() {
+        let configured: Vec<&str> = cfg.configured_queues().into_iter().map(|(_, q)| q).collect();
+        out.extend(files::check_queue_names(&dir, &names, &configured));
+    }
     for i in &loaded.integrations {
         if cfg.integrations.contains(&i.source) {
             out.push(Diagnostic {

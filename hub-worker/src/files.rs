@@ -348,6 +348,37 @@ fn load_core(path: &Path, dir: &Path, loaded: &mut Loaded) {
     }
 }
 
+/// Checks the destinations `core.toml` declares against the transport's queue names: each must
+/// map to a queue the transport can use, and none may share one with another destination or
+/// with the config's own queues (`before`: the receipts and inbound queues, `[[routes]]`
+/// destinations; their own problems are the config's to report). Problems come with the line
+/// of the destination in `core.toml`.
+pub fn check_queue_names(
+    dir: &Path,
+    names: &layer4_dispatch::QueueNames,
+    before: &[&str],
+) -> Vec<Diagnostic> {
+    let path = dir.join(CORE_FILE);
+    // A core.toml that does not load was reported by `load_dir` already.
+    let Ok(text) = read_text(&path) else { return Vec::new() };
+    let Ok(core) = toml::from_str::<CoreFile>(&text) else { return Vec::new() };
+    let loc = Locator::new(&text);
+    let mut all: Vec<&str> = before.to_vec();
+    all.extend(core.destinations.iter().map(String::as_str));
+    names
+        .check(&all)
+        .into_iter()
+        .filter_map(|(i, why)| {
+            let idx = i.checked_sub(before.len())?;
+            Some(Diagnostic {
+                file: path.clone(),
+                line: loc.line_of(&["destinations".into(), idx.to_string()]),
+                message: format!("destination `{}` on {}: {why}", all[i], names.rule().transport()),
+            })
+        })
+        .collect()
+}
+
 fn load_integration(
     file: &Path,
     dir: &Path,

@@ -128,6 +128,14 @@ impl HubBuilder {
             Some(t) => t,
             None => Arc::new(layer4_dispatch::InProcessTransport::default()),
         };
+        // `hub-receipt-to` carries the physical receipts queue: the core app, in any language,
+        // sends to it without knowing the hub's logical names or `[transport.queues]`.
+        let receipt_to = transport.address(&self.settings.publish.receipts_queue).map_err(|e| match e {
+            layer4_dispatch::TransportError::Invalid(why) => {
+                Error::Config(format!("publish.receipts_queue: {why}"))
+            }
+            other => other.into(),
+        })?;
         let mut queues = router.destinations();
         queues.push(self.settings.publish.receipts_queue.clone());
         queues.extend(self.settings.publish.inbound_queue.clone());
@@ -160,6 +168,7 @@ impl HubBuilder {
                 translators: Arc::new(self.translators),
                 router,
                 settings: self.settings,
+                receipt_to,
                 wake: Wakes::default(),
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
@@ -184,6 +193,8 @@ struct Inner {
     translators: Arc<Translators>,
     router: Arc<dyn Router>,
     settings: HubSettings,
+    /// The receipts queue's physical address (`hub-receipt-to`).
+    receipt_to: String,
     wake: Wakes,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -340,8 +351,13 @@ impl Hub {
             ),
             (
                 Arc::new(
-                    PublishStage::new(i.db.clone(), i.transport.clone(), s.stage.clone(), s.publish.clone())
-                        .with_handoff(handoff_rx),
+                    PublishStage::new(
+                        i.db.clone(),
+                        i.transport.clone(),
+                        s.stage.clone(),
+                        PublishSettings { receipts_queue: i.receipt_to.clone(), ..s.publish.clone() },
+                    )
+                    .with_handoff(handoff_rx),
                 ),
                 i.wake.publish.clone(),
                 vec![i.wake.settled.clone()],

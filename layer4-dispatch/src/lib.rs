@@ -23,4 +23,4 @@ pub use route::{Route, RouteTable, Router, Target};
 pub use route_stage::{RouteStage, dispatch_rows};
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
-pub use transport::{RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};
+pub use transport::{NameRule, QueueNames, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};

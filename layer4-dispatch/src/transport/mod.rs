@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub mod in_process;
+pub mod names;
 pub mod rabbitmq;
 pub mod sqs;
+
+pub use names::{NameRule, QueueNames};
 
 pub use rabbitmq::{RabbitMqConfig, RabbitMqTransport};
 pub use sqs::{SqsConfig, SqsTransport};
@@ -209,6 +212,14 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The largest body (plus headers) the backend carries.
     fn max_message_bytes(&self) -> usize;
+
+    /// The physical queue behind the logical name `queue` ([`names`]), as a client outside
+    /// the hub addresses it: the queue name, or on SQS the name or the URL `[transport.queues]`
+    /// gives. What `hub-receipt-to` carries. Every other method takes logical names (and
+    /// physical ones, which map to themselves).
+    fn address(&self, queue: &str) -> Result<String, TransportError> {
+        Ok(queue.to_owned())
+    }
 
     /// Makes sure `queue` exists (declares it durable, ...). Idempotent.
     async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError>;

@@ -1,6 +1,8 @@
 //! `rabbitmq` (lapin): durable queues declared per destination (quorum queues as an option),
 //! persistent messages, mandatory publishing with publisher confirms pipelined across a batch,
-//! manual acks with prefetch, and reconnection when the broker goes away.
+//! manual acks with prefetch, and reconnection when the broker goes away. Logical queue names
+//! map to RabbitMQ queue names by [`super::names`] (as they are, unless `[transport.queues]`
+//! names another).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::names::{self, NameRule, QueueNames};
 use super::{
     Acker, Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError, message_size,
 };
@@ -48,6 +51,9 @@ pub struct RabbitMqConfig {
     /// for real ones.
     #[serde(default)]
     pub queue_expires_ms: Option<u32>,
+    /// Logical queue name -> RabbitMQ queue name. Names without an entry are used as they are.
+    #[serde(default, deserialize_with = "names::deserialize_queues")]
+    pub queues: std::collections::BTreeMap<String, String>,
 }
 
 fn default_max() -> usize {
@@ -70,7 +76,13 @@ impl RabbitMqConfig {
             confirm_timeout_secs: default_confirm_timeout(),
             connect_timeout_secs: default_connect_timeout(),
             queue_expires_ms: None,
+            queues: Default::default(),
         }
+    }
+
+    /// The queue names this config gives, checked: why not, naming the entry.
+    pub fn queue_names(&self) -> Result<QueueNames, String> {
+        QueueNames::new(NameRule::RabbitMq, &self.queues)
     }
 }
 
@@ -83,6 +95,8 @@ struct Link {
 /// subscription. A broken connection is replaced on the next call.
 pub struct RabbitMqTransport {
     config: RabbitMqConfig,
+    /// The config's names, or why they are unusable (reported on every use of a queue).
+    names: Result<QueueNames, String>,
     link: Mutex<Option<Link>>,
     declared: StdMutex<BTreeSet<String>>,
 }
@@ -94,7 +108,14 @@ fn conn_err(e: impl std::fmt::Display) -> TransportError {
 impl RabbitMqTransport {
     /// A transport that connects on first use.
     pub fn new(config: RabbitMqConfig) -> Self {
-        Self { config, link: Mutex::new(None), declared: StdMutex::new(BTreeSet::new()) }
+        let names = config.queue_names();
+        Self { config, names, link: Mutex::new(None), declared: StdMutex::new(BTreeSet::new()) }
+    }
+
+    /// The physical queue of `queue`, or why it cannot be one (retrying cannot mend it).
+    fn physical(&self, queue: &str) -> Result<String, TransportError> {
+        let names = self.names.as_ref().map_err(|e| TransportError::Invalid(e.clone()))?;
+        names.resolve(queue).map_err(|why| TransportError::Invalid(format!("queue `{queue}`: {why}")))
     }
 
     fn queue_args(&self) -> FieldTable {
@@ -198,20 +219,30 @@ impl Transport for RabbitMqTransport {
         self.config.max_message_bytes
     }
 
-    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+    fn address(&self, queue: &str) -> Result<String, TransportError> {
+        self.physical(queue)
+    }
+
+    async fn ensure_queue(&self, logical: &str) -> Result<(), TransportError> {
+        // A name the broker would refuse is refused now, naming it.
+        let queue = self.physical(logical).map_err(|e| match e {
+            TransportError::Invalid(why) => TransportError::Refused(why),
+            other => other,
+        })?;
         let (_, ch) = self.connected().await?;
-        self.declare(&ch, queue).await?;
-        self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned());
+        self.declare(&ch, &queue).await?;
+        self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(queue);
         Ok(())
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+    async fn queue_depth(&self, logical: &str) -> Result<Option<u64>, TransportError> {
+        let queue = &self.physical(logical)?;
         let (conn, _) = self.connected().await?;
         // A channel of its own: a passive declare of a missing queue closes its channel, and
         // the publish channel must not pay for that.
         let ch = conn.create_channel().await.map_err(conn_err)?;
         let opts = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let res = ch.queue_declare(queue.into(), opts, FieldTable::default()).await;
+        let res = ch.queue_declare(queue.as_str().into(), opts, FieldTable::default()).await;
         let _ = ch.close(200, "depth read".into()).await;
         match res {
             // message_count counts ready messages only: deliveries a consumer holds are not in it.
@@ -237,6 +268,13 @@ impl Transport for RabbitMqTransport {
                     Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
                 continue;
             }
+            let queue = match self.physical(&m.queue) {
+                Ok(q) => q,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
             if let Some(e) = &broken {
                 results[i] = Some(Err(e.clone()));
                 continue;
@@ -248,7 +286,7 @@ impl Transport for RabbitMqTransport {
                 .with_headers(to_table(&m.headers));
             // mandatory: an unroutable message comes back (basic.return) instead of vanishing.
             let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-            match ch.basic_publish("".into(), m.queue.as_str().into(), opts, &m.body, props).await {
+            match ch.basic_publish("".into(), queue.as_str().into(), opts, &m.body, props).await {
                 Ok(confirm) => pending.push((i, confirm)),
                 Err(e) => {
                     let err = conn_err(e);
@@ -294,13 +332,19 @@ impl Transport for RabbitMqTransport {
         results.into_iter().map(|r| r.unwrap_or(Err(TransportError::Closed))).collect()
     }
 
-    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+    async fn subscribe(&self, logical: &str, prefetch: u16) -> Result<Box<dyn Subscription>, TransportError> {
+        let queue = &self.physical(logical)?;
         let (conn, _) = self.connected().await?;
         let ch = conn.create_channel().await.map_err(conn_err)?;
         // Prefetch bounds unacked deliveries per consumer (basic.qos, per-consumer in RabbitMQ).
         ch.basic_qos(prefetch.max(1), BasicQosOptions::default()).await.map_err(conn_err)?;
         let consumer = ch
-            .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| TransportError::Refused(format!("consuming `{queue}`: {e}")))?;
         Ok(Box::new(RabbitMqSubscription { _channel: ch, consumer }))

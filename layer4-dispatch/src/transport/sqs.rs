@@ -1,7 +1,9 @@
-//! `sqs` (aws-sdk-sqs): standard and FIFO queues (a destination whose name ends in `.fifo`),
+//! `sqs` (aws-sdk-sqs): standard and FIFO queues (a physical queue whose name ends in `.fifo`),
 //! hub headers as String message attributes, `SendMessageBatch` in tens with per-entry results,
 //! long polling, delete after the consumer settles, an endpoint override for SQS-compatible
-//! servers, credentials and region from the standard AWS chain or the config.
+//! servers, credentials and region from the standard AWS chain or the config. Logical queue
+//! names map to SQS names or queue URLs by [`super::names`]; a queue given by URL (another
+//! account's) is used, never created.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +17,7 @@ use aws_sdk_sqs::types::{
 };
 use serde::Deserialize;
 
+use super::names::{self, NameRule, QueueNames};
 use super::{Acker, Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
 
 /// Settings of the SQS transport.
@@ -42,9 +45,15 @@ pub struct SqsConfig {
     #[serde(default = "default_visibility")]
     pub visibility_timeout_secs: i32,
     /// Largest message carried, in bytes: SQS counts the body and every attribute's name, type
-    /// and value. 262,144 is the limit of SQS-compatible servers; AWS allows 1 MiB.
+    /// and value. SQS accepts up to 1 MiB (1,048,576, since August 2025); a queue whose
+    /// `MaximumMessageSize` is set lower (queues made before then kept 262,144) needs this
+    /// lowered to match, or SQS refuses the larger messages one by one.
     #[serde(default = "default_max")]
     pub max_message_bytes: usize,
+    /// Logical queue name -> SQS queue name or full queue URL (a queue in another account).
+    /// Names without an entry follow the default rule (see [`super::names`]).
+    #[serde(default, deserialize_with = "names::deserialize_queues")]
+    pub queues: std::collections::BTreeMap<String, String>,
 }
 
 fn default_wait() -> i32 {
@@ -54,7 +63,7 @@ fn default_visibility() -> i32 {
     30
 }
 fn default_max() -> usize {
-    262_144
+    1_048_576
 }
 
 impl SqsConfig {
@@ -68,7 +77,13 @@ impl SqsConfig {
             wait_time_seconds: 1,
             visibility_timeout_secs: default_visibility(),
             max_message_bytes: default_max(),
+            queues: Default::default(),
         }
+    }
+
+    /// The queue names this config gives, checked: why not, naming the entry.
+    pub fn queue_names(&self) -> Result<QueueNames, String> {
+        QueueNames::new(NameRule::Sqs, &self.queues)
     }
 }
 
@@ -76,6 +91,9 @@ impl SqsConfig {
 pub struct SqsTransport {
     client: Client,
     config: SqsConfig,
+    /// The config's names, or why they are unusable (reported on every use of a queue).
+    names: Result<QueueNames, String>,
+    /// Physical name -> queue URL.
     urls: Mutex<HashMap<String, String>>,
 }
 
@@ -112,27 +130,44 @@ impl SqsTransport {
                 loader.credentials_provider(Credentials::new(id, secret, None, None, "post-office config"));
         }
         let sdk = loader.load().await;
-        Self { client: Client::new(&sdk), config, urls: Mutex::new(HashMap::new()) }
+        let names = config.queue_names();
+        Self { client: Client::new(&sdk), config, names, urls: Mutex::new(HashMap::new()) }
+    }
+
+    /// The physical queue (name or URL) of `queue`, or why it cannot be one: an error that
+    /// retrying cannot mend.
+    fn physical(&self, queue: &str) -> Result<String, TransportError> {
+        let names = self.names.as_ref().map_err(|e| TransportError::Invalid(e.clone()))?;
+        names.resolve(queue).map_err(|why| TransportError::Invalid(format!("queue `{queue}`: {why}")))
     }
 
     fn cached_url(&self, queue: &str) -> Option<String> {
         self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(queue).cloned()
     }
 
+    /// The URL of the logical `queue`: given by the config, or looked up by its physical name.
     async fn url(&self, queue: &str) -> Result<String, TransportError> {
-        if let Some(u) = self.cached_url(queue) {
+        let physical = self.physical(queue)?;
+        if names::is_url(&physical) {
+            return Ok(physical);
+        }
+        if let Some(u) = self.cached_url(&physical) {
             return Ok(u);
         }
-        let out = self.client.get_queue_url().queue_name(queue).send().await.map_err(|e| {
+        let out = self.client.get_queue_url().queue_name(&physical).send().await.map_err(|e| {
             let text = DisplayErrorContext(&e).to_string();
             if text.contains("NonExistentQueue") || text.contains("does not exist") {
-                TransportError::Unroutable(queue.to_owned())
+                TransportError::Unroutable(if physical == queue {
+                    queue.to_owned()
+                } else {
+                    format!("{queue}` (SQS queue `{physical}")
+                })
             } else {
                 TransportError::Connection(text)
             }
         })?;
         let url = out.queue_url().unwrap_or_default().to_owned();
-        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url.clone());
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(physical, url.clone());
         Ok(url)
     }
 
@@ -224,16 +259,49 @@ impl Transport for SqsTransport {
         self.config.max_message_bytes
     }
 
+    fn address(&self, queue: &str) -> Result<String, TransportError> {
+        self.physical(queue)
+    }
+
     async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
-        let mut req = self.client.create_queue().queue_name(queue).attributes(
+        // A queue no declaration could make: refused now, naming it, not by the SDK later.
+        let physical = self.physical(queue).map_err(|e| match e {
+            TransportError::Invalid(why) => TransportError::Refused(why),
+            other => other,
+        })?;
+        if names::is_url(&physical) {
+            // Given by URL: someone else's queue (often another account's). It is used, never
+            // created; reading an attribute proves it exists and this identity may reach it.
+            return self
+                .client
+                .get_queue_attributes()
+                .queue_url(&physical)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let text = format!(
+                        "queue `{queue}` is given by URL {physical}, which the hub does not create, and it \
+                         cannot be reached: {}",
+                        DisplayErrorContext(&e)
+                    );
+                    if e.as_service_error().is_some() {
+                        TransportError::Refused(text)
+                    } else {
+                        TransportError::Connection(text)
+                    }
+                });
+        }
+        let mut req = self.client.create_queue().queue_name(&physical).attributes(
             QueueAttributeName::VisibilityTimeout,
             self.config.visibility_timeout_secs.to_string(),
         );
-        if is_fifo(queue) {
+        if is_fifo(&physical) {
             req = req.attributes(QueueAttributeName::FifoQueue, "true");
         }
         let out = req.send().await.map_err(|e| {
-            let text = format!("creating queue `{queue}`: {}", DisplayErrorContext(&e));
+            let text = format!("creating SQS queue `{physical}` for `{queue}`: {}", DisplayErrorContext(&e));
             // No answer (endpoint down, DNS, timeout) is the connection's fault, so a worker
             // starting meanwhile waits for it; an answer (bad name, no permission) is a refusal.
             if e.as_service_error().is_some() {
@@ -243,7 +311,7 @@ impl Transport for SqsTransport {
             }
         })?;
         let url = out.queue_url().unwrap_or_default().to_owned();
-        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.to_owned(), url);
+        self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(physical, url);
         Ok(())
     }
 
@@ -292,7 +360,8 @@ impl Transport for SqsTransport {
                     continue;
                 }
             };
-            let fifo = is_fifo(queue);
+            // FIFO is a property of the physical queue (its name, or the URL's last segment).
+            let fifo = is_fifo(&url);
             // At most ten entries, and at most `max_message_bytes` in all: SQS limits the
             // whole request's payload too (BatchRequestTooLong).
             let mut start = 0;

@@ -267,7 +267,12 @@ fn contact_batch_with_big_tags(tag_bytes: usize) -> Vec<u8> {
 async fn oversized_message_is_rejected_with_its_size(transport: Arc<dyn Transport>, body_bytes: usize) {
     let tdb = TestDb::new(Backend::Postgres).await;
     let q = Queues::new(false);
-    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    let mut settings = crate::util::test_settings();
+    settings.publish.receipts_queue = q.receipts.clone();
+    settings.publish.inbound_queue = Some(q.inbound.clone());
+    // The payload must pass the front door's limit to meet the transport's.
+    settings.max_body_bytes = 4 * 1024 * 1024;
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).settings(settings).build().await.expect("hub");
     hub.start();
     let cancel = CancellationToken::new();
     tokio::spawn(
@@ -299,7 +304,144 @@ async fn rabbitmq_oversized_message_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_oversized_message_is_rejected() {
-    oversized_message_is_rejected_with_its_size(sqs().await, 300 * 1024).await;
+    // Above SQS's 1 MiB: the hub's default limit now.
+    oversized_message_is_rejected_with_its_size(sqs().await, 1100 * 1024).await;
+}
+
+/// SQS accepts messages up to 1 MiB (since August 2025), and so does the hub by default: a
+/// message of about 1,000,000 bytes, four times the old 256 KiB limit, goes through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_carries_messages_up_to_one_mebibyte() {
+    let t = sqs().await;
+    assert_eq!(t.max_message_bytes(), 1_048_576, "the default limit");
+    let queue = format!("t-{}-big", uuid::Uuid::now_v7().simple());
+    t.ensure_queue(&queue).await.expect("queue");
+    let body = format!("\"{}\"", "x".repeat(1_000_000)).into_bytes();
+    let mut headers = wire::HubHeaders {
+        message_id: uuid::Uuid::now_v7(),
+        origin_id: uuid::Uuid::now_v7(),
+        source: "payments".into(),
+        source_ref: None,
+        message_type: "payment.recorded".into(),
+        type_version: "1".into(),
+        receipt_to: "hub-receipts".into(),
+        traceparent: None,
+    }
+    .to_headers();
+    headers.retain(|_, v| !v.is_empty());
+    let m =
+        OutgoingMessage { queue: queue.clone(), dedup_id: "big-1".into(), ordering_key: None, headers, body };
+    assert!(layer4_dispatch::transport::message_size(&m) > 262_144 * 3);
+    assert_eq!(
+        t.publish(std::slice::from_ref(&m)).await,
+        vec![Ok(())],
+        "a 1,000,000-byte message is carried"
+    );
+    let mut sub = t.subscribe(&queue, 1).await.expect("subscribe");
+    let got = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("delivered")
+        .expect("delivery");
+    assert_eq!(got.body, m.body, "whole");
+    got.ack().await.expect("ack");
+}
+
+/// Destinations are logical names. The dotted ones the example integrations use reach SQS
+/// queues named by the default rule (`.` -> `-`, `.fifo` kept); layer 4 rows keep the logical
+/// name; `hub-receipt-to` carries the physical receipts queue, which the receiver hands back to
+/// its transport as it is. Before, SQS refused the names at start (InvalidParameterValue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_maps_dotted_destinations_to_queue_names() {
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let q = Queues {
+        members: format!("t.{tag}.members"),
+        payments: format!("t.{tag}.payments.fifo"),
+        receipts: format!("t.{tag}.receipts"),
+        inbound: format!("t.{tag}.inbound"),
+    };
+    let transport = sqs().await;
+    assert_eq!(transport.address(&q.payments), Ok(format!("t-{tag}-payments.fifo")));
+    let hub =
+        broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub starts on dotted names");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    for queue in [&q.members, &q.payments] {
+        tokio::spawn(Receiver::new(transport.clone(), queue.clone(), core.clone()).run(cancel.clone()));
+    }
+    hub.ingest("crm-contacts", hub_worker::demo::SAMPLES[0].2, IngestMeta::default()).await.expect("crm");
+    for i in 0..3 {
+        hub.ingest("payments", &payment(&format!("evt_dots_{i}"), "1.00", "cus_1"), IngestMeta::default())
+            .await
+            .expect("pay");
+    }
+    settle(&hub, 90).await;
+    let rows = all_l4_acknowledged(&hub).await;
+    assert_eq!(rows.len(), 6);
+    assert!(
+        rows.iter().all(|r| r.destination == q.members || r.destination == q.payments),
+        "logical names kept"
+    );
+    let got = core.got.lock().expect("lock").clone();
+    assert_eq!(got.len(), 6);
+    assert!(
+        got.iter().all(|m| m.headers.receipt_to == format!("t-{tag}-receipts")),
+        "physical receipts queue"
+    );
+    // The queues exist under the rule's names (a transport without entries resolves them as is).
+    let plain = sqs().await;
+    for name in [format!("t-{tag}-members"), format!("t-{tag}-payments.fifo"), format!("t-{tag}-receipts")] {
+        assert_eq!(plain.queue_depth(&name).await.map(|_| ()), Ok(()), "{name} exists");
+    }
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+/// A queue given by URL in `[transport.queues]` (another account's, typically) is used as it is
+/// and never created: reachable, it carries messages; absent, `ensure_queue` says so, naming
+/// the URL, and nothing is created. (The SQS-compatible server resolves URLs in its one account:
+/// the closest a test gets to a second account.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queue_given_by_url_is_used_and_never_created() {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let owner = sqs().await;
+    let name = format!("t-{tag}-partner");
+    owner.ensure_queue(&name).await.expect("the owner makes its queue");
+    let base = sqs_url().trim_end_matches('/').to_owned();
+    let url = format!("{base}/123456789012/{name}");
+    let absent = format!("{base}/123456789012/t-{tag}-absent");
+    let mut cfg = SqsConfig::local(sqs_url());
+    cfg.queues.insert("partner.ledger".into(), url.clone());
+    cfg.queues.insert("partner.absent".into(), absent.clone());
+    let hub_side: Arc<dyn Transport> = Arc::new(SqsTransport::new(cfg).await);
+    assert_eq!(hub_side.address("partner.ledger"), Ok(url.clone()), "hub-receipt-to would carry the URL");
+    hub_side.ensure_queue("partner.ledger").await.expect("reachable by URL");
+    let err = hub_side.ensure_queue("partner.absent").await.expect_err("an absent queue given by URL");
+    assert!(
+        matches!(&err, TransportError::Refused(m) if m.contains("does not create") && m.contains(&absent)),
+        "{err}"
+    );
+    assert!(
+        matches!(owner.queue_depth(&format!("t-{tag}-absent")).await, Err(TransportError::Unroutable(_))),
+        "not created"
+    );
+    let m = OutgoingMessage {
+        queue: "partner.ledger".into(),
+        dedup_id: "by-url-1".into(),
+        ordering_key: None,
+        headers: [("hub-source".to_owned(), "payments".to_owned())].into(),
+        body: b"{\"by\":\"url\"}".to_vec(),
+    };
+    assert_eq!(hub_side.publish(&[m]).await, vec![Ok(())]);
+    let mut sub = owner.subscribe(&name, 1).await.expect("subscribe");
+    let got = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("delivered")
+        .expect("delivery");
+    assert_eq!(got.body, b"{\"by\":\"url\"}");
+    got.ack().await.expect("ack");
 }
 
 /// Refuses the first publish of every third hub message: retries happen, and must not reorder
