@@ -68,6 +68,30 @@ pub struct PublishStage {
     handoffs_in_a_row: std::sync::atomic::AtomicU32,
     /// Where the next ordered claim starts looking for keys.
     key_cursor: crate::ordered::KeyCursor,
+    /// Lasting conditions, logged by their changes (see [`Outage`]). A hub's copies of the
+    /// stage share one instance, so an outage is logged once per hub; another hub in the same
+    /// process keeps its own, and its recovery does not end ours in the log.
+    conditions: Conditions,
+}
+
+/// The conditions a publisher logs by their changes.
+struct Conditions {
+    /// The broker could not be reached.
+    broker_away: Outage,
+    /// A destination queue refused messages for being full (nobody, or too slow, consuming it).
+    queue_full: Outage,
+    /// Messages have waited past `max_attempts` ack timeouts for their receipt.
+    receipts_overdue: Outage,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Self {
+            broker_away: Outage::new("broker unreachable"),
+            queue_full: Outage::new("destination queue full"),
+            receipts_overdue: Outage::new("receipts overdue"),
+        }
+    }
 }
 
 /// The receiving end of a direct handoff (see [`handoff`]).
@@ -90,13 +114,6 @@ const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
 
 /// How long a queue-depth read may take before the republish decision goes ahead without it.
 const DEPTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The broker could not be reached (shared by every publisher copy in the process).
-static BROKER_AWAY: Outage = Outage::new("broker unreachable");
-/// A destination queue refused messages for being full (nobody, or too slow, consuming it).
-static QUEUE_FULL: Outage = Outage::new("destination queue full");
-/// Messages have waited past `max_attempts` ack timeouts for their receipt.
-static RECEIPTS_OVERDUE: Outage = Outage::new("receipts overdue");
 
 fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -129,6 +146,7 @@ impl PublishStage {
             handoff: None,
             handoffs_in_a_row: Default::default(),
             key_cursor: Default::default(),
+            conditions: Default::default(),
         }
     }
 
@@ -214,13 +232,13 @@ impl PublishStage {
         let long_waiting: Vec<&entity::Model> =
             held.iter().chain(go.iter()).filter(|r| now - r.created_at >= alert_after).collect();
         if long_waiting.is_empty() {
-            RECEIPTS_OVERDUE.cleared();
+            self.conditions.receipts_overdue.cleared();
         }
         if let Some(oldest) = long_waiting.iter().filter_map(|r| r.queued_at).min() {
             // The alert: logged as a condition, counted, and written on the rows, where the audit
             // desk shows it. The messages are kept: a receipt is applied whenever it comes.
             layer1_ingest::metrics::count("publish", "receipt_overdue", long_waiting.len() as u64);
-            RECEIPTS_OVERDUE.occurred(
+            self.conditions.receipts_overdue.occurred(
                 long_waiting.len() as u64,
                 &format!("no receipt within {max} ack timeouts; oldest last published at {oldest}"),
             );
@@ -376,7 +394,7 @@ impl PublishStage {
                     // and comes due again after a pause (a duplicate is dropped by the receiver).
                     Err(TransportError::Connection(e)) => {
                         tracing::debug!(message_id = %row.id, error = %e, "broker unreachable; will publish again");
-                        BROKER_AWAY.occurred(1, &e);
+                        self.conditions.broker_away.occurred(1, &e);
                         Outcome::Unreachable
                     }
                     // Back-pressure: the queue holds all it may, and nothing was queued. As
@@ -384,7 +402,7 @@ impl PublishStage {
                     // tried again after the pause: a queue nobody drains must not kill messages.
                     Err(e @ TransportError::QueueFull { .. }) => {
                         tracing::debug!(message_id = %row.id, error = %e, "destination queue full; will publish again");
-                        QUEUE_FULL.occurred(1, &e);
+                        self.conditions.queue_full.occurred(1, &e);
                         Outcome::Unreachable
                     }
                     Err(e) => {
@@ -467,8 +485,8 @@ impl PublishStage {
         }
         txn.commit().await?;
         if n_confirmed > 0 {
-            BROKER_AWAY.cleared();
-            QUEUE_FULL.cleared();
+            self.conditions.broker_away.cleared();
+            self.conditions.queue_full.cleared();
         }
         layer1_ingest::metrics::count("publish", "confirmed", n_confirmed as u64);
         layer1_ingest::metrics::count("publish", "unreachable", n_unreachable as u64);

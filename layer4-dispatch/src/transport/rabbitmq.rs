@@ -54,6 +54,14 @@ pub struct RabbitMqConfig {
     /// Logical queue name -> RabbitMQ queue name. Names without an entry are used as they are.
     #[serde(default, deserialize_with = "names::deserialize_queues")]
     pub queues: std::collections::BTreeMap<String, String>,
+    /// The connection's name as the broker shows it (management UI, `rabbitmqctl
+    /// list_connections`): name each worker to tell them apart.
+    #[serde(default = "default_connection_name")]
+    pub connection_name: String,
+}
+
+fn default_connection_name() -> String {
+    "post-office hub".to_owned()
 }
 
 fn default_max() -> usize {
@@ -77,6 +85,7 @@ impl RabbitMqConfig {
             connect_timeout_secs: default_connect_timeout(),
             queue_expires_ms: None,
             queues: Default::default(),
+            connection_name: default_connection_name(),
         }
     }
 
@@ -154,7 +163,8 @@ impl RabbitMqTransport {
             // A live connection whose publish channel broke is closed, not leaked.
             let _ = old.conn.close(200, "replaced".into()).await;
         }
-        let props = ConnectionProperties::default().with_connection_name("post-office hub".into());
+        let props =
+            ConnectionProperties::default().with_connection_name(self.config.connection_name.as_str().into());
         let conn = Arc::new(
             tokio::time::timeout(
                 Duration::from_secs(self.config.connect_timeout_secs),

@@ -21,7 +21,10 @@ use layer4_dispatch::wire::{self, Receipt, ReceiptStatus};
 use layer4_dispatch::{InProcessTransport, Receiver};
 
 use crate::on_both;
-use crate::util::{Backend, Collect, Queues, TestDb, broker_builder, payment, pg_admin_url, rabbit};
+use crate::util::{
+    Backend, Collect, Queues, TestDb, broker_builder, close_rabbit_connections, payment, pg_admin_url,
+    rabbit, rabbit_named,
+};
 
 /// Per ordering key, the layer 4 rows of `destination` in layer 1 order (origin, then id).
 async fn layer1_order(db: &DatabaseConnection, destination: &str) -> HashMap<String, Vec<Uuid>> {
@@ -117,10 +120,10 @@ fn mixed_routes(q: &Queues, unordered: &str) -> layer4_dispatch::RouteTable {
     ])
 }
 
-async fn workers(url: &str, q: &Queues, n: usize) -> Vec<Hub> {
+async fn workers(url: &str, q: &Queues, n: usize, connection: &str) -> Vec<Hub> {
     let mut hubs = Vec::new();
     for _ in 0..n {
-        let hub = broker_builder(url, rabbit(), q)
+        let hub = broker_builder(url, rabbit_named(connection), q)
             .settings(settings_for_workers(q))
             .normalizer(Arc::new(SlowSome))
             .router(Arc::new(mixed_routes(q, &q.members)))
@@ -131,6 +134,33 @@ async fn workers(url: &str, q: &Queues, n: usize) -> Vec<Hub> {
         hubs.push(hub);
     }
     hubs
+}
+
+/// Three workers on a new PostgreSQL database, with receivers on the ordered queue (`core`
+/// keeps what it got) and on the unordered one.
+struct Run {
+    /// The name every broker connection of the run carries.
+    connection: String,
+    tdb: TestDb,
+    q: Queues,
+    hubs: Vec<Hub>,
+    core: Arc<Collect>,
+    cancel: CancellationToken,
+}
+
+async fn three_workers() -> Run {
+    let connection = format!("po-test-{}", Uuid::now_v7().simple());
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let q = Queues::new(false);
+    let hubs = workers(&tdb.url, &q, 3, &connection).await;
+    let core = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    let receiver = Receiver::new(rabbit_named(&connection), q.payments.clone(), core.clone());
+    tokio::spawn(receiver.prefetch(100).run(cancel.clone()));
+    let other = Arc::new(Collect::default());
+    let receiver = Receiver::new(rabbit_named(&connection), q.members.clone(), other);
+    tokio::spawn(receiver.prefetch(100).run(cancel.clone()));
+    Run { connection, tdb, q, hubs, core, cancel }
 }
 
 /// Ingests until the hub answers (the sender's retry: a repeat is deduplicated by event id).
@@ -176,14 +206,7 @@ async fn wait_all_acknowledged(db: &DatabaseConnection, total: u64, secs: u64) {
 /// order their payloads entered layer 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_workers_keep_per_key_order() {
-    let tdb = TestDb::new(Backend::Postgres).await;
-    let q = Queues::new(false);
-    let hubs = workers(&tdb.url, &q, 3).await;
-    let core = Arc::new(Collect::default());
-    let cancel = CancellationToken::new();
-    tokio::spawn(Receiver::new(rabbit(), q.payments.clone(), core.clone()).prefetch(100).run(cancel.clone()));
-    let other = Arc::new(Collect::default());
-    tokio::spawn(Receiver::new(rabbit(), q.members.clone(), other).prefetch(100).run(cancel.clone()));
+    let Run { tdb, q, hubs, core, cancel, .. } = three_workers().await;
     let total = 1200u64;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     for i in 0..total {
@@ -377,14 +400,7 @@ async fn admin(sql: String) {
 /// nothing is stuck or dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_run_loses_nothing_and_keeps_order() {
-    let tdb = TestDb::new(Backend::Postgres).await;
-    let q = Queues::new(false);
-    let hubs = workers(&tdb.url, &q, 3).await;
-    let core = Arc::new(Collect::default());
-    let cancel = CancellationToken::new();
-    tokio::spawn(Receiver::new(rabbit(), q.payments.clone(), core.clone()).prefetch(100).run(cancel.clone()));
-    let other = Arc::new(Collect::default());
-    tokio::spawn(Receiver::new(rabbit(), q.members.clone(), other).prefetch(100).run(cancel.clone()));
+    let Run { connection, tdb, q, hubs, core, cancel } = three_workers().await;
     let total = 900u64;
     let mut tick = tokio::time::interval(Duration::from_millis(4));
     for i in 0..total {
@@ -396,11 +412,8 @@ async fn fault_run_loses_nothing_and_keeps_order() {
         match i {
             300 => hubs[2].abort(),
             450 => {
-                let out = std::process::Command::new("rabbitmqctl")
-                    .args(["close_all_connections", "post-office fault run"])
-                    .output()
-                    .expect("rabbitmqctl runs (scripts/test.sh installs RabbitMQ)");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                // This run's connections only: tests running beside it keep theirs.
+                assert!(close_rabbit_connections(&connection) >= 2, "the workers' connections were open");
             }
             600 => {
                 let name = tdb.name().to_owned();

@@ -242,3 +242,34 @@ pub fn rabbit_config() -> layer4_dispatch::RabbitMqConfig {
 pub fn rabbit() -> Arc<dyn layer4_dispatch::Transport> {
     Arc::new(layer4_dispatch::RabbitMqTransport::new(rabbit_config()))
 }
+
+/// A RabbitMQ transport whose connection carries `name`, so a test can close its own
+/// connections without touching those of tests running beside it.
+pub fn rabbit_named(name: &str) -> Arc<dyn layer4_dispatch::Transport> {
+    let mut c = rabbit_config();
+    c.connection_name = name.to_owned();
+    Arc::new(layer4_dispatch::RabbitMqTransport::new(c))
+}
+
+/// Closes every broker connection named `name` (as the broker's operator would); how many.
+pub fn close_rabbit_connections(name: &str) -> usize {
+    // The table output, whose pids `close_connection` takes (the JSON formatter's do not parse).
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs (scripts/test.sh installs RabbitMQ)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let marker = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(&marker)) {
+        let Some(pid) = line.split('\t').next() else { continue };
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "post-office test: connection closed on purpose"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        closed += 1;
+    }
+    closed
+}
