@@ -22,17 +22,23 @@ use crate::error::{Error, Result};
 use crate::hub::{StatusCount, counts};
 use crate::lineage::{Lineage, lineage};
 
-/// The raw bytes of a message, re-checked against their stored hash.
+/// The raw bytes of a message, re-checked against their stored hash: a third party's payload
+/// (layer 1), or a core app's downstream message whose body was kept as bytes because it was
+/// not UTF-8 text without NUL (layer 4, `raw_body`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RawBody {
-    /// The layer 1 id.
+    /// The row's id: the layer 1 row, or the downstream layer 4 row.
     pub id: Uuid,
-    /// The sender's content type.
+    /// Which layer's row holds the bytes.
+    pub layer: Layer,
+    /// The sender's content type; empty for a layer 4 row (the core app's messages carry none
+    /// the hub keeps).
     pub content_type: String,
     /// The bytes, base64; `null` when withheld (see `body_withheld`).
     pub body_base64: Option<String>,
     /// The request headers kept at ingest (secrets were redacted then and are not on record);
-    /// `null` when withheld.
+    /// `null` when withheld, and always for a layer 4 row (its headers are the row's columns,
+    /// shown in the lineage).
     pub headers: Option<serde_json::Value>,
     /// Why the bytes and headers are not shown (the caller's token lacks scope `raw`); absent
     /// when they are.
@@ -63,34 +69,70 @@ pub struct MessageView {
     /// Every row of the flow, in layer order.
     #[serde(flatten)]
     pub lineage: Lineage,
-    /// The raw bytes of every layer 1 row of the flow (one, or more after replays).
+    /// The raw bytes of every layer 1 row of the flow (one, or more after replays), and of a
+    /// downstream layer 4 row whose body is kept as bytes.
     pub raw: Vec<RawBody>,
 }
 
-/// One message from any layer's id, with or without what the third party sent.
+/// One message from any layer's id, with or without what the third party (or, downstream, the
+/// core app) sent.
 pub async fn message(db: &DatabaseConnection, id: Uuid, access: RawAccess) -> Result<MessageView> {
     let lineage = lineage(db, id).await?;
+    let shown = access == RawAccess::Shown;
     let raw_ids: Vec<Uuid> = lineage.entries.iter().filter(|e| e.layer == Layer::Raw).map(|e| e.id).collect();
     let rows = l1::Entity::find().filter(l1::Column::Id.is_in(raw_ids)).all(db).await?;
-    let raw = rows
+    let mut raw: Vec<RawBody> = rows
         .into_iter()
-        .map(|r| {
-            let shown = access == RawAccess::Shown;
-            RawBody {
-                id: r.id,
-                content_type: r.content_type.clone(),
-                // The hash is re-checked either way: integrity is the reader's business too.
-                sha256_verified: layer1_ingest::ingest::sha256_hex(&r.body) == r.body_sha256,
-                body_base64: shown.then(|| base64::engine::general_purpose::STANDARD.encode(&r.body)),
-                // Stored as JSON text by ingest; text that does not parse is shown as text.
-                headers: shown.then(|| {
-                    serde_json::from_str(&r.headers).unwrap_or(serde_json::Value::String(r.headers.clone()))
-                }),
-                body_withheld: (!shown).then(|| WITHHELD.to_owned()),
-                sha256: r.body_sha256,
-            }
+        .map(|r| RawBody {
+            id: r.id,
+            layer: Layer::Raw,
+            content_type: r.content_type.clone(),
+            // The hash is re-checked either way: integrity is the reader's business too.
+            sha256_verified: layer1_ingest::ingest::sha256_hex(&r.body) == r.body_sha256,
+            body_base64: shown.then(|| base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            // Stored as JSON text by ingest; text that does not parse is shown as text.
+            headers: shown.then(|| {
+                serde_json::from_str(&r.headers).unwrap_or(serde_json::Value::String(r.headers.clone()))
+            }),
+            body_withheld: (!shown).then(|| WITHHELD.to_owned()),
+            sha256: r.body_sha256,
         })
         .collect();
+    // Downstream, the core app's bytes are on the layer 4 row when `body` could not hold them.
+    let downstream: Vec<Uuid> = lineage
+        .entries
+        .iter()
+        .filter(|e| e.layer == Layer::Dispatch && e.direction == Direction::Downstream)
+        .map(|e| e.id)
+        .collect();
+    if !downstream.is_empty() {
+        let kept = l4::raw_body::Entity::find()
+            .filter(l4::raw_body::Column::Id.is_in(downstream))
+            .filter(l4::raw_body::Column::RawBody.is_not_null())
+            .all(db)
+            .await?;
+        raw.extend(kept.into_iter().filter_map(|r| {
+            let bytes = r.raw_body?;
+            // Such a row is a contract breach keyed `sha256:<hex of its bytes>`: that is the
+            // stored hash. A key of another form is shown empty and unverified, not guessed.
+            let sha256 = r
+                .intake_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("sha256:"))
+                .unwrap_or_default()
+                .to_owned();
+            Some(RawBody {
+                id: r.id,
+                layer: Layer::Dispatch,
+                content_type: String::new(),
+                sha256_verified: !sha256.is_empty() && layer1_ingest::ingest::sha256_hex(&bytes) == sha256,
+                body_base64: shown.then(|| base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                headers: None,
+                body_withheld: (!shown).then(|| WITHHELD.to_owned()),
+                sha256,
+            })
+        }));
+    }
     Ok(MessageView { lineage, raw })
 }
 

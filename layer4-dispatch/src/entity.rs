@@ -37,7 +37,9 @@ pub struct Model {
     pub message_type: String,
     /// Core message type version.
     pub type_version: String,
-    /// The core message as JSON text: the published body.
+    /// The core message as JSON text: the published body. Downstream, the body exactly as the
+    /// core app sent it when that is text a column can hold (UTF-8 without NUL); otherwise
+    /// empty, and the bytes are in `raw_body` (see [`raw_body`]).
     pub body: String,
     /// Messages with the same key reach the receiver in order (when the route asks for it).
     pub ordering_key: Option<String>,
@@ -58,6 +60,37 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// `layer4_dispatch.raw_body` on its own: the bytes of a downstream message that `body` (text)
+/// cannot hold exactly, because they are not UTF-8 or hold a NUL. Intake writes them and the
+/// audit desk reads them; nothing else does.
+///
+/// A narrow view of the same table rather than a field of [`Model`]: the outbox's hot paths
+/// (route, publish, receipts) load and write layer 4 rows several times per message and never
+/// need these bytes, so they neither select nor carry them.
+pub mod raw_body {
+    use sea_orm::entity::prelude::*;
+
+    /// A layer 4 row's id, intake key and kept bytes.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "layer4_dispatch")]
+    pub struct Model {
+        /// The layer 4 row's id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        /// For a row with `raw_body`: `sha256:<hex of the bytes>` (such a row is always a
+        /// contract breach, keyed by its bytes), so the bytes can be re-checked.
+        pub intake_key: Option<String>,
+        /// The body byte for byte; `NULL` when `body` holds it (every upstream row).
+        pub raw_body: Option<Vec<u8>>,
+    }
+
+    /// No relations, as for the full row.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
 
 impl LayerTable for Entity {
     const LAYER: Layer = Layer::Dispatch;

@@ -1,14 +1,17 @@
 //! Downstream intake: the core app publishes to the hub's inbound queue; each message is stored
 //! in `layer4_dispatch` (direction downstream, status Just In) with the core app's message id as
 //! `source_ref`, once. A message that breaks the contract is stored too, as `rejected` with the
-//! reason: nothing the core app sent is lost.
+//! reason: nothing the core app sent is lost. Its body is kept exactly: as text in `body` when
+//! it is UTF-8 without NUL, otherwise byte for byte in `raw_body` (and `body` empty).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,14 +40,34 @@ fn fit(v: &str, max: usize) -> String {
     v.chars().filter(|c| *c != '\0').take(max).collect()
 }
 
-fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::ActiveModel {
+/// The body as text a column holds exactly, or why it is not: the reason names the first byte
+/// at fault, so the core app's developers can find it in what they sent.
+fn body_text(body: &[u8]) -> Result<&str, String> {
+    match std::str::from_utf8(body) {
+        Err(e) => Err(format!("body is not UTF-8 JSON: invalid byte at offset {}", e.valid_up_to())),
+        // JSON has no raw NUL anywhere (in a string it is written `\u0000`), and PostgreSQL
+        // text cannot hold one: such a body is refused, and kept as bytes.
+        Ok(text) => match body.iter().position(|b| *b == 0) {
+            Some(at) => Err(format!("body is not JSON: NUL byte at offset {at}")),
+            None => Ok(text),
+        },
+    }
+}
+
+/// One inbound message as a row, plus its bytes when `body` cannot hold them (see
+/// [`entity::raw_body`]): the caller writes those in the row's transaction.
+fn row<'a>(
+    headers: &Headers,
+    body: &'a [u8],
+    now: chrono::DateTime<Utc>,
+) -> (entity::ActiveModel, Option<(Uuid, &'a [u8])>) {
     let id = Uuid::now_v7();
     let get = |k: &str| headers.get(k).filter(|v| !v.is_empty()).cloned();
     let target = get(TARGET);
     let core_id = get(CORE_MESSAGE_ID);
     let message_type = get(wire::TYPE);
-    let text = std::str::from_utf8(body).ok();
-    let problem = if target.is_none() {
+    let text = body_text(body);
+    let header_problem = if target.is_none() {
         Some(format!("header `{TARGET}` missing"))
     } else if core_id.is_none() {
         Some(format!("header `{CORE_MESSAGE_ID}` missing"))
@@ -59,13 +82,16 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)))
     {
         Some("a header holds control characters".to_owned())
-    } else if body.contains(&0) {
-        Some("body holds a NUL byte".to_owned())
     } else {
-        match text.map(serde_json::from_str::<serde_json::Value>) {
-            None => Some("body is not UTF-8".to_owned()),
-            Some(Err(e)) => Some(format!("body is not JSON: {e}")),
-            Some(Ok(_)) => None,
+        None
+    };
+    let problem = match (header_problem, &text) {
+        // Both named: an empty `body` must never read as "the core app sent nothing".
+        (Some(h), Err(b)) => Some(format!("{h}; {b}")),
+        (Some(h), Ok(_)) => Some(h),
+        (None, Err(b)) => Some(b.clone()),
+        (None, Ok(t)) => {
+            serde_json::from_str::<serde_json::Value>(t).err().map(|e| format!("body is not JSON: {e}"))
         }
     };
     let (status, intake_key, next) = match &problem {
@@ -77,7 +103,12 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         // A breach is keyed by its bytes, so a redelivered bad message is stored once.
         Some(_) => (Status::Rejected, format!("sha256:{}", layer1_ingest::ingest::sha256_hex(body)), None),
     };
-    entity::ActiveModel {
+    // Never altered: text as sent, or nothing here and the bytes beside it.
+    let (stored_text, raw) = match text {
+        Ok(t) => (t.to_owned(), None),
+        Err(_) => (String::new(), Some((id, body))),
+    };
+    let model = entity::ActiveModel {
         id: Set(id),
         direction: Set(Direction::Downstream),
         status: Set(status),
@@ -92,17 +123,19 @@ fn row(headers: &Headers, body: &[u8], now: chrono::DateTime<Utc>) -> entity::Ac
         destination: Set(fit(target.as_deref().unwrap_or("unknown"), 255)),
         message_type: Set(fit(message_type.as_deref().unwrap_or("unknown"), 128)),
         type_version: Set(fit(get(wire::TYPE_VERSION).as_deref().unwrap_or("1"), 32)),
-        body: Set(fit(&String::from_utf8_lossy(body), usize::MAX)),
+        body: Set(stored_text),
         ordering_key: Set(None),
         queued_at: Set(None),
         acknowledged_at: Set(None),
         intake_key: Set(Some(intake_key)),
         created_at: Set(now),
         updated_at: Set(now),
-    }
+    };
+    (model, raw)
 }
 
-/// Stores inbound messages idempotently, in one statement.
+/// Stores inbound messages idempotently: one statement, or, when some bodies must be kept as
+/// bytes, one transaction that also writes those.
 pub async fn store_inbound(
     db: &DatabaseConnection,
     msgs: &[(&Headers, &[u8])],
@@ -111,13 +144,37 @@ pub async fn store_inbound(
         return Ok(IntakeOutcome::default());
     }
     let now = Utc::now();
-    let rows: Vec<_> = msgs.iter().map(|(h, b)| row(h, b, now)).collect();
+    let mut rows = Vec::with_capacity(msgs.len());
+    let mut raw = Vec::new();
+    for (h, b) in msgs {
+        let (r, bytes) = row(h, b, now);
+        rows.push(r);
+        raw.extend(bytes);
+    }
     // The unique index on intake_key is partial (downstream rows only): the conflict target
     // names its predicate so that both engines match it.
     let mut on_conflict = OnConflict::column(Column::IntakeKey);
     on_conflict.target_and_where(Expr::col(Column::IntakeKey).is_not_null()).do_nothing();
-    let res =
-        Entity::insert_many(rows).on_conflict(on_conflict).try_insert().exec_without_returning(db).await?;
+    let insert = Entity::insert_many(rows).on_conflict(on_conflict).try_insert();
+    let res = if raw.is_empty() {
+        insert.exec_without_returning(db).await?
+    } else {
+        // The bytes commit with their row: a row committed without them would show an empty
+        // body for a message the core app did send. A row that was a duplicate was not
+        // inserted, and its update touches nothing (the copy on record has the same bytes,
+        // being keyed by their hash).
+        let txn = db.begin().await?;
+        let res = insert.exec_without_returning(&txn).await?;
+        for (id, bytes) in raw {
+            entity::raw_body::Entity::update_many()
+                .col_expr(entity::raw_body::Column::RawBody, Expr::value(bytes.to_vec()))
+                .filter(entity::raw_body::Column::Id.eq(id))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        res
+    };
     let stored = match res {
         sea_orm::TryInsertResult::Inserted(n) => usize::try_from(n).unwrap_or(0),
         _ => 0,

@@ -630,6 +630,120 @@ async fn downstream_intake_over_sqs_on_sqlite() {
     downstream_intake(Backend::Sqlite, sqs().await).await;
 }
 
+/// Bodies a text column cannot hold (not UTF-8; a NUL) arrive over RabbitMQ, which carries any
+/// bytes: each is stored byte for byte in `raw_body`, `rejected` with the offending byte's
+/// offset, once however often it is delivered, and shown base64 by the audit desk under scope
+/// `raw` only. A valid message beside them is stored as text, as before. (SQS cannot carry such
+/// bodies: its message bodies are Unicode text without NUL, so they never reach intake.)
+async fn downstream_intake_keeps_bytes(backend: Backend) {
+    use base64::Engine;
+    use hub_worker::audit::{self, RawAccess};
+
+    let tdb = TestDb::new(backend).await;
+    let q = Queues::new(false);
+    let transport = rabbit().await;
+    let hub = broker_builder(&tdb.url, transport.clone(), &q).build().await.expect("hub");
+    hub.start();
+    let msg = |id: &str, target: Option<&str>, body: &[u8]| {
+        let mut headers = layer4_dispatch::Headers::new();
+        headers.insert("core-message-id".into(), id.into());
+        if let Some(t) = target {
+            headers.insert("hub-target".into(), t.into());
+        }
+        headers.insert("hub-type".into(), "member.updated".into());
+        OutgoingMessage {
+            queue: q.inbound.clone(),
+            dedup_id: id.into(),
+            ordering_key: None,
+            headers,
+            body: body.to_vec(),
+        }
+    };
+    // Latin-1 `é` (0xE9) where UTF-8 needs two bytes: the byte at offset 30 is invalid.
+    let latin1: &[u8] = b"{\"member_id\":\"m-7\",\"name\":\"Ren\xe9\"}";
+    // A NUL inside a string: UTF-8, but neither JSON nor PostgreSQL text.
+    let nul: &[u8] = b"{\"member_id\":\"m-8\",\"note\":\"a\x00b\"}";
+    // Both problems at once: the reason names the header and the body.
+    let no_target: &[u8] = b"\xff\xfe{}\x00";
+    let valid: &[u8] = br#"{"member_id":"m-9","points":12345678901234567890}"#;
+    let sent = [
+        msg("core-bytes-1", Some("crm-contacts"), latin1),
+        msg("core-bytes-2", Some("crm-contacts"), nul),
+        msg("core-bytes-3", None, no_target),
+        msg("core-bytes-4", Some("crm-contacts"), valid),
+        // Delivered again: still one row each.
+        msg("core-bytes-1", Some("crm-contacts"), latin1),
+        msg("core-bytes-2", Some("crm-contacts"), nul),
+    ];
+    for r in transport.publish(&sent).await {
+        r.expect("published");
+    }
+    let downstream =
+        || l4::Entity::find().filter(l4::Column::Direction.eq(Direction::Downstream)).all(hub.db());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while downstream().await.expect("l4").len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "intake stored too few rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = downstream().await.expect("l4");
+    assert_eq!(rows.len(), 4, "one row per message, duplicates dropped: {rows:?}");
+    let kept: HashMap<uuid::Uuid, Option<Vec<u8>>> = l4::raw_body::Entity::find()
+        .all(hub.db())
+        .await
+        .expect("raw_body")
+        .into_iter()
+        .map(|r| (r.id, r.raw_body))
+        .collect();
+    let by_ref = |r: &str| rows.iter().find(|m| m.source_ref.as_deref() == Some(r)).expect("stored");
+    for (core_id, bytes, reason) in [
+        ("core-bytes-1", latin1, "body is not UTF-8 JSON: invalid byte at offset 30".to_owned()),
+        ("core-bytes-2", nul, "body is not JSON: NUL byte at offset 28".to_owned()),
+        (
+            "core-bytes-3",
+            no_target,
+            "header `hub-target` missing; body is not UTF-8 JSON: invalid byte at offset 0".to_owned(),
+        ),
+    ] {
+        let row = by_ref(core_id);
+        assert_eq!(row.status, Status::Rejected, "{row:?}");
+        assert_eq!(row.last_error.as_deref(), Some(reason.as_str()), "{row:?}");
+        assert_eq!(row.body, "", "no altered copy of the body beside the bytes");
+        // Byte for byte, compared as bytes.
+        assert_eq!(kept.get(&row.id).cloned().flatten().as_deref(), Some(bytes), "{core_id}");
+
+        let shown = audit::message(hub.db(), row.id, RawAccess::Shown).await.expect("message");
+        assert_eq!(shown.raw.len(), 1, "{shown:?}");
+        let raw = &shown.raw[0];
+        assert_eq!((raw.id, raw.layer, raw.sha256_verified), (row.id, Layer::Dispatch, true));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(raw.body_base64.as_deref().expect("shown with raw"))
+            .expect("base64");
+        assert_eq!(decoded, bytes);
+        let withheld = audit::message(hub.db(), row.id, RawAccess::Withheld).await.expect("message");
+        assert_eq!(withheld.raw[0].body_base64, None);
+        assert_eq!(withheld.raw[0].body_withheld.as_deref(), Some(audit::WITHHELD));
+        assert!(withheld.raw[0].sha256_verified, "the hash is re-checked without showing the bytes");
+    }
+    let good = by_ref("core-bytes-4");
+    assert_eq!((good.status, good.last_error.as_deref()), (Status::JustIn, None));
+    assert_eq!(good.body.as_bytes(), valid, "valid JSON kept as text, exactly");
+    assert_eq!(kept.get(&good.id), Some(&None), "no bytes column for a text body");
+    assert!(audit::message(hub.db(), good.id, RawAccess::Shown).await.expect("message").raw.is_empty());
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_intake_keeps_bytes_over_rabbitmq_on_postgres() {
+    downstream_intake_keeps_bytes(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_intake_keeps_bytes_over_rabbitmq_on_sqlite() {
+    downstream_intake_keeps_bytes(Backend::Sqlite).await;
+}
+
 /// Fails the first two translations of one event: its record waits in layer 2 for a retry
 /// (a second of backoff) while later events of the same customer are translated and routed.
 struct FailsTwiceFor {
