@@ -81,10 +81,16 @@ fn event(tag: &str, i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs the benchmark on `transport`.
-pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<BenchReport> {
+/// A run's tag, its destination (`bench.<tag>.<what>`) and a hub builder with the bench's
+/// settings publishing payments there over `transport`.
+fn set_up(
+    cfg: &BenchConfig,
+    what: &str,
+    ordering_key: Option<String>,
+    transport: Arc<dyn Transport>,
+) -> (String, String, crate::hub::HubBuilder) {
     let tag = Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let destination = format!("bench.{tag}.payments");
+    let destination = format!("bench.{tag}.{what}");
     let mut settings = HubSettings::default();
     settings.stage.batch_size = cfg.batch_size;
     settings.stage.poll_interval = Duration::from_millis(200);
@@ -92,13 +98,19 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
     let routes = RouteTable::new(vec![Route {
         message_type: "payment.*".into(),
         destination: destination.clone(),
-        ordering_key: None,
+        ordering_key,
         ..Default::default()
     }]);
     let builder = Hub::builder(cfg.database_url.clone())
         .settings(settings)
-        .transport(transport.clone())
+        .transport(transport)
         .router(Arc::new(routes));
+    (tag, destination, builder)
+}
+
+/// Runs the benchmark on `transport`.
+pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<BenchReport> {
+    let (tag, destination, builder) = set_up(cfg, "payments", None, transport.clone());
     let builder = match &cfg.integrations_dir {
         None => integrations::register(builder, integrations::payments::SOURCE)
             .ok_or_else(|| Error::Config("payments integration missing".into()))?,
@@ -284,23 +296,9 @@ pub struct DrainReport {
 /// back and the publisher drains them, receivers acknowledging.
 pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize) -> Result<DrainReport> {
     use layer4_dispatch::entity as l4;
-    let tag = Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let destination = format!("bench.{tag}.backlog");
-    let mut settings = HubSettings::default();
-    settings.stage.batch_size = cfg.batch_size;
-    settings.stage.poll_interval = Duration::from_millis(200);
-    settings.publish.receipts_queue = format!("bench.{tag}.receipts");
-    let routes = RouteTable::new(vec![Route {
-        message_type: "payment.*".into(),
-        destination: destination.clone(),
-        ordering_key: (keys > 0).then(|| "/customer_ref".to_owned()),
-        ..Default::default()
-    }]);
     let gate = Arc::new(Gate { inner: transport.clone(), open: false.into() });
-    let builder = Hub::builder(cfg.database_url.clone())
-        .settings(settings)
-        .transport(gate.clone())
-        .router(Arc::new(routes));
+    let ordering = (keys > 0).then(|| "/customer_ref".to_owned());
+    let (tag, destination, builder) = set_up(cfg, "backlog", ordering, gate.clone());
     let builder = integrations::register(builder, integrations::payments::SOURCE)
         .ok_or_else(|| Error::Config("payments integration missing".into()))?;
     let hub = builder.build().await?;
