@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine too: starts PostgreSQL and RabbitMQ if they
 # are installed but down, installs them with apt if they are missing (and we may), makes sure
 # the test database and account work over TCP, runs an SQS-compatible server (moto, from PyPI,
-# in a virtual environment of its own) on 127.0.0.1:4566, then runs every test of the workspace.
+# in a virtual environment of its own) on 127.0.0.1:4566, checks that hub-worker builds without
+# each transport feature, then runs every test of the workspace (examples included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +98,13 @@ ensure_moto
 log "SQS-compatible server ready at $HUB_TEST_SQS"
 log_file=$(mktemp)
 trap 'rm -f "$log_file"; [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
+# The transports are cargo features; the main run below builds them all, so a cfg mistake in
+# a build without one would pass unseen. Check (not build) the combinations an embedder picks.
+for features in "" "--features rabbitmq" "--features sqs"; do
+  log "cargo check -p hub-worker --no-default-features $features"
+  # shellcheck disable=SC2086 # $features is zero or two words on purpose
+  cargo check -p hub-worker --no-default-features $features --locked --quiet
+done
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}

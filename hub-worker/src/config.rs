@@ -11,10 +11,11 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use layer1_ingest::StageSettings;
-use layer4_dispatch::{
-    InProcessConfig, InProcessTransport, PublishSettings, RabbitMqConfig, RabbitMqTransport, Route,
-    RouteTable, SqsConfig, SqsTransport, Transport,
-};
+use layer4_dispatch::{InProcessConfig, InProcessTransport, PublishSettings, Route, RouteTable, Transport};
+#[cfg(feature = "rabbitmq")]
+use layer4_dispatch::{RabbitMqConfig, RabbitMqTransport};
+#[cfg(feature = "sqs")]
+use layer4_dispatch::{SqsConfig, SqsTransport};
 
 use crate::error::{Error, Result};
 use crate::files::{self, Diagnostic, Integration, Locator};
@@ -422,9 +423,53 @@ pub enum TransportConfig {
     /// consumer for them, so `check` and `run` refuse it unless `accept_without_consumer`.
     InProcess(InProcessSettings),
     /// RabbitMQ: `url`, `quorum_queues`, `max_message_bytes`, `confirm_timeout_secs`.
+    #[cfg(feature = "rabbitmq")]
     Rabbitmq(RabbitMqConfig),
+    /// RabbitMQ in a build without it: the config fails to load, saying so.
+    #[cfg(not(feature = "rabbitmq"))]
+    Rabbitmq(NotBuilt<NoRabbitMq>),
     /// AWS SQS or a compatible server: `endpoint_url`, `region`, `wait_time_seconds`, ...
+    #[cfg(feature = "sqs")]
     Sqs(SqsConfig),
+    /// SQS in a build without it: the config fails to load, saying so.
+    #[cfg(not(feature = "sqs"))]
+    Sqs(NotBuilt<NoSqs>),
+}
+
+/// A transport this build was compiled without, named by `kind`. Its variant stays in
+/// [`TransportConfig`] so the config fails with the cargo feature to turn on rather than serde's
+/// "unknown variant"; no value of it can exist (it never deserializes), so the code that would
+/// build the transport is unreachable and needs no stub.
+#[derive(Debug, Clone)]
+pub struct NotBuilt<F>(std::convert::Infallible, std::marker::PhantomData<F>);
+
+/// Names a cargo feature for [`NotBuilt`].
+pub trait MissingFeature {
+    /// The `kind` and the cargo feature (they are spelled alike).
+    const NAME: &'static str;
+}
+
+/// `kind = "rabbitmq"` without the `rabbitmq` feature.
+#[derive(Debug, Clone)]
+pub enum NoRabbitMq {}
+impl MissingFeature for NoRabbitMq {
+    const NAME: &'static str = "rabbitmq";
+}
+
+/// `kind = "sqs"` without the `sqs` feature.
+#[derive(Debug, Clone)]
+pub enum NoSqs {}
+impl MissingFeature for NoSqs {
+    const NAME: &'static str = "sqs";
+}
+
+impl<'de, F: MissingFeature> Deserialize<'de> for NotBuilt<F> {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(serde::de::Error::custom(format_args!(
+            "this build has no {0} transport (cargo feature `{0}`)",
+            F::NAME
+        )))
+    }
 }
 
 impl Default for TransportConfig {
@@ -470,8 +515,14 @@ impl TransportConfig {
     pub async fn build(&self) -> Arc<dyn Transport> {
         match self {
             TransportConfig::InProcess(c) => Arc::new(InProcessTransport::new(c.into())),
+            #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(c) => Arc::new(RabbitMqTransport::new(c.clone())),
+            #[cfg(feature = "sqs")]
             TransportConfig::Sqs(c) => Arc::new(SqsTransport::new(c.clone()).await),
+            #[cfg(not(feature = "rabbitmq"))]
+            TransportConfig::Rabbitmq(n) => match n.0 {},
+            #[cfg(not(feature = "sqs"))]
+            TransportConfig::Sqs(n) => match n.0 {},
         }
     }
 
@@ -481,8 +532,14 @@ impl TransportConfig {
             TransportConfig::InProcess(_) => {
                 Ok(layer4_dispatch::QueueNames::by_rule(layer4_dispatch::NameRule::InProcess))
             }
+            #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(c) => c.queue_names(),
+            #[cfg(feature = "sqs")]
             TransportConfig::Sqs(c) => c.queue_names(),
+            #[cfg(not(feature = "rabbitmq"))]
+            TransportConfig::Rabbitmq(n) => match n.0 {},
+            #[cfg(not(feature = "sqs"))]
+            TransportConfig::Sqs(n) => match n.0 {},
         }
     }
 }
@@ -771,4 +828,22 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
         }
     }
     if out.is_empty() { Ok((cfg, loaded.integrations)) } else { Err(out) }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A config naming a transport this build was compiled without fails to load, naming the
+    /// cargo feature (seen with `cargo test -p hub-worker --no-default-features --lib`).
+    #[test]
+    fn a_transport_left_out_of_the_build_is_a_config_error() {
+        for (kind, built) in [("rabbitmq", cfg!(feature = "rabbitmq")), ("sqs", cfg!(feature = "sqs"))] {
+            if built {
+                continue;
+            }
+            let text = format!("[database]\nurl = \"sqlite::memory:\"\n[transport]\nkind = \"{kind}\"\n");
+            let err = toml::from_str::<super::Config>(&text).expect_err("a transport not built").to_string();
+            let want = format!("this build has no {kind} transport (cargo feature `{kind}`)");
+            assert!(err.contains(&want), "{err}");
+        }
+    }
 }

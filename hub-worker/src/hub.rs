@@ -223,7 +223,27 @@ pub struct StatusCount {
 
 impl Hub {
     /// A builder on `database_url` (`sqlite://file.db?mode=rwc`, `sqlite::memory:`,
-    /// `postgres://...`).
+    /// `postgres://...`). A whole embedding, receiver included: `examples/embed.rs`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> hub_worker::Result<()> {
+    /// use std::sync::Arc;
+    /// use hub_worker::{Hub, integrations};
+    /// use layer4_dispatch::InProcessTransport;
+    ///
+    /// // The core app keeps the transport: its `Receiver`s consume from the same one.
+    /// let transport = Arc::new(InProcessTransport::default());
+    /// let builder = Hub::builder("sqlite::memory:")
+    ///     .transport(transport.clone())
+    ///     .router(Arc::new(integrations::demo_routes()));
+    /// // A built-in integration adds its normalizer and translators; `.normalizer(..)` and
+    /// // `.translator(..)` add your own.
+    /// let hub = integrations::register(builder, "payments").expect("built in").build().await?;
+    /// hub.start();
+    /// hub.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(database_url: impl Into<String>) -> HubBuilder {
         HubBuilder {
             database_url: database_url.into(),
@@ -255,6 +275,22 @@ impl Hub {
     /// A database error is [`layer1_ingest::Error::Db`] when nothing was stored and
     /// [`layer1_ingest::Error::OutcomeUnknown`] when the commit got no answer; retrying is safe
     /// after either.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> hub_worker::Result<()> {
+    /// # use std::sync::Arc;
+    /// use hub_worker::{Hub, IngestMeta, integrations};
+    /// # let b = Hub::builder("sqlite::memory:").router(Arc::new(integrations::demo_routes()));
+    /// # let hub = integrations::register(b, "payments").expect("built in").build().await?;
+    /// let body = br#"{"id":"evt_1","type":"payment.succeeded"}"#;
+    /// let meta = IngestMeta { source_ref: Some("evt_1".into()), ..IngestMeta::default() };
+    /// let first = hub.ingest("payments", body, meta.clone()).await?;
+    /// // The same event again (a webhook retried): nothing new stored, the same id.
+    /// let again = hub.ingest("payments", body, meta).await?;
+    /// assert!(again.duplicate && again.id == first.id);
+    /// # Ok(()) }
+    /// ```
     pub async fn ingest(&self, source: &str, body: &[u8], meta: IngestMeta) -> Result<Ingested> {
         self.ingest_batch(source, &[(body, meta)])
             .await?

@@ -1,7 +1,7 @@
 //! Layer 4 of the post office: routing core messages to destination queues (the outbox),
 //! publishing with broker confirms, recording receipts, and the core app's [`Receiver`].
-//! The [`transport::Transport`] trait hides the broker; `in-process` ships here, RabbitMQ and
-//! SQS plug in behind the same trait.
+//! The [`transport::Transport`] trait hides the broker; `in-process` is always built, RabbitMQ
+//! and SQS plug in behind the same trait with the cargo features `rabbitmq` and `sqs`.
 
 pub mod entity;
 pub mod intake;
@@ -23,4 +23,8 @@ pub use route::{Route, RouteTable, Router, Target};
 pub use route_stage::{RouteStage, dispatch_rows};
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};
-pub use transport::{NameRule, QueueNames, RabbitMqConfig, RabbitMqTransport, SqsConfig, SqsTransport};
+pub use transport::{NameRule, QueueNames};
+#[cfg(feature = "rabbitmq")]
+pub use transport::{RabbitMqConfig, RabbitMqTransport};
+#[cfg(feature = "sqs")]
+pub use transport::{SqsConfig, SqsTransport};

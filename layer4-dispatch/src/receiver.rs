@@ -126,6 +126,34 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver of `queue` running `handler`. Remembers the last 100,000 ids for duplicate
     /// dropping.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// use layer4_dispatch::{Handled, Handler, InProcessTransport, InboundMessage, Receiver};
+    ///
+    /// struct Orders;
+    /// #[async_trait::async_trait]
+    /// impl Handler for Orders {
+    ///     async fn handle(&self, msg: &InboundMessage) -> Handled {
+    ///         match msg.body.get("order_id") {
+    ///             Some(_) => Handled::Accepted, // receipt `acknowledged`
+    ///             None => Handled::Rejected("no order_id".into()), // receipt `rejected`
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// // The hub's transport (`Hub::transport`, or the one given to its builder).
+    /// let transport = Arc::new(InProcessTransport::default());
+    /// let cancel = tokio_util::sync::CancellationToken::new();
+    /// let receiver = Receiver::new(transport, "core.orders", Arc::new(Orders));
+    /// let running = tokio::spawn(receiver.run(cancel.clone()));
+    /// // ... until the app stops:
+    /// cancel.cancel();
+    /// running.await.expect("receiver task");
+    /// # }
+    /// ```
     pub fn new(transport: Arc<dyn Transport>, queue: impl Into<String>, handler: Arc<dyn Handler>) -> Self {
         Self {
             transport,

@@ -3,7 +3,8 @@
 //!
 //! rustls with the aws-lc-rs provider, chosen explicitly: the workspace already builds both
 //! aws-lc-rs (the AWS SDK) and ring (lapin, sqlx), so rustls cannot pick a process default on
-//! its own, and naming one here adds no crypto library to the build. Handshakes run in tasks of
+//! its own. With the `sqs` feature that adds no crypto library to the build; without it, this
+//! provider is what still brings aws-lc-rs (and the C library aws-lc-sys) in. Handshakes run in tasks of
 //! their own, bounded in time, so a slow or silent client cannot hold up the accept loop; the
 //! connections they yield are served by `axum::serve`, graceful shutdown included.
 

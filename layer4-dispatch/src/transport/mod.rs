@@ -1,7 +1,8 @@
 //! The [`Transport`] trait: a queue abstraction with confirmed publishes and explicitly
 //! acknowledged deliveries, which the publisher, the receipt consumer, the core-app
 //! [`Receiver`](crate::Receiver) and (later) downstream intake all use. One module per backend;
-//! each exports its config and one public type.
+//! each exports its config and one public type. `in_process` is always built; `rabbitmq` and
+//! `sqs` only with the cargo features of the same names (their clients are large).
 
 use std::collections::BTreeMap;
 
@@ -9,12 +10,16 @@ use async_trait::async_trait;
 
 pub mod in_process;
 pub mod names;
+#[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
 pub use names::{NameRule, QueueNames};
 
+#[cfg(feature = "rabbitmq")]
 pub use rabbitmq::{RabbitMqConfig, RabbitMqTransport};
+#[cfg(feature = "sqs")]
 pub use sqs::{SqsConfig, SqsTransport};
 
 /// Message headers (AMQP headers / SQS message attributes), string-valued.
