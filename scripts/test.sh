@@ -98,11 +98,14 @@ ensure_moto
 log "SQS-compatible server ready at $HUB_TEST_SQS"
 log_file=$(mktemp)
 trap 'rm -f "$log_file"; [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null; true' EXIT
-# The transports are cargo features; the main run below builds them all, so a cfg mistake in
-# a build without one would pass unseen. Check (not build) the combinations an embedder picks.
-for features in "" "--features rabbitmq" "--features sqs"; do
+# The transports and the HTTPS server are cargo features; the main run below builds them all,
+# so a cfg mistake in a build without one would pass unseen. Check the combinations an embedder
+# picks, and run the library's own tests with none (they test what a missing feature refuses).
+log "cargo test -p hub-worker --no-default-features --lib"
+cargo test -p hub-worker --no-default-features --lib --locked --quiet
+for features in "--features rabbitmq" "--features sqs" "--features tls"; do
   log "cargo check -p hub-worker --no-default-features $features"
-  # shellcheck disable=SC2086 # $features is zero or two words on purpose
+  # shellcheck disable=SC2086 # $features is two words on purpose
   cargo check -p hub-worker --no-default-features $features --locked --quiet
 done
 set +e

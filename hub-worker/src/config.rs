@@ -23,6 +23,13 @@ use crate::http::auth::{Scope, Token, Tokens};
 use crate::hub::{Hub, HubBuilder, HubSettings};
 use crate::integrations;
 
+/// What `run` serves HTTPS with (a build without the `tls` feature has none to give).
+#[cfg(feature = "tls")]
+pub type ServerTls = Arc<rustls::ServerConfig>;
+/// What `run` serves HTTPS with (a build without the `tls` feature has none to give).
+#[cfg(not(feature = "tls"))]
+pub type ServerTls = std::convert::Infallible;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -680,13 +687,19 @@ impl Config {
 
     /// The HTTP server's TLS configuration, its files read and checked now; `None`: plain
     /// HTTP (no `[http]`, or neither `tls_cert` nor `tls_key`).
-    pub fn http_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    pub fn http_tls(&self) -> Result<Option<ServerTls>> {
         let Some(h) = &self.http else { return Ok(None) };
         match (&h.tls_cert, &h.tls_key) {
             (None, None) => Ok(None),
+            #[cfg(feature = "tls")]
             (Some(cert), Some(key)) => {
                 crate::http::tls::server_config(&self.base_dir.join(cert), &self.base_dir.join(key)).map(Some)
             }
+            #[cfg(not(feature = "tls"))]
+            (Some(_), Some(_)) => Err(Error::Config(
+                "http.tls_cert: this build has no TLS (cargo feature `tls`); serve plain HTTP behind a proxy"
+                    .into(),
+            )),
             (Some(_), None) => Err(Error::Config(
                 "http.tls_key: missing; http.tls_cert is set (give both for HTTPS, or neither)".into(),
             )),
@@ -845,5 +858,15 @@ mod tests {
             let want = format!("this build has no {kind} transport (cargo feature `{kind}`)");
             assert!(err.contains(&want), "{err}");
         }
+    }
+
+    /// HTTPS asked of a build without TLS is a config error, not a plain-HTTP server.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_left_out_of_the_build_is_a_config_error() {
+        let text = "[database]\nurl = \"sqlite::memory:\"\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let cfg = toml::from_str::<super::Config>(text).expect("config");
+        let err = cfg.http_tls().expect_err("no TLS in this build").to_string();
+        assert!(err.contains("cargo feature `tls`"), "{err}");
     }
 }

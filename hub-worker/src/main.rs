@@ -445,9 +445,12 @@ async fn main() -> anyhow::Result<()> {
                     eprintln!("listening on {url} (/healthz, /readyz; everything else once the hub is up)");
                     let app = gate.router();
                     let task = match tls {
+                        #[cfg(feature = "tls")]
                         Some(tls) => {
                             tokio::spawn(hub_worker::http::serve_tls(listener, tls, app, cancel.clone()))
                         }
+                        #[cfg(not(feature = "tls"))]
+                        Some(never) => match never {},
                         None => tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())),
                     };
                     Some((task, url))

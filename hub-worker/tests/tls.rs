@@ -1,6 +1,8 @@
 //! `hub-worker run` serving HTTPS from `[http] tls_cert` and `tls_key`, with a certificate made
 //! in the test; the plain-HTTP port is no more; bad TLS settings are configuration errors.
 
+#![cfg(feature = "tls")]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod gate;
 pub mod ingest;
 pub mod problem;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod verify;
 
@@ -132,6 +133,7 @@ pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationTo
         .await
 }
 
+#[cfg(feature = "tls")]
 /// [`serve`] over HTTPS: TLS handshakes with `tls` on `listener` (see [`tls`]), the same
 /// routes, connection info and graceful shutdown.
 pub async fn serve_tls(

@@ -4,7 +4,9 @@
 //! rustls with the aws-lc-rs provider, chosen explicitly: the workspace already builds both
 //! aws-lc-rs (the AWS SDK) and ring (lapin, sqlx), so rustls cannot pick a process default on
 //! its own. With the `sqs` feature that adds no crypto library to the build; without it, this
-//! provider is what still brings aws-lc-rs (and the C library aws-lc-sys) in. Handshakes run in tasks of
+//! provider brings aws-lc-rs (and the C library aws-lc-sys) in, which is why this module is the
+//! cargo feature `tls` (on by default for the worker, off for an embedder who turns the defaults
+//! off). Handshakes run in tasks of
 //! their own, bounded in time, so a slow or silent client cannot hold up the accept loop; the
 //! connections they yield are served by `axum::serve`, graceful shutdown included.
 
