@@ -266,48 +266,44 @@ pub async fn metrics(State(s): State<AuditState>) -> Response {
             c.count
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP post_office_destination_unacknowledged Messages not yet acknowledged, per destination."
+    destination_gauge(
+        &mut out,
+        "post_office_destination_unacknowledged",
+        "Messages not yet acknowledged, per destination.",
+        stats.destinations.iter().map(|d| (d.destination.as_str(), Some(d.unacknowledged))),
     );
-    let _ = writeln!(out, "# TYPE post_office_destination_unacknowledged gauge");
-    for d in &stats.destinations {
-        let _ = writeln!(
-            out,
-            "post_office_destination_unacknowledged{{destination=\"{}\"}} {}",
-            escape(&d.destination),
-            d.unacknowledged
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP post_office_destination_oldest_unacknowledged_seconds Age of the oldest unacknowledged message."
+    destination_gauge(
+        &mut out,
+        "post_office_destination_oldest_unacknowledged_seconds",
+        "Age of the oldest unacknowledged message.",
+        stats.destinations.iter().map(|d| (d.destination.as_str(), d.oldest_unacknowledged_secs)),
     );
-    let _ = writeln!(out, "# TYPE post_office_destination_oldest_unacknowledged_seconds gauge");
-    for d in &stats.destinations {
-        if let Some(age) = d.oldest_unacknowledged_secs {
-            let _ = writeln!(
-                out,
-                "post_office_destination_oldest_unacknowledged_seconds{{destination=\"{}\"}} {age}",
-                escape(&d.destination)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP post_office_destination_receipts_overdue Published messages with no receipt within max_attempts ack timeouts (alert on > 0)."
+    destination_gauge(
+        &mut out,
+        "post_office_destination_receipts_overdue",
+        "Published messages with no receipt within max_attempts ack timeouts (alert on > 0).",
+        stats.destinations.iter().map(|d| (d.destination.as_str(), Some(d.receipts_overdue))),
     );
-    let _ = writeln!(out, "# TYPE post_office_destination_receipts_overdue gauge");
-    for d in &stats.destinations {
-        let _ = writeln!(
-            out,
-            "post_office_destination_receipts_overdue{{destination=\"{}\"}} {}",
-            escape(&d.destination),
-            d.receipts_overdue
-        );
-    }
     out.push_str(&layer1_ingest::metrics::render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// One gauge per destination, in the Prometheus text format; a destination without a value
+/// (no unacknowledged message, so no age) is left out.
+fn destination_gauge<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, Option<i64>)>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (destination, value) in values {
+        if let Some(v) = value {
+            let _ = writeln!(out, "{name}{{destination=\"{}\"}} {v}", escape(destination));
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
