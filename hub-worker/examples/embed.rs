@@ -38,6 +38,10 @@ impl Translator for OrderPlaced {
     fn record_kind(&self) -> &str {
         "order"
     }
+    /// Declared, so that `build` refuses routes that carry no `order.placed`.
+    fn message_type(&self) -> Option<&str> {
+        Some("order.placed")
+    }
     async fn translate(&self, r: &RecordInput<'_>) -> Result<Translation, Failure> {
         let body = json!({ "order_id": r.data["id"], "total": r.data["total"] });
         Ok(Translation {

@@ -124,6 +124,8 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
                 .into_iter()
                 .find(|i| i.source == integrations::payments::SOURCE)
                 .ok_or_else(|| Error::Config(format!("no payments integration in {}", dir.display())))?;
+            // The benchmark routes to its own queue only, not to the file's destinations.
+            let payments = crate::files::Integration { routes: Vec::new(), ..payments };
             payments.register(builder)
         }
     };

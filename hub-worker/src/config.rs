@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use layer1_ingest::StageSettings;
-use layer4_dispatch::{InProcessConfig, InProcessTransport, PublishSettings, Route, RouteTable, Transport};
+use layer4_dispatch::{InProcessConfig, InProcessTransport, PublishSettings, Route, Transport};
 #[cfg(feature = "rabbitmq")]
 use layer4_dispatch::{RabbitMqConfig, RabbitMqTransport};
 #[cfg(feature = "sqs")]
@@ -740,12 +740,11 @@ impl Config {
 
     /// A hub builder with everything this config names, and the integrations loaded from files.
     pub async fn hub_builder(&self, files: Vec<Integration>) -> Result<HubBuilder> {
-        let mut routes = self.routes.clone();
-        routes.extend(files.iter().flat_map(|i| i.routes.iter().cloned()));
+        // The config's routes and each file's (added by `register`) form one route table.
         let mut b = Hub::builder(self.database.url.clone())
             .settings(self.settings())
             .transport(self.transport.build().await)
-            .router(Arc::new(RouteTable::new(routes)));
+            .routes(self.routes.clone());
         for name in &self.integrations {
             b = integrations::register(b, name)
                 .ok_or_else(|| Error::Config(format!("unknown integration `{name}`")))?;

@@ -202,9 +202,10 @@ pub struct Integration {
 }
 
 impl Integration {
-    /// Registers the integration's layers 2 and 3 on `builder` (its routes go in the router).
+    /// Registers the integration on `builder`: its normalizer, its translators and its routes
+    /// (added with [`crate::HubBuilder::routes`], so they are asked beside any router).
     pub fn register(self, mut builder: crate::HubBuilder) -> crate::HubBuilder {
-        builder = builder.normalizer(Arc::new(self.normalizer));
+        builder = builder.normalizer(Arc::new(self.normalizer)).routes(self.routes);
         for t in self.translators {
             builder = builder.translator(Arc::new(t));
         }

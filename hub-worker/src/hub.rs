@@ -1,7 +1,8 @@
 //! The embedding API: build a hub from a database URL, a transport and integrations; ingest;
 //! run the stages as tasks; trace; shut down gracefully.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use layer1_ingest::{Direction, Ingested, Layer, NewRaw, Stage, StageSettings, St
 use layer2_normalize::{Normalizer, Normalizers};
 use layer3_translate::{TranslateStage, Translator, Translators};
 use layer4_dispatch::{
-    IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, RouteStage, Router, Transport,
+    IntakeConsumer, PublishSettings, PublishStage, ReceiptConsumer, Route, RouteStage, RouteTable, Router,
+    Routers, Transport,
 };
 use migrations::{Migrator, MigratorTrait};
 
@@ -69,6 +71,10 @@ pub struct HubBuilder {
     normalizers: Normalizers,
     translators: Translators,
     router: Option<Arc<dyn Router>>,
+    /// Routes given one by one (an integration file's, [`HubBuilder::routes`]), one table.
+    routes: Vec<Route>,
+    /// What `integrations_dir` found wrong, `file:line: error: ...`; `build` refuses on any.
+    diagnostics: Vec<String>,
     settings: HubSettings,
     wait: Option<crate::startup::Wait>,
 }
@@ -92,9 +98,48 @@ impl HubBuilder {
         self
     }
 
-    /// Uses this router.
+    /// Uses this router. Routes added with [`HubBuilder::routes`] or from integration files
+    /// are asked as well: a message goes to every destination either names
+    /// ([`layer4_dispatch::Routers`]; for a destination both name, the routes' ordering key
+    /// applies). Called twice, the second router replaces the first.
     pub fn router(mut self, r: Arc<dyn Router>) -> Self {
         self.router = Some(r);
+        self
+    }
+
+    /// Adds routing rules. All of them form one [`RouteTable`] (every matching route is a
+    /// destination), asked beside the [`HubBuilder::router`] when there is one.
+    pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
+    /// Adds the integrations declared as files in `dir` (`core.toml` and one TOML file per
+    /// source; see `examples/integrations`): each source's normalizer, its translators (one
+    /// per record kind) and its `[[routes]]` (scoped to the source, added as with
+    /// [`HubBuilder::routes`]). The directory is read and checked now, by the loader
+    /// `hub-worker check` and `run` use ([`crate::files::load_dir`]); any problem it finds
+    /// makes [`HubBuilder::build`] fail listing every one as `file:line: error: ...`: an
+    /// integration with an error is never left out silently.
+    ///
+    /// `[ingress]` (a source's front door and its webhook secret) serves the worker's HTTP
+    /// server only; an embedding has none, so its secrets need not be set.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> hub_worker::Result<()> {
+    /// use hub_worker::Hub;
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/integrations");
+    /// let hub = Hub::builder("sqlite::memory:").integrations_dir(&dir).build().await?;
+    /// # hub.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn integrations_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        let loaded = crate::files::load_dir(dir.as_ref(), false);
+        self.diagnostics.extend(loaded.diagnostics.iter().map(ToString::to_string));
+        for i in loaded.integrations {
+            self = i.register(self);
+        }
         self
     }
 
@@ -114,16 +159,42 @@ impl HubBuilder {
         self
     }
 
-    /// Connects (and migrates, unless told not to), declares the router's destinations and the
-    /// receipts queue on the transport. Stages start with [`Hub::start`].
+    /// Checks the setup, connects (and migrates, unless told not to), declares the router's
+    /// destinations and the receipts queue on the transport. Stages start with [`Hub::start`].
+    ///
+    /// Refuses with [`Error::Config`], listing every problem, a setup that cannot work: what
+    /// [`HubBuilder::integrations_dir`] found wrong; no routes at all; a translator whose source
+    /// has no normalizer (its records could never be made); translators with routes that
+    /// certainly route nothing (an empty [`RouteTable`]); a translator declaring a core message
+    /// type ([`Translator::message_type`]) that no route carries from its source, where the
+    /// router can tell ([`Router::carries`]). A hub without translators (a stage test, say) is
+    /// not held to the last three.
     ///
     /// Fails at once when the database or the transport cannot be reached, unless
     /// [`HubBuilder::wait_for_dependencies`] asked to wait; then only what waiting cannot
     /// mend fails (a refused login, a missing database, a failed migration), and
     /// [`Error::Stopped`] when told to stop first.
     pub async fn build(self) -> Result<Hub> {
-        let router =
-            self.router.ok_or_else(|| Error::Config("a hub needs routes (HubBuilder::router)".into()))?;
+        let router = match (self.router, self.routes.is_empty()) {
+            (None, true) => None,
+            (None, false) => Some(Arc::new(RouteTable::new(self.routes)) as Arc<dyn Router>),
+            (Some(r), true) => Some(r),
+            (Some(r), false) => {
+                Some(Arc::new(Routers::new(vec![Arc::new(RouteTable::new(self.routes)), r]))
+                    as Arc<dyn Router>)
+            }
+        };
+        let problems =
+            consistency(&self.diagnostics, &self.normalizers, &self.translators, router.as_deref());
+        if !problems.is_empty() {
+            return Err(Error::Config(format!(
+                "the hub cannot run as set up ({} problem{}):\n{}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems.join("\n")
+            )));
+        }
+        let router = router.ok_or_else(|| Error::Config("a hub needs routes".into()))?;
         let transport: Arc<dyn Transport> = match self.transport {
             Some(t) => t,
             None => Arc::new(layer4_dispatch::InProcessTransport::default()),
@@ -175,6 +246,62 @@ impl HubBuilder {
             }),
         })
     }
+}
+
+/// Every reason a hub so set up cannot work, one line each.
+fn consistency(
+    diagnostics: &[String],
+    normalizers: &Normalizers,
+    translators: &Translators,
+    router: Option<&dyn Router>,
+) -> Vec<String> {
+    let mut out = diagnostics.to_vec();
+    if router.is_none() {
+        out.push(
+            "no routes: give HubBuilder::router, HubBuilder::routes, or an integrations_dir with [[routes]]"
+                .into(),
+        );
+    }
+    // Sorted, so that the message reads the same on every run.
+    let mut orphans: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (source, kind) in translators.keys() {
+        if !normalizers.contains_key(source) {
+            orphans.entry(source).or_default().push(kind);
+        }
+    }
+    for (source, mut kinds) in orphans {
+        kinds.sort_unstable();
+        out.push(format!(
+            "source `{source}` has translators (record kinds {}) but no normalizer: its records could \
+             never be made (HubBuilder::normalizer)",
+            kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let Some(router) = router else { return out };
+    if !translators.is_empty() && router.is_empty() {
+        out.push(
+            "the route table is empty: every translated message would be rejected at layer 4 (add routes)"
+                .into(),
+        );
+        return out;
+    }
+    let mut unrouted: Vec<String> = translators
+        .values()
+        .filter_map(|t| {
+            let ty = t.message_type()?;
+            (router.carries(t.source(), ty) == Some(false)).then(|| {
+                format!(
+                    "no route carries core message type `{ty}` from source `{}` (record kind `{}`): \
+                     every such message would be rejected at layer 4",
+                    t.source(),
+                    t.record_kind()
+                )
+            })
+        })
+        .collect();
+    unrouted.sort();
+    out.extend(unrouted);
+    out
 }
 
 #[derive(Default)]
@@ -251,6 +378,8 @@ impl Hub {
             normalizers: HashMap::new(),
             translators: HashMap::new(),
             router: None,
+            routes: Vec::new(),
+            diagnostics: Vec::new(),
             settings: HubSettings::default(),
             wait: None,
         }

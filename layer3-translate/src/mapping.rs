@@ -970,6 +970,10 @@ impl Translator for MappingTranslator {
         &self.kind
     }
 
+    fn message_type(&self) -> Option<&str> {
+        Some(&self.mapping.spec.message_type)
+    }
+
     async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure> {
         let (body, fidelity) = self.mapping.apply(record.data)?;
         let spec = &self.mapping.spec;

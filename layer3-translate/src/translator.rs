@@ -74,6 +74,13 @@ pub trait Translator: Send + Sync + 'static {
     fn source(&self) -> &str;
     /// The record kind it serves.
     fn record_kind(&self) -> &str;
+    /// The core message type every translation emits, when there is one (a mapping's
+    /// `message_type`); `None`, the default, when the translator does not say (it may pick the
+    /// type per record). A hub refuses to build when its routes certainly carry no message of
+    /// the declared type from this source.
+    fn message_type(&self) -> Option<&str> {
+        None
+    }
     /// Translates faithfully, or says precisely why not.
     async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure>;
 }

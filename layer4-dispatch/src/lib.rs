@@ -19,7 +19,7 @@ pub use intake::{IntakeConsumer, IntakeOutcome, store_inbound};
 pub use publish::{PublishSettings, PublishStage};
 pub use receipts::{ReceiptConsumer, ReceiptOutcome, apply_receipts};
 pub use receiver::{Handled, Handler, InboundMessage, Receiver, ReceiverStats};
-pub use route::{Route, RouteTable, Router, Target};
+pub use route::{NO_ROUTE, Route, RouteTable, Router, Routers, Target};
 pub use route_stage::{RouteStage, dispatch_rows};
 pub use transport::in_process::{InProcessConfig, InProcessTransport};
 pub use transport::{Delivery, Headers, OutgoingMessage, Subscription, Transport, TransportError};

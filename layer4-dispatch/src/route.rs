@@ -1,6 +1,8 @@
 //! Routes: core message type -> destination queues (fan-out), with an optional ordering key and
 //! an optional filter.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use layer1_ingest::Rejection;
@@ -29,6 +31,22 @@ pub trait Router: Send + Sync + 'static {
 
     /// Every destination the router can name, declared on the transport at start.
     fn destinations(&self) -> Vec<String>;
+
+    /// Whether some route can take messages of `message_type` from `source` (whatever their
+    /// body): `Some(false)` when certainly none can, `None` when the router cannot tell (the
+    /// default: a router in code decides per message). A hub refuses to build when a
+    /// translator declares a type its router says `Some(false)` to.
+    fn carries(&self, source: &str, message_type: &str) -> Option<bool> {
+        let _ = (source, message_type);
+        None
+    }
+
+    /// Whether the router certainly routes nothing (an empty [`RouteTable`]): a hub with
+    /// translators refuses it, as every message would be rejected at layer 4. The default,
+    /// `false`, suits a router in code, which may route what it does not list.
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// One routing rule.
@@ -133,7 +151,7 @@ impl Router for RouteTable {
         }
         if out.is_empty() {
             return Err(Rejection::whole(
-                "route",
+                NO_ROUTE,
                 format!("no route for core message type `{message_type}`"),
             ));
         }
@@ -145,6 +163,89 @@ impl Router for RouteTable {
         d.sort();
         d.dedup();
         d
+    }
+
+    /// A route's filter is not held against it: it may let some messages of the type through.
+    fn carries(&self, source: &str, message_type: &str) -> Option<bool> {
+        Some(
+            self.routes
+                .iter()
+                .any(|r| r.matches_type(message_type) && r.source.as_deref().is_none_or(|s| s == source)),
+        )
+    }
+
+    fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The rule of the rejection a [`RouteTable`] gives a message no route takes.
+pub const NO_ROUTE: &str = "route";
+
+/// Several routers as one: a message goes to every destination any of them names (the first
+/// router's ordering key wins for a destination named twice). It is rejected when none routes
+/// it, or when one that had a route for it refuses it for another reason (an ordering key
+/// missing from the message, say): a route that applies is never skipped silently. A router
+/// says "no route" with an empty answer or a rejection under the rule [`NO_ROUTE`].
+pub struct Routers(Vec<Arc<dyn Router>>);
+
+impl Routers {
+    /// These routers, asked in this order.
+    pub fn new(routers: Vec<Arc<dyn Router>>) -> Self {
+        Self(routers)
+    }
+}
+
+impl Router for Routers {
+    fn route(
+        &self,
+        source: &str,
+        message_type: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<Target>, Rejection> {
+        let mut out: Vec<Target> = Vec::new();
+        for r in &self.0 {
+            match r.route(source, message_type, body) {
+                Ok(targets) => {
+                    for t in targets {
+                        if !out.iter().any(|o| o.destination == t.destination) {
+                            out.push(t);
+                        }
+                    }
+                }
+                Err(e) if e.rule == NO_ROUTE => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            return Err(Rejection::whole(
+                NO_ROUTE,
+                format!("no route for core message type `{message_type}`"),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn destinations(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.0.iter().flat_map(|r| r.destinations()).collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    fn carries(&self, source: &str, message_type: &str) -> Option<bool> {
+        let answers: Vec<Option<bool>> = self.0.iter().map(|r| r.carries(source, message_type)).collect();
+        if answers.contains(&Some(true)) {
+            Some(true)
+        } else if answers.iter().all(|a| *a == Some(false)) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|r| r.is_empty())
     }
 }
 
@@ -209,5 +310,32 @@ mod tests {
         assert!(t.route("other", "sensor.reading", &live).is_err());
         assert!(t.route("iot", "sensor.reading", &json!({"device_id": "d1", "test": true})).is_err());
         assert_eq!(t.destinations(), ["core.archive", "core.telemetry"]);
+    }
+
+    /// Routers together: every destination any names, "no route" only when none routes, and
+    /// any other refusal by a router that had a route is the answer.
+    #[test]
+    fn routers_together_fan_out_and_refuse_what_one_refuses() {
+        let extra = RouteTable::new(vec![Route {
+            message_type: "payment.recorded".into(),
+            destination: "core.audit".into(),
+            source: Some("s".into()),
+            ..Default::default()
+        }]);
+        let both = Routers::new(vec![Arc::new(extra), Arc::new(table())]);
+        let got = both.route("s", "payment.recorded", &json!({"account_id": "a"})).expect("routes");
+        let dests: Vec<_> = got.iter().map(|t| t.destination.as_str()).collect();
+        assert_eq!(dests, ["core.audit", "core.payments", "core.ledger"]);
+        // Only the second routes it: fine.
+        assert_eq!(both.route("t", "member.upsert", &json!({})).expect("routes").len(), 1);
+        // Neither: no route.
+        assert_eq!(both.route("s", "order.created", &json!({})).expect_err("none").rule, NO_ROUTE);
+        // The second has a route but the message lacks its ordering key: refused, not skipped.
+        let e = both.route("s", "payment.recorded", &json!({})).expect_err("no key");
+        assert_eq!(e.rule, "ordering_key");
+        assert_eq!(both.carries("s", "payment.x"), Some(true));
+        assert_eq!(both.carries("s", "order.created"), Some(false));
+        assert!(!both.is_empty() && Routers::new(vec![Arc::new(RouteTable::default())]).is_empty());
+        assert_eq!(both.destinations(), ["core.audit", "core.ledger", "core.members", "core.payments"]);
     }
 }
