@@ -75,6 +75,11 @@ pub struct Route {
     pub source: Option<String>,
 }
 
+/// The rejection for a core message no route carries.
+fn no_route(message_type: &str) -> Rejection {
+    Rejection::whole(NO_ROUTE, format!("no route for core message type `{message_type}`"))
+}
+
 impl Route {
     /// Whether the route's type pattern takes `message_type`.
     pub fn matches_type(&self, message_type: &str) -> bool {
@@ -150,10 +155,7 @@ impl Router for RouteTable {
             }
         }
         if out.is_empty() {
-            return Err(Rejection::whole(
-                NO_ROUTE,
-                format!("no route for core message type `{message_type}`"),
-            ));
+            return Err(no_route(message_type));
         }
         Ok(out)
     }
@@ -218,10 +220,7 @@ impl Router for Routers {
             }
         }
         if out.is_empty() {
-            return Err(Rejection::whole(
-                NO_ROUTE,
-                format!("no route for core message type `{message_type}`"),
-            ));
+            return Err(no_route(message_type));
         }
         Ok(out)
     }
