@@ -276,7 +276,7 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
         .column_as(Expr::col(l4::Column::Id).count(), "n")
         .filter(l4::Column::Direction.eq(Direction::Upstream))
         .filter(l4::Column::Status.eq(Status::Queued))
-        .filter(l4::Column::LastError.starts_with("no receipt within"))
+        .filter(l4::Column::LastError.starts_with(layer4_dispatch::publish::RECEIPT_OVERDUE))
         .group_by(l4::Column::Destination)
         .into_tuple()
         .all(db)

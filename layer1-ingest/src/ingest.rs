@@ -262,7 +262,7 @@ where
         let txn = conn.begin().await?;
         for chunk in rows.chunks(INGEST_CHUNK) {
             for (i, answer) in settle_chunk(&txn, chunk).await? {
-                answers[i] = Some(Ok(answer));
+                answers[i] = Some(answer);
             }
         }
         txn.commit().await.map_err(Error::OutcomeUnknown)?;
@@ -275,11 +275,13 @@ where
         .collect())
 }
 
-/// Inserts one chunk and answers each of its payloads (by its index in the batch).
+/// Inserts one chunk and answers each of its payloads (by its index in the batch). The outer
+/// error is a failed statement, which ends the batch's transaction; a payload that could not be
+/// settled (see [`settle_against`]) gets an error of its own, and the others are unaffected.
 async fn settle_chunk<C: ConnectionTrait>(
     conn: &C,
     chunk: &[(usize, entity::Model)],
-) -> Result<Vec<(usize, Ingested)>> {
+) -> Result<Vec<(usize, Result<Ingested>)>> {
     // ON CONFLICT DO NOTHING on the unique (source, dedup_key) index: concurrent duplicates
     // race in the database, not in our code, and exactly one row wins. RETURNING says which
     // of our rows went in; only the others need a lookup.
@@ -313,20 +315,15 @@ async fn settle_chunk<C: ConnectionTrait>(
     let mut out = Vec::with_capacity(chunk.len());
     for (i, m) in chunk {
         let answer = if inserted.contains(&m.id) {
-            Ingested::new(m.id, IngestOutcome::New)
+            Ok(Ingested::new(m.id, IngestOutcome::New))
         } else {
             match existing.get(&(m.source.clone(), m.dedup_key.clone())) {
                 // The common duplicate (a sender's retry): same bytes, copy standing.
                 Some(e) if e.body_sha256 == m.body_sha256 && stands(e.status) => {
-                    Ingested::new(e.id, IngestOutcome::Duplicate)
+                    Ok(Ingested::new(e.id, IngestOutcome::Duplicate))
                 }
                 Some(e) => settle_against(conn, m, e).await?,
-                None => {
-                    return Err(Error::Db(sea_orm::DbErr::Custom(format!(
-                        "row for key `{}` vanished after insert",
-                        m.dedup_key
-                    ))));
-                }
+                None => Err(vanished(&m.dedup_key)),
             }
         };
         out.push((*i, answer));
@@ -349,11 +346,14 @@ const SETTLE_ROUNDS: usize = 4;
 /// copy: of two concurrent resends one wins and the other is settled again against it), a
 /// conflict `conflict:<id of the copy that stands>:<sha256>` (the same conflicting bytes sent
 /// again are answered with the same row).
+///
+/// The outer error is a failed statement (the batch's transaction is over); the inner one says
+/// this payload could not be settled, which is its own answer only.
 async fn settle_against<C: ConnectionTrait>(
     conn: &C,
     m: &entity::Model,
     first: &OnRecord,
-) -> Result<Ingested> {
+) -> Result<Result<Ingested>> {
     for _ in 0..SETTLE_ROUNDS {
         let copies: Vec<(Uuid, Status, String)> = Entity::find()
             .select_only()
@@ -369,7 +369,7 @@ async fn settle_against<C: ConnectionTrait>(
         // UUIDv7: by id is by arrival.
         standing.sort_by_key(|c| c.0);
         if let Some(same) = standing.iter().find(|c| c.2 == m.body_sha256) {
-            return Ok(Ingested::new(same.0, IngestOutcome::Duplicate));
+            return Ok(Ok(Ingested::new(same.0, IngestOutcome::Duplicate)));
         }
         if let Some(stand) = standing.last() {
             let mut row = m.clone();
@@ -388,22 +388,20 @@ async fn settle_against<C: ConnectionTrait>(
                 tracing::warn!(source = %m.source, conflict = %row.id, with = %stand.0, "different bytes under a key on record: stored as a conflict");
                 row.id
             } else {
-                Entity::find()
+                let on_record = Entity::find()
                     .select_only()
                     .column(Column::Id)
                     .filter(Column::Source.eq(m.source.as_str()))
                     .filter(Column::DedupKey.eq(row.dedup_key.as_str()))
                     .into_tuple::<Uuid>()
                     .one(conn)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Db(sea_orm::DbErr::Custom(format!(
-                            "row for key `{}` vanished after insert",
-                            row.dedup_key
-                        )))
-                    })?
+                    .await?;
+                match on_record {
+                    Some(id) => id,
+                    None => return Ok(Err(vanished(&row.dedup_key))),
+                }
             };
-            return Ok(Ingested::new(id, IngestOutcome::Conflict { with: stand.0 }));
+            return Ok(Ok(Ingested::new(id, IngestOutcome::Conflict { with: stand.0 })));
         }
         // Nothing stands: the newest copy (the key's own row at least) is superseded by these
         // bytes, as a replay would supersede it.
@@ -414,14 +412,19 @@ async fn settle_against<C: ConnectionTrait>(
         row.origin_id = first.origin_id;
         if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
             tracing::info!(source = %m.source, id = %row.id, of = %newest, "resend of a refused event: stored as a new message");
-            return Ok(Ingested::new(row.id, IngestOutcome::Resend { of: newest }));
+            return Ok(Ok(Ingested::new(row.id, IngestOutcome::Resend { of: newest })));
         }
         // A concurrent writer stored a resend of the same copy first: settle against it.
     }
-    Err(Error::Db(sea_orm::DbErr::Custom(format!(
+    Ok(Err(Error::Db(sea_orm::DbErr::Custom(format!(
         "key `{}` of source `{}` kept changing under concurrent writers; nothing was stored, retry",
         m.dedup_key, m.source
-    ))))
+    )))))
+}
+
+/// A row whose insert lost to a key that then could not be found: no answer can be given.
+fn vanished(dedup_key: &str) -> Error {
+    Error::Db(sea_orm::DbErr::Custom(format!("row for key `{dedup_key}` vanished after insert")))
 }
 
 #[cfg(test)]

@@ -84,6 +84,78 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     }
 }
 
+/// The pointer of the first key an object of `text` repeats, in one pass that builds nothing
+/// (serde_json keeps the last of repeated keys silently; a body with one has two readings).
+/// `Err` when `text` is not JSON.
+pub fn first_duplicate_key(text: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let found = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(text);
+    match (DupCheck { at: String::new(), found: &found }).deserialize(&mut de) {
+        Ok(()) => de.end().map(|()| None),
+        Err(e) => found.into_inner().map_or(Err(e), |at| Ok(Some(at))),
+    }
+}
+
+/// Visits one value at pointer `at`, noting in `found` where a key repeats.
+struct DupCheck<'f> {
+    at: String,
+    found: &'f std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DupCheck<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DupCheck<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let here = format!("{}/{}", self.at, escape_token(&k));
+            if !seen.insert(k) {
+                *self.found.borrow_mut() = Some(here);
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(DupCheck { at: here, found: self.found })?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while seq.next_element_seed(DupCheck { at: format!("{}/{i}", self.at), found: self.found })?.is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    // Scalars: nothing to check.
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 /// Escapes one reference token of a JSON pointer (RFC 6901).
 pub fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
@@ -218,6 +290,20 @@ mod tests {
         assert_eq!(tokens("a"), None);
         assert_eq!(tokens("/a~"), None);
         assert_eq!(tokens("/a~2"), None);
+    }
+
+    #[test]
+    fn the_first_repeated_key_is_found_in_one_pass() {
+        let find = |t: &str| first_duplicate_key(t.as_bytes()).expect("JSON");
+        assert_eq!(
+            find(r#"{"a":1,"b":[{"c":1E400,"d":[1,2]},{"c/x":1,"c/x":2}]}"#).as_deref(),
+            Some("/b/1/c~1x")
+        );
+        assert_eq!(find(r#"{"id":"evt_x","id":"evt_other"}"#).as_deref(), Some("/id"));
+        assert_eq!(find(r#"{"a":{"a":1},"b":{"a":2},"n":-1.5e-3,"s":"\u00e9"}"#), None);
+        assert_eq!(find("[]"), None);
+        assert!(first_duplicate_key(b"{\"a\":").is_err(), "not JSON");
+        assert!(first_duplicate_key(b"{} x").is_err(), "trailing text");
     }
 
     #[test]

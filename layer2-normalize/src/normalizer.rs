@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-use layer1_ingest::json::{escape_token, parse_exact, scalar_text};
+use layer1_ingest::json::{escape_token, first_duplicate_key, parse_stored, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -79,12 +79,17 @@ pub trait Normalizer: Send + Sync + 'static {
 }
 
 /// The event id at `pointer` in `body` (a string, or a number as written), read with the exact
-/// parse declared integrations use at layer 2 ([`parse_exact`]). A body that parse refuses (not
+/// parse declared integrations use at layer 2 ([`layer1_ingest::json::parse_exact`]). A body that parse refuses (not
 /// JSON, or a key repeated anywhere) has no event id and is keyed by its hash: otherwise
 /// `{"id":"evt_x","id":"evt_other"}`, rejected at layer 2, would take `evt_other`'s key and the
 /// real `evt_other` would later be answered "duplicate".
 pub fn event_ref_at(body: &[u8], pointer: &str) -> Option<String> {
-    parse_exact(body).ok()?.pointer(pointer).and_then(scalar_text)
+    // Two linear passes (on every ingest): the repeated-key check, then a parse that keeps
+    // number text exact (the slower exact parse only where an exponent could be rewritten).
+    if first_duplicate_key(body).ok()?.is_some() {
+        return None;
+    }
+    parse_stored(std::str::from_utf8(body).ok()?).ok()?.pointer(pointer).and_then(scalar_text)
 }
 
 /// Parses JSON into `T`, naming the offending field on failure: its JSON pointer, and the rule
@@ -97,13 +102,15 @@ pub fn event_ref_at(body: &[u8], pointer: &str) -> Option<String> {
 /// id, so layer 2 must not carry it on as if it had one.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     let value = parse_typed(body)?;
-    if let Err(e) = parse_exact(body) {
-        return Err(match e.strip_prefix("duplicate key at `").and_then(|r| r.strip_suffix('`')) {
-            Some(pointer) => Rejection::field(pointer.to_owned(), "duplicate_key", e.clone()),
-            None => Rejection::whole("json", e),
-        });
+    // The typed parse has checked the syntax; one more linear pass finds a repeated key.
+    match first_duplicate_key(body) {
+        Ok(None) => Ok(value),
+        Ok(Some(pointer)) => {
+            let why = format!("duplicate key at `{pointer}`");
+            Err(Rejection::field(pointer, "duplicate_key", why))
+        }
+        Err(e) => Err(Rejection::whole("json", e.to_string())),
     }
-    Ok(value)
 }
 
 fn parse_typed<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {

@@ -112,6 +112,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 /// (unless the ack timeout itself is longer).
 const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
 
+/// How `last_error` of a row whose receipt is overdue begins: the audit desk counts these rows
+/// by it (`hub_worker::audit::stats`), so it is written in one place.
+pub const RECEIPT_OVERDUE: &str = "no receipt within";
+
 /// How long a queue-depth read may take before the republish decision goes ahead without it.
 const DEPTH_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -247,7 +251,7 @@ impl PublishStage {
                 .col_expr(
                     Column::LastError,
                     Expr::value(format!(
-                        "no receipt within {max} ack timeouts (checked {now}); still waiting: published again \
+                        "{RECEIPT_OVERDUE} {max} ack timeouts (checked {now}); still waiting: published again \
                          with backoff, and only while the destination queue holds no undelivered messages"
                     )),
                 )

@@ -257,6 +257,8 @@ impl Transport for RabbitMqTransport {
         match res {
             // message_count counts ready messages only: deliveries a consumer holds are not in it.
             Ok(q) => Ok(Some(u64::from(q.message_count()))),
+            // A lost connection is the broker's state; anything else (a missing queue) is ours.
+            Err(e) if !conn.status().connected() => Err(conn_err(e)),
             Err(e) => Err(TransportError::Refused(format!("reading the depth of queue `{queue}`: {e}"))),
         }
     }
