@@ -147,6 +147,14 @@ pub fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
+/// The physical queue of the logical `queue` under a transport's names (which may have failed
+/// their check at start), as the transport reports it: a name it cannot use is `Invalid`.
+pub fn physical(names: &Result<QueueNames, String>, queue: &str) -> Result<String, super::TransportError> {
+    use super::TransportError;
+    let names = names.as_ref().map_err(|e| TransportError::Invalid(e.clone()))?;
+    names.resolve(queue).map_err(|why| TransportError::Invalid(format!("queue `{queue}`: {why}")))
+}
+
 /// Logical -> physical queue names for one transport.
 #[derive(Debug, Clone, Default)]
 pub struct QueueNames {

@@ -123,8 +123,7 @@ impl RabbitMqTransport {
 
     /// The physical queue of `queue`, or why it cannot be one (retrying cannot mend it).
     fn physical(&self, queue: &str) -> Result<String, TransportError> {
-        let names = self.names.as_ref().map_err(|e| TransportError::Invalid(e.clone()))?;
-        names.resolve(queue).map_err(|why| TransportError::Invalid(format!("queue `{queue}`: {why}")))
+        names::physical(&self.names, queue)
     }
 
     fn queue_args(&self) -> FieldTable {
@@ -273,6 +272,7 @@ impl Transport for RabbitMqTransport {
         // about one round trip, not one per message.
         let mut pending = Vec::with_capacity(batch.len());
         let mut broken: Option<TransportError> = None;
+        let mut resolved: Option<(&str, String)> = None;
         for (i, m) in batch.iter().enumerate() {
             let size = message_size(m);
             if size > self.config.max_message_bytes {
@@ -280,12 +280,19 @@ impl Transport for RabbitMqTransport {
                     Some(Err(TransportError::TooLarge { size, limit: self.config.max_message_bytes }));
                 continue;
             }
-            let queue = match self.physical(&m.queue) {
-                Ok(q) => q,
-                Err(e) => {
-                    results[i] = Some(Err(e));
-                    continue;
-                }
+            // A batch mostly goes to one queue: its name is mapped once, not per message.
+            let queue = match &resolved {
+                Some((logical, q)) if *logical == m.queue.as_str() => q.clone(),
+                _ => match self.physical(&m.queue) {
+                    Ok(q) => {
+                        resolved = Some((m.queue.as_str(), q.clone()));
+                        q
+                    }
+                    Err(e) => {
+                        results[i] = Some(Err(e));
+                        continue;
+                    }
+                },
             };
             if let Some(e) = &broken {
                 results[i] = Some(Err(e.clone()));

@@ -137,8 +137,7 @@ impl SqsTransport {
     /// The physical queue (name or URL) of `queue`, or why it cannot be one: an error that
     /// retrying cannot mend.
     fn physical(&self, queue: &str) -> Result<String, TransportError> {
-        let names = self.names.as_ref().map_err(|e| TransportError::Invalid(e.clone()))?;
-        names.resolve(queue).map_err(|why| TransportError::Invalid(format!("queue `{queue}`: {why}")))
+        names::physical(&self.names, queue)
     }
 
     fn cached_url(&self, queue: &str) -> Option<String> {
