@@ -481,8 +481,15 @@ macro_rules! replay_copy {
     };
 }
 
-// A replayed raw row is a new arrival of the same bytes, not a duplicate of the old one.
-replay_copy!(l1::Entity, |m| { m.dedup_key = format!("replay:{}", m.id) });
+// A replayed raw row is a new arrival of the same bytes, not a duplicate of the old one. Its key
+// is the one a sender's resend of the old row takes (`layer1_ingest::ingest`): one successor per
+// copy, so a replay and a resend racing for the same row cannot both be stored; the unique
+// index lets one in, and the other is settled against it (or refused, for the replay).
+replay_copy!(l1::Entity, |m| {
+    if let Some(parent) = m.parent_id {
+        m.dedup_key = layer1_ingest::ingest::successor_key(parent);
+    }
+});
 replay_copy!(l2::Entity, |m| {});
 replay_copy!(l3::Entity, |m| {});
 

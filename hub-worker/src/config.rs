@@ -174,7 +174,8 @@ impl HttpConfig {
                         .into(),
                 ));
             }
-            let secret = match std::env::var(var) {
+            // Trimmed as a named token's secret is: the same variable must give the same token.
+            let secret = match std::env::var(var).map(|t| t.trim().to_owned()) {
                 Ok(t) if t.chars().count() >= MIN_TOKEN_LEN => t,
                 Ok(_) => {
                     return Err(Error::Config(format!(

@@ -337,17 +337,17 @@ async fn main() -> anyhow::Result<()> {
                 _ => bail!("give a message id, or --source and --since"),
             };
             // The same audit event as a replay over HTTP; "from where" is this machine.
-            tracing::info!(
-                target: "audit",
-                token = "cli",
-                method = "CLI",
-                path = "replay",
-                peer = "local",
-                outcome = if result.is_ok() { "replayed" } else { "not replayed" },
-                what = what.as_str(),
+            hub_worker::http::auth::ReplayEvent {
+                who: "cli",
+                method: "CLI",
+                path: "replay",
+                peer: "local",
+                what: &what,
                 from_layer,
-                rows = result.as_ref().map_or(0, |(ids, _)| ids.len()),
-                "replay"
+            }
+            .log(
+                if result.is_ok() { "replayed" } else { "not replayed" },
+                result.as_ref().map_or(0, |(ids, _)| ids.len()),
             );
             let (ids, skipped) = result?;
             println!(

@@ -407,7 +407,7 @@ async fn settle_against<C: ConnectionTrait>(
         // bytes, as a replay would supersede it.
         let newest = copies.iter().map(|c| c.0).max().unwrap_or(first.id);
         let mut row = m.clone();
-        row.dedup_key = format!("resend:{newest}");
+        row.dedup_key = successor_key(newest);
         row.parent_id = Some(newest);
         row.origin_id = first.origin_id;
         if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
@@ -420,6 +420,12 @@ async fn settle_against<C: ConnectionTrait>(
         "key `{}` of source `{}` kept changing under concurrent writers; nothing was stored, retry",
         m.dedup_key, m.source
     )))))
+}
+
+/// The key of the one row that supersedes layer 1 row `of`: a sender's resend of a refused event
+/// and an operator's replay take the same key, so the unique index admits one successor.
+pub fn successor_key(of: Uuid) -> String {
+    format!("resend:{of}")
 }
 
 /// A row whose insert lost to a key that then could not be found: no answer can be given.

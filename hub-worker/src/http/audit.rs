@@ -175,21 +175,16 @@ pub async fn replay(
 ) -> Response {
     let result = audit::replay(s.hub.db(), id, q.from_layer, &caller.name).await;
     // Every replay is an audit event, done or refused: who, what, from where, what came of it.
-    let event = |outcome: &str, rows: usize| {
-        tracing::info!(
-            target: "audit",
-            token = caller.name.as_str(),
-            method = "POST",
-            path = uri.path(),
-            peer = caller.peer.as_str(),
-            outcome,
-            scope = Scope::Operate.as_str(),
-            id = %id,
-            from_layer = q.from_layer,
-            rows,
-            "replay"
-        );
+    let what = format!("message {id}");
+    let audit_event = crate::http::auth::ReplayEvent {
+        who: &caller.name,
+        method: "POST",
+        path: uri.path(),
+        peer: &caller.peer,
+        what: &what,
+        from_layer: q.from_layer,
     };
+    let event = |outcome: &str, rows: usize| audit_event.log(outcome, rows);
     match result {
         Ok(ids) => {
             event("replayed", ids.len());

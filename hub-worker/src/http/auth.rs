@@ -180,6 +180,42 @@ pub fn refused(who: &str, method: &str, path: &str, peer: &str, outcome: &str, s
     );
 }
 
+/// Who replayed what, from where, and what came of it: one audit event for a replay, over HTTP
+/// (`method` and `path` of the request) or from the CLI (`CLI`, `replay`, peer `local`).
+pub struct ReplayEvent<'a> {
+    /// The token's name (`cli` from the command line).
+    pub who: &'a str,
+    /// `POST`, or `CLI`.
+    pub method: &'a str,
+    /// The request path, or `replay`.
+    pub path: &'a str,
+    /// The peer's address, or `local`.
+    pub peer: &'a str,
+    /// `message <id>`, or `source <s> since <t>`.
+    pub what: &'a str,
+    /// The layer replayed from.
+    pub from_layer: u8,
+}
+
+impl ReplayEvent<'_> {
+    /// Logs the event with its outcome and the rows copied.
+    pub fn log(&self, outcome: &str, rows: usize) {
+        tracing::info!(
+            target: "audit",
+            token = self.who,
+            method = self.method,
+            path = self.path,
+            peer = self.peer,
+            outcome,
+            scope = Scope::Operate.as_str(),
+            what = self.what,
+            from_layer = self.from_layer,
+            rows,
+            "replay"
+        );
+    }
+}
+
 /// The guard in front of an admin route needing `scope`: 401 without a known token, 403
 /// naming the scope for a known token without it; otherwise the [`Caller`] goes to the handler.
 pub async fn guard(State((tokens, scope)): State<(Tokens, Scope)>, mut req: Request, next: Next) -> Response {
