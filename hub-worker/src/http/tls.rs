@@ -66,6 +66,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// A listener yielding connections whose TLS handshake is done.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -80,8 +83,12 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         // A few handshaken connections may wait for `accept`; more wait in their tasks.
         let (tx, ready) = mpsc::channel(64);
+        // Handshakes in progress are bounded: a flood of clients that connect and stay silent
+        // waits in the kernel's backlog instead of holding a task and a socket each.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accept_loop = tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -94,7 +101,9 @@ impl TlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
