@@ -434,7 +434,7 @@ async fn main() -> anyhow::Result<()> {
             // The server starts before the hub: /healthz answers and /readyz says what is
             // missing while the database or the broker is still away.
             let gate = hub_worker::http::gate::Gate::new(wait.progress.clone());
-            let cancel = tokio_util::sync::CancellationToken::new();
+            // The server stops when the process is asked to: the same token as everything else.
             let server = match &cfg.http {
                 Some(http) => {
                     let listener = tokio::net::TcpListener::bind(&http.listen)
@@ -447,11 +447,11 @@ async fn main() -> anyhow::Result<()> {
                     let task = match tls {
                         #[cfg(feature = "tls")]
                         Some(tls) => {
-                            tokio::spawn(hub_worker::http::serve_tls(listener, tls, app, cancel.clone()))
+                            tokio::spawn(hub_worker::http::serve_tls(listener, tls, app, stop.clone()))
                         }
                         #[cfg(not(feature = "tls"))]
                         Some(never) => match never {},
-                        None => tokio::spawn(hub_worker::http::serve(listener, app, cancel.clone())),
+                        None => tokio::spawn(hub_worker::http::serve(listener, app, stop.clone())),
                     };
                     Some((task, url))
                 }
@@ -462,7 +462,6 @@ async fn main() -> anyhow::Result<()> {
                 // Ctrl-C before the hub was up: nothing was claimed, nothing to finish.
                 Err(hub_worker::Error::Stopped(why)) => {
                     eprintln!("{why}; exiting");
-                    cancel.cancel();
                     if let Some((s, _)) = server {
                         s.await.context("http server task")?.context("http server")?;
                     }
@@ -485,7 +484,6 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("hub-worker running on {} (Ctrl-C or SIGTERM to stop)", redact_url(&cfg.database.url));
             stop.cancelled().await;
             eprintln!("stopping: finishing requests in flight and claimed batches");
-            cancel.cancel();
             if let Some((s, _)) = server {
                 s.await.context("http server task")?.context("http server")?;
             }
