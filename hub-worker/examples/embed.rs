@@ -1,16 +1,10 @@
-//! A core app embedding the post office: SQLite, the in-process transport, an integration of
-//! its own (source `orders`), a receiver, two payloads in, one lineage out. Exits non-zero
-//! unless every message ended acknowledged. `cargo run -p hub-worker --example embed`
+//! A core app embedding the post office (SQLite, in-process transport, its own integration, a
+//! receiver): two payloads in, one lineage out; fails unless both are acknowledged, numbers exact.
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use hub_worker::{Hub, IngestMeta, report};
-use layer1_ingest::{Failure, Layer, Rejection, Status};
-use layer2_normalize::{Normalizer, RawInput, Record, parse_json};
-use layer3_translate::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
-use layer4_dispatch::{Handled, Handler, InProcessTransport, InboundMessage, Receiver, Route, RouteTable};
-use serde_json::{Value, json};
+use hub_worker::prelude::*;
+use hub_worker::report;
 
 /// Layer 2: the third party's bytes to one validated `order` record.
 struct Orders;
@@ -20,7 +14,8 @@ impl Normalizer for Orders {
         "orders"
     }
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
-        let data: Value = parse_json(raw.body)?;
+        // `Value::parse` keeps every number as written (`12.50` stays `12.50`).
+        let data = Value::parse(raw.body).map_err(|e| Rejection::whole("json", e))?;
         let Some(id) = data["id"].as_str() else {
             return Err(Failure::Rejected(Rejection::field("/id", "required", "a string")));
         };
@@ -43,9 +38,10 @@ impl Translator for OrderPlaced {
         Some("order.placed")
     }
     async fn translate(&self, r: &RecordInput<'_>) -> Result<Translation, Failure> {
-        let body = json!({ "order_id": r.data["id"], "total": r.data["total"] });
+        let body =
+            Map::from([("order_id".into(), r.data["id"].clone()), ("total".into(), r.data["total"].clone())]);
         Ok(Translation {
-            message: CoreMessage { message_type: "order.placed".into(), type_version: "1".into(), body },
+            message: CoreMessage::new("order.placed", "1", body),
             mapping_name: "order-to-order-placed".into(),
             mapping_version: "1".into(),
             fidelity: Fidelity { mapped: vec!["/id".into(), "/total".into()], ..Default::default() },
@@ -53,25 +49,25 @@ impl Translator for OrderPlaced {
     }
 }
 
-/// The core app's side: takes every order.
-struct CoreApp;
+/// The core app's side: takes every order, noting each total as it arrived.
+struct CoreApp(std::sync::Mutex<Vec<String>>);
 #[async_trait]
 impl Handler for CoreApp {
     async fn handle(&self, msg: &InboundMessage) -> Handled {
         println!("core app got {} {}", msg.headers.message_type, msg.body);
-        Handled::Accepted
+        let noted = self.0.lock().map(|mut seen| seen.push(msg.body["total"].to_string()));
+        noted.map_or_else(|_| Handled::Retry("lock poisoned".into()), |()| Handled::Accepted)
     }
 }
 
 /// The example; `pub` so that `tests/embed.rs` runs this very code in the test suite.
 #[tokio::main]
 pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("post-office-embed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let transport = Arc::new(InProcessTransport::default());
     let route =
         Route { message_type: "order.*".into(), destination: "core.orders".into(), ..Route::default() };
-    let hub = Hub::builder(format!("sqlite://{}/hub.sqlite?mode=rwc", dir.display()))
+    // `sqlite://hub.sqlite?mode=rwc` keeps it in a file; `postgres://...` for several workers.
+    let hub = Hub::builder("sqlite::memory:")
         .transport(transport.clone())
         .normalizer(Arc::new(Orders))
         .translator(Arc::new(OrderPlaced))
@@ -79,24 +75,25 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     hub.start();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let receiver =
-        tokio::spawn(Receiver::new(transport, "core.orders", Arc::new(CoreApp)).run(cancel.clone()));
-    let first = hub.ingest("orders", br#"{"id":"o-1","total":"12.50"}"#, IngestMeta::default()).await?;
-    hub.ingest("orders", br#"{"id":"o-2","total":"0.10"}"#, IngestMeta::default()).await?;
+    let cancel = CancellationToken::new();
+    let app = Arc::new(CoreApp(Default::default()));
+    let receiver = tokio::spawn(Receiver::new(transport, "core.orders", app.clone()).run(cancel.clone()));
+    let first = hub.ingest("orders", br#"{"id":"o-1","total":12.50}"#, IngestMeta::default()).await?;
+    hub.ingest("orders", br#"{"id":"o-2","total":12345678901234567890.10}"#, IngestMeta::default()).await?;
     let settled = hub.wait_settled(Duration::from_secs(30)).await?;
     print!("{}", report::lineage_text(&hub.lineage(first.id).await?));
     let counts = hub.counts().await?;
-    let dispatched = counts.iter().filter(|c| c.layer == Layer::Dispatch);
-    let acked: i64 = dispatched.clone().filter(|c| c.status == Status::Acknowledged).map(|c| c.count).sum();
-    let total: i64 = dispatched.map(|c| c.count).sum();
+    let acked = counts.iter().filter(|c| c.layer == Layer::Dispatch && c.status == Status::Acknowledged);
+    let acked: i64 = acked.map(|c| c.count).sum();
     cancel.cancel();
     let _ = receiver.await;
     hub.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir); // best effort: a leftover temp dir is harmless
-    if !(settled && total == 2 && acked == total) {
-        return Err(format!("{acked} of {total} acknowledged (settled: {settled}), expected 2 of 2").into());
+    // Both acknowledged, every digit as the third party wrote it.
+    let mut totals = app.0.lock().map_err(|_| "handler panicked")?.clone();
+    totals.sort();
+    if !settled || acked != 2 || totals != ["12.50", "12345678901234567890.10"] {
+        return Err(format!("{acked} of 2 acknowledged (settled: {settled}), totals {totals:?}").into());
     }
-    println!("OK: {acked} of {total} acknowledged");
+    println!("OK: {acked} of 2 acknowledged, totals {totals:?}");
     Ok(())
 }

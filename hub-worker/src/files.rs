@@ -236,8 +236,12 @@ fn read_text(path: &Path) -> Result<String, String> {
 fn load_schema(base: &Path, rel: &Path) -> Result<JsonSchema, String> {
     let path = base.join(rel);
     let text = read_text(&path)?;
-    let doc = layer1_ingest::json::parse_exact(text.as_bytes())
+    // A schema is read by serde_json (the validator's own document); the exact parse first
+    // refuses a repeated key, which serde_json would resolve silently.
+    layer1_ingest::json::parse_exact(text.as_bytes())
         .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
     JsonSchema::compile(doc).map_err(|e| format!("{} {e}", path.display()))
 }
 

@@ -25,6 +25,7 @@ pub mod http;
 mod hub;
 pub mod integrations;
 pub mod lineage;
+pub mod prelude;
 pub mod report;
 pub mod startup;
 

@@ -152,7 +152,7 @@ impl layer4_dispatch::Router for Everything {
         &self,
         _: &str,
         _: &str,
-        _: &serde_json::Value,
+        _: &layer1_ingest::json::Value,
     ) -> Result<Vec<Target>, layer1_ingest::Rejection> {
         Ok(vec![Target { destination: "q".into(), ordering_key: None }])
     }

@@ -3,9 +3,8 @@
 //! against, and which field is the record's own id. Integration files compile to this.
 
 use async_trait::async_trait;
-use serde_json::Value;
 
-use layer1_ingest::json::{Condition, parse_exact, scalar_text};
+use layer1_ingest::json::{Condition, Map, Value, parse_exact, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -173,7 +172,7 @@ impl Normalizer for DeclaredNormalizer {
                     )
                     .into());
                 }
-                let mut env = serde_json::Map::new();
+                let mut env = Map::new();
                 for (p, toks) in &self.carry {
                     if let Some(v) = payload.pointer(p) {
                         layer1_ingest::json::insert_at(&mut env, toks, v.clone());
@@ -213,7 +212,7 @@ mod tests {
                     source_ref: None,
                     when: Some(Condition {
                         pointer: "/alarm".into(),
-                        equals: Some(json!(true)),
+                        equals: Some(Value::Bool(true)),
                         one_of: None,
                         exists: None,
                     }),

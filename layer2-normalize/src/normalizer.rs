@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-use layer1_ingest::json::{escape_token, first_duplicate_key, parse_stored, scalar_text};
+use layer1_ingest::json::{Value, escape_token, first_duplicate_key, parse_exact, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -34,7 +34,7 @@ pub struct Record {
     /// The schema version it was checked against.
     pub schema_version: Option<String>,
     /// The record.
-    pub data: serde_json::Value,
+    pub data: Value,
 }
 
 impl Record {
@@ -45,7 +45,7 @@ impl Record {
         schema_version: &str,
         value: &T,
     ) -> Result<Self, Failure> {
-        let data = serde_json::to_value(value)
+        let data = Value::from_typed(value)
             .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
         Ok(Record {
             kind: kind.to_owned(),
@@ -84,12 +84,8 @@ pub trait Normalizer: Send + Sync + 'static {
 /// `{"id":"evt_x","id":"evt_other"}`, rejected at layer 2, would take `evt_other`'s key and the
 /// real `evt_other` would later be answered "duplicate".
 pub fn event_ref_at(body: &[u8], pointer: &str) -> Option<String> {
-    // Two linear passes (on every ingest): the repeated-key check, then a parse that keeps
-    // number text exact (the slower exact parse only where an exponent could be rewritten).
-    if first_duplicate_key(body).ok()?.is_some() {
-        return None;
-    }
-    parse_stored(std::str::from_utf8(body).ok()?).ok()?.pointer(pointer).and_then(scalar_text)
+    // The exact parse refuses a repeated key anywhere, and keeps a numeric id as written.
+    parse_exact(body).ok()?.pointer(pointer).and_then(scalar_text)
 }
 
 /// Parses JSON into `T`, naming the offending field on failure: its JSON pointer, and the rule
@@ -109,7 +105,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
             let why = format!("duplicate key at `{pointer}`");
             Err(Rejection::field(pointer, "duplicate_key", why))
         }
-        Err(e) => Err(Rejection::whole("json", e.to_string())),
+        Err(e) => Err(Rejection::whole("json", e)),
     }
 }
 

@@ -40,8 +40,14 @@ impl JsonSchema {
 
     /// Checks `value`; the first violation names the pointer (prefixed with `at`, the value's
     /// place in its payload) and the keyword as the rule.
-    pub fn check(&self, value: &Value, at: &str) -> Result<(), Rejection> {
-        let Some(e) = self.validator.iter_errors(value).next() else {
+    ///
+    /// The validator reads serde_json's document, so numbers are checked as serde_json reads
+    /// them in this build (see [`layer1_ingest::json::Value::to_serde_json`]): a bound or a
+    /// `multipleOf` on a number longer than an `f64` holds is checked on its nearest `f64`. The
+    /// number carried on is the one written.
+    pub fn check(&self, value: &layer1_ingest::json::Value, at: &str) -> Result<(), Rejection> {
+        let value = value.to_serde_json();
+        let Some(e) = self.validator.iter_errors(&value).next() else {
             return Ok(());
         };
         let mut pointer = format!("{at}{}", e.instance_path().as_str());
@@ -232,19 +238,24 @@ mod tests {
         .expect("compiles")
     }
 
+    fn exact(v: Value) -> layer1_ingest::json::Value {
+        v.into()
+    }
+
     #[test]
     fn violations_name_pointer_and_keyword() {
         let s = contact();
-        let ok = json!({"id": "1", "email": "a@b.co", "address": {"city": "Oslo"}});
+        let ok = exact(json!({"id": "1", "email": "a@b.co", "address": {"city": "Oslo"}}));
         assert!(s.check(&ok, "").is_ok());
         let r = s
-            .check(&json!({"id": "1", "email": "nope", "address": {"city": "Oslo"}}), "/contacts/3")
+            .check(&exact(json!({"id": "1", "email": "nope", "address": {"city": "Oslo"}})), "/contacts/3")
             .expect_err("bad email");
         assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/contacts/3/email"), "format"));
-        let r = s.check(&json!({"id": "1", "email": "a@b.co", "address": {}}), "").expect_err("no city");
+        let r =
+            s.check(&exact(json!({"id": "1", "email": "a@b.co", "address": {}})), "").expect_err("no city");
         assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/address/city"), "required"));
         let r = s
-            .check(&json!({"id": "1", "email": "a@b.co", "address": {"city": "x"}, "new": 1}), "")
+            .check(&exact(json!({"id": "1", "email": "a@b.co", "address": {"city": "x"}, "new": 1})), "")
             .expect_err("extra");
         assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/new"), "additionalProperties"));
     }
@@ -253,10 +264,16 @@ mod tests {
     fn big_and_exponent_numbers_validate_without_panicking() {
         let s = JsonSchema::compile(json!({"type": "object", "properties": {"n": {"type": "number"}}}))
             .expect("compiles");
-        for text in [r#"{"n": 1e400}"#, r#"{"n": 12345678901234567890123}"#, r#"{"n": 0.1}"#] {
-            let v: Value = serde_json::from_str(text).expect("json");
+        for text in
+            [r#"{"n": 1e400}"#, r#"{"n": -1E400}"#, r#"{"n": 12345678901234567890123}"#, r#"{"n": 0.1}"#]
+        {
+            let v = layer1_ingest::json::Value::parse(text.as_bytes()).expect("json");
             assert!(s.check(&v, "").is_ok(), "{text}");
         }
+        // A bound still sees a number beyond `f64` as huge.
+        let max = JsonSchema::compile(json!({"properties": {"n": {"maximum": 1000}}})).expect("compiles");
+        let huge = layer1_ingest::json::Value::parse(br#"{"n": 1E400}"#).expect("json");
+        assert_eq!(max.check(&huge, "").expect_err("too big").rule, "maximum");
     }
 
     #[test]

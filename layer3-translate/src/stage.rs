@@ -40,9 +40,9 @@ impl TranslateStage {
 pub async fn translate(
     translators: &Translators,
     row: &normalized::Model,
-    data: &serde_json::Value,
+    data: &layer1_ingest::json::Value,
     now: chrono::DateTime<Utc>,
-) -> Result<(entity::Model, serde_json::Value), Failure> {
+) -> Result<(entity::Model, layer1_ingest::json::Value), Failure> {
     let key = (row.source.clone(), row.record_kind.clone());
     let Some(t) = translators.get(&key) else {
         return Err(Rejection::field(
@@ -110,7 +110,7 @@ async fn translate_stored(
     row: &normalized::Model,
     now: chrono::DateTime<Utc>,
 ) -> Result<entity::Model, Failure> {
-    let data = layer1_ingest::json::parse_stored(&row.record).map_err(|e| {
+    let data = layer1_ingest::json::parse_exact(row.record.as_bytes()).map_err(|e| {
         Failure::Rejected(Rejection::whole("json", format!("stored record is not JSON: {e}")))
     })?;
     Ok(translate(translators, row, &data, now).await?.0)

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use layer1_ingest::json::Value;
+
 use layer1_ingest::Failure;
 
 /// A layer 2 record as a translator sees it.
@@ -21,8 +23,8 @@ pub struct RecordInput<'a> {
     pub kind: &'a str,
     /// The schema version it was validated against.
     pub schema_version: Option<&'a str>,
-    /// The record. Numbers keep every digit (serde_json's `arbitrary_precision`).
-    pub data: &'a serde_json::Value,
+    /// The record. Numbers keep their text as written (see [`layer1_ingest::json::Value`]).
+    pub data: &'a Value,
 }
 
 /// A message in the core app's own terms.
@@ -33,7 +35,18 @@ pub struct CoreMessage {
     /// Its version.
     pub type_version: String,
     /// The body sent to the core app.
-    pub body: serde_json::Value,
+    pub body: Value,
+}
+
+impl CoreMessage {
+    /// A core message of `message_type` at `type_version` with `body`.
+    pub fn new(
+        message_type: impl Into<String>,
+        type_version: impl Into<String>,
+        body: impl Into<Value>,
+    ) -> Self {
+        Self { message_type: message_type.into(), type_version: type_version.into(), body: body.into() }
+    }
 }
 
 /// What a translation kept, left out on purpose, and filled in: the evidence that nothing was

@@ -90,9 +90,9 @@ fn row<'a>(
         (Some(h), Err(b)) => Some(format!("{h}; {b}")),
         (Some(h), Ok(_)) => Some(h),
         (None, Err(b)) => Some(b.clone()),
-        (None, Ok(t)) => {
-            serde_json::from_str::<serde_json::Value>(t).err().map(|e| format!("body is not JSON: {e}"))
-        }
+        (None, Ok(t)) => serde_json::from_str::<&serde_json::value::RawValue>(t)
+            .err()
+            .map(|e| format!("body is not JSON: {e}")),
     };
     let (status, intake_key, next) = match &problem {
         None => (

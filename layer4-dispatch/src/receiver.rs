@@ -20,8 +20,9 @@ use crate::wire::{HubHeaders, Receipt, ReceiptStatus};
 pub struct InboundMessage {
     /// The contract's headers.
     pub headers: HubHeaders,
-    /// The core message.
-    pub body: serde_json::Value,
+    /// The core message, numbers exactly as the hub sent them. Read it into the app's own types
+    /// with [`Value::to_typed`](layer1_ingest::json::Value::to_typed).
+    pub body: layer1_ingest::json::Value,
     /// Delivered before (the hub or the broker is retrying).
     pub redelivered: bool,
 }
@@ -217,10 +218,7 @@ impl Receiver {
                 }
             };
             // Exact parsing: the core app sees every number as the hub sent it (`1E400` too).
-            let parsed = std::str::from_utf8(&d.body)
-                .map_err(|e| e.to_string())
-                .and_then(layer1_ingest::json::parse_stored);
-            let body: serde_json::Value = match parsed {
+            let body = match layer1_ingest::json::parse_exact(&d.body) {
                 Ok(b) => b,
                 Err(e) => {
                     self.discard(d, &format!("body is not JSON: {e}")).await;

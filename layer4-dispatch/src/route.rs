@@ -26,7 +26,7 @@ pub trait Router: Send + Sync + 'static {
         &self,
         source: &str,
         message_type: &str,
-        body: &serde_json::Value,
+        body: &layer1_ingest::json::Value,
     ) -> Result<Vec<Target>, Rejection>;
 
     /// Every destination the router can name, declared on the transport at start.
@@ -89,7 +89,7 @@ impl Route {
         }
     }
 
-    fn matches(&self, source: &str, message_type: &str, body: &serde_json::Value) -> bool {
+    fn matches(&self, source: &str, message_type: &str, body: &layer1_ingest::json::Value) -> bool {
         self.matches_type(message_type)
             && self.source.as_deref().is_none_or(|s| s == source)
             && self.filter.as_ref().is_none_or(|f| f.holds(body))
@@ -119,7 +119,7 @@ impl Router for RouteTable {
         &self,
         source: &str,
         message_type: &str,
-        body: &serde_json::Value,
+        body: &layer1_ingest::json::Value,
     ) -> Result<Vec<Target>, Rejection> {
         let mut out: Vec<Target> = Vec::new();
         for r in self.routes.iter().filter(|r| r.matches(source, message_type, body)) {
@@ -203,7 +203,7 @@ impl Router for Routers {
         &self,
         source: &str,
         message_type: &str,
-        body: &serde_json::Value,
+        body: &layer1_ingest::json::Value,
     ) -> Result<Vec<Target>, Rejection> {
         let mut out: Vec<Target> = Vec::new();
         for r in &self.0 {
@@ -251,7 +251,11 @@ impl Router for Routers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    /// serde_json's `json!`, as the hub's document.
+    macro_rules! json {
+        ($($t:tt)+) => { layer1_ingest::json::Value::from(serde_json::json!($($t)+)) };
+    }
 
     fn table() -> RouteTable {
         RouteTable::new(vec![
@@ -295,7 +299,7 @@ mod tests {
             message_type: "sensor.*".into(),
             destinations: vec!["core.telemetry".into(), "core.archive".into()],
             ordering_key: Some("/device_id".into()),
-            filter: serde_json::from_value(json!({"pointer": "/test", "exists": false})).ok(),
+            filter: serde_json::from_value(serde_json::json!({"pointer": "/test", "exists": false})).ok(),
             source: Some("iot".into()),
             ..Default::default()
         }]);

@@ -35,7 +35,7 @@ impl RouteStage {
 pub fn dispatch_rows(
     router: &dyn Router,
     row: &translated::Model,
-    body: &serde_json::Value,
+    body: &layer1_ingest::json::Value,
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<entity::Model>, Failure> {
     let targets = router.route(&row.source, &row.message_type, body)?;
@@ -71,7 +71,7 @@ fn route_stored(
     row: &translated::Model,
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<entity::Model>, Failure> {
-    let body: serde_json::Value = serde_json::from_str(&row.body).map_err(|e| {
+    let body = layer1_ingest::json::parse_exact(row.body.as_bytes()).map_err(|e| {
         Failure::Rejected(Rejection::whole("json", format!("stored core message is not JSON: {e}")))
     })?;
     dispatch_rows(router, row, &body, now)

@@ -159,7 +159,9 @@ impl Translator for ContactTranslator {
     }
 
     async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure> {
-        let r: ContactRecord = serde_json::from_value(record.data.clone())
+        let r: ContactRecord = record
+            .data
+            .to_typed()
             .map_err(|e| Failure::Rejected(Rejection::whole("type", format!("not a contact record: {e}"))))?;
         let c = &r.contact;
         let p = &c.properties;
@@ -184,7 +186,11 @@ impl Translator for ContactTranslator {
             },
         });
         Ok(Translation {
-            message: CoreMessage { message_type: "member.upsert".into(), type_version: "1".into(), body },
+            message: CoreMessage {
+                message_type: "member.upsert".into(),
+                type_version: "1".into(),
+                body: body.into(),
+            },
             mapping_name: "crm-contact-to-member".into(),
             mapping_version: "1".into(),
             fidelity: Fidelity { mapped: leaf_pointers(record.data), ..Default::default() },

@@ -98,7 +98,7 @@ pub fn to_utc(pointer: &str, s: &str) -> Result<String, Failure> {
 
 /// Every leaf of `v` as a JSON pointer: what a fidelity report lists as mapped when a
 /// translator carries the whole typed record.
-pub fn leaf_pointers(v: &serde_json::Value) -> Vec<String> {
+pub fn leaf_pointers(v: &layer1_ingest::json::Value) -> Vec<String> {
     let mut out = Vec::new();
     layer1_ingest::json::leaves(v, "", &mut out);
     out

@@ -110,7 +110,7 @@ impl Translator for PaymentTranslator {
     }
 
     async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure> {
-        let e: Event = serde_json::from_value(record.data.clone()).map_err(|err| {
+        let e: Event = record.data.to_typed().map_err(|err| {
             Failure::Rejected(Rejection::whole("type", format!("not a payment event: {err}")))
         })?;
         let p = &e.data.payment;
@@ -131,7 +131,11 @@ impl Translator for PaymentTranslator {
         let mut mapped = leaf_pointers(record.data);
         mapped.retain(|m| m != "/object");
         Ok(Translation {
-            message: CoreMessage { message_type: "payment.recorded".into(), type_version: "1".into(), body },
+            message: CoreMessage {
+                message_type: "payment.recorded".into(),
+                type_version: "1".into(),
+                body: body.into(),
+            },
             mapping_name: "payment-event-to-payment-recorded".into(),
             mapping_version: "1".into(),
             fidelity: Fidelity { mapped, ignored: vec!["/object".into()], ..Default::default() },
