@@ -426,6 +426,7 @@ impl Default for IngestConfig {
 /// `[transport]`: `kind = "in-process" | "rabbitmq" | "sqs"` and that backend's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum TransportConfig {
     /// Queues inside this process: for embedding and the demo. A standalone worker has no
     /// consumer for them, so `check` and `run` refuse it unless `accept_without_consumer`.

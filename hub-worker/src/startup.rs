@@ -48,6 +48,7 @@ impl Wait {
 
 /// One dependency of a starting hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dependency {
     /// The database (a connection made; migrations run after the wait).
     Database,

@@ -9,6 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong in layer 1 or in the shared machinery.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The database refused or could not be reached; a retry may help.
     #[error("database error: {0}")]

@@ -47,6 +47,9 @@ pub struct NewRaw<'a> {
 }
 
 /// What became of one payload.
+///
+/// Not `#[non_exhaustive]`, unlike the error types: the HTTP front door answers each outcome
+/// differently, and a new outcome must fail to compile there until it has its own answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
     /// Stored as a new message.

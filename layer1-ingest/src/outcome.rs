@@ -45,6 +45,7 @@ impl fmt::Display for Rejection {
 
 /// Why an integration could not process a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Failure {
     /// Bad input: the row becomes `rejected` with the reason. Retrying cannot help.
     Rejected(Rejection),

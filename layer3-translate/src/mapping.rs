@@ -26,6 +26,7 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 /// What to do with a record leaf that is neither mapped nor ignored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum OnUnmapped {
     /// Reject the record at layer 3, naming the field (the default: nothing is lost silently).
     #[default]

@@ -29,6 +29,7 @@ pub struct InboundMessage {
 
 /// The handler's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Handled {
     /// Processed: receipt `acknowledged`.
     Accepted,

@@ -28,6 +28,7 @@ pub const TRACEPARENT: &str = "traceparent";
 /// A receipt's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ReceiptStatus {
     /// The core app processed the message.
     Acknowledged,

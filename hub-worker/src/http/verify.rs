@@ -34,6 +34,7 @@ pub enum Unauthenticated {
 
 /// How a source's requests are authenticated.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Verifier {
     /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
     /// over `id.timestamp.body`, keys from `whsec_<base64>` secrets.

@@ -42,6 +42,7 @@ pub struct OutgoingMessage {
 
 /// Why a publish or a subscription failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The broker refused the message (negative confirm). Retrying may help.
     #[error("broker refused the message: {0}")]

@@ -26,6 +26,7 @@ pub const RABBITMQ_MAX_NAME: usize = 255;
 
 /// Which transport's naming rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum NameRule {
     /// Any non-empty name.
     #[default]
