@@ -232,12 +232,30 @@ impl HttpConfig {
     }
 }
 
+/// A source's `verify = "..."`: a typo is a parse error naming the file, the line and these
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum VerifyScheme {
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`; `whsec_` keys).
+    StandardWebhooks,
+    /// GitHub's `X-Hub-Signature-256`.
+    Github,
+    /// Stripe's `Stripe-Signature`.
+    Stripe,
+    /// A static key in a header (`header`, `x-api-key` by default).
+    ApiKey,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+}
+
 /// `[sources.<name>]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `standard-webhooks`, `github`, `stripe`, `api-key` or `bearer`.
-    pub verify: String,
+    /// How requests prove they come from the third party.
+    pub verify: VerifyScheme,
     /// Environment variable holding the secret(s); several, comma-separated, during a rotation.
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -304,15 +322,15 @@ impl SourceConfig {
             return Err(Error::Config(format!("sources.{name}: no secret configured")));
         }
         // A short shared secret is guessable; a forged signature or key would be accepted.
-        if self.verify != "standard-webhooks" && raw.iter().any(|s| s.len() < 16) {
+        if self.verify != VerifyScheme::StandardWebhooks && raw.iter().any(|s| s.len() < 16) {
             return Err(Error::Config(format!(
                 "sources.{name}: every secret must be at least 16 characters"
             )));
         }
         let bytes = || raw.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
         let tolerance = Duration::from_secs(self.tolerance_secs);
-        let verifier = match self.verify.as_str() {
-            "standard-webhooks" => Verifier::StandardWebhooks {
+        let verifier = match self.verify {
+            VerifyScheme::StandardWebhooks => Verifier::StandardWebhooks {
                 keys: raw
                     .iter()
                     .map(|s| {
@@ -321,18 +339,13 @@ impl SourceConfig {
                     .collect::<Result<_>>()?,
                 tolerance,
             },
-            "github" => Verifier::Github { secrets: bytes() },
-            "stripe" => Verifier::Stripe { secrets: bytes(), tolerance },
-            "api-key" => Verifier::ApiKey {
+            VerifyScheme::Github => Verifier::Github { secrets: bytes() },
+            VerifyScheme::Stripe => Verifier::Stripe { secrets: bytes(), tolerance },
+            VerifyScheme::ApiKey => Verifier::ApiKey {
                 header: self.header.clone().unwrap_or_else(|| "x-api-key".into()).to_ascii_lowercase(),
                 keys: bytes(),
             },
-            "bearer" => Verifier::Bearer { tokens: bytes() },
-            other => {
-                return Err(Error::Config(format!(
-                    "sources.{name}.verify: unknown scheme `{other}` (standard-webhooks, github, stripe, api-key, bearer)"
-                )));
-            }
+            VerifyScheme::Bearer => Verifier::Bearer { tokens: bytes() },
         };
         Ok(crate::http::ingest::Door {
             verifier,
@@ -869,5 +882,16 @@ mod tests {
         let cfg = toml::from_str::<super::Config>(text).expect("config");
         let err = cfg.http_tls().expect_err("no TLS in this build").to_string();
         assert!(err.contains("cargo feature `tls`"), "{err}");
+    }
+
+    /// A misspelt verification scheme is refused when the file is read, at its line, with the
+    /// schemes there are.
+    #[test]
+    fn a_misspelt_verify_scheme_names_the_line_and_the_choices() {
+        let text =
+            "[database]\nurl = \"sqlite::memory:\"\n[sources.crm]\nverify = \"hmac\"\nsecret_env = \"X\"\n";
+        let err = toml::from_str::<super::Config>(text).expect_err("unknown scheme").to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("`standard-webhooks`, `github`, `stripe`, `api-key`, `bearer`"), "{err}");
     }
 }

@@ -7,6 +7,8 @@ pub mod mapping;
 pub mod stage;
 pub mod translator;
 
-pub use mapping::{FieldRule, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped};
+pub use mapping::{
+    Convert, FieldRule, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped, Precision,
+};
 pub use stage::{TranslateStage, Translators, translate};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

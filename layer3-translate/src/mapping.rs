@@ -103,17 +103,17 @@ pub struct FieldRule {
     pub timezone: Option<String>,
     /// Truncates timestamps to `seconds`, `millis` or `micros` (lossy: `truncate-timestamp`).
     #[serde(default)]
-    pub precision: Option<String>,
+    pub precision: Option<Precision>,
     /// Exact conversion: `string` (a number's text as written), `number` (text that is a JSON
     /// number, every digit kept), `integer` (text or number with no fraction).
     #[serde(default)]
-    pub convert: Option<String>,
+    pub convert: Option<Convert>,
     /// Truncates text to this many characters (lossy: `truncate-text`).
     #[serde(default)]
     pub max_length: Option<usize>,
     /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`.
     #[serde(default)]
-    pub lossy: Option<String>,
+    pub lossy: Option<Loss>,
 }
 
 /// A problem with a mapping, at a key path inside the mapping's table (`["fields", "/email",
@@ -126,13 +126,41 @@ pub struct MappingIssue {
     pub message: String,
 }
 
-const LOSSY: &[&str] = &["truncate-timestamp", "truncate-text", "merge-enum"];
-
-#[derive(Debug, Clone, Copy)]
-enum Precision {
+/// The precision a timestamp rule keeps (`precision = "millis"`): a loss, named
+/// `truncate-timestamp`. A typo is a parse error listing these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Whole seconds.
     Seconds,
+    /// Milliseconds.
     Millis,
+    /// Microseconds.
     Micros,
+}
+
+/// A loss a rule accepts by name (`lossy = "truncate-text"`): the fidelity promise allows a
+/// loss only where the mapping says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// `precision` drops fractional digits of a timestamp.
+    TruncateTimestamp,
+    /// `max_length` cuts text.
+    TruncateText,
+    /// An `enum` table maps two source values to one core value.
+    MergeEnum,
+}
+
+impl Loss {
+    /// The name written in mappings and in fidelity reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::TruncateTimestamp => "truncate-timestamp",
+            Loss::TruncateText => "truncate-text",
+            Loss::MergeEnum => "merge-enum",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -143,10 +171,15 @@ enum TimeFormat {
     Pattern { pattern: String, offset: Option<FixedOffset> },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Convert {
+/// An exact conversion (`convert = "number"`); a typo is a parse error listing these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Convert {
+    /// A number's text as written, a string as it is, `true`/`false` as text.
     String,
+    /// Text that is a JSON number, every digit kept.
     Number,
+    /// Text or a number with no fraction.
     Integer,
 }
 
@@ -310,33 +343,19 @@ fn compile_rule(
         issues.push(issue(at, "", "`enum`, `timestamp`, `convert` and `max_length` apply to a `from` value"));
     }
     let mut t = Transforms::default();
-    let mut losses: Vec<&str> = Vec::new();
+    let mut losses: Vec<Loss> = Vec::new();
     if let Some(table) = &rule.table {
         let mut seen: Vec<&Value> = Vec::new();
         for v in table.values() {
             if seen.contains(&v) {
-                losses.push("merge-enum");
+                losses.push(Loss::MergeEnum);
                 break;
             }
             seen.push(v);
         }
         t.table = Some(table.clone());
     }
-    if let Some(c) = &rule.convert {
-        t.convert = match c.as_str() {
-            "string" => Some(Convert::String),
-            "number" => Some(Convert::Number),
-            "integer" => Some(Convert::Integer),
-            other => {
-                issues.push(issue(
-                    at,
-                    "convert",
-                    format!("unknown conversion `{other}` (string, number, integer)"),
-                ));
-                None
-            }
-        };
-    }
+    t.convert = rule.convert;
     if let Some(f) = &rule.timestamp {
         let offset = match rule.timezone.as_deref().map(|z| (z, parse_offset(z))) {
             Some((z, None)) => {
@@ -383,32 +402,20 @@ fn compile_rule(
                 TimeFormat::Rfc3339
             }
         };
-        let precision = match rule.precision.as_deref() {
-            None => None,
-            Some(p) => {
-                losses.push("truncate-timestamp");
-                match p {
-                    "seconds" => Some(Precision::Seconds),
-                    "millis" => Some(Precision::Millis),
-                    "micros" => Some(Precision::Micros),
-                    other => {
-                        issues.push(issue(at, "precision", format!("unknown precision `{other}`")));
-                        None
-                    }
-                }
-            }
-        };
-        t.timestamp = Some((format, precision));
+        if rule.precision.is_some() {
+            losses.push(Loss::TruncateTimestamp);
+        }
+        t.timestamp = Some((format, rule.precision));
     } else if rule.precision.is_some() || rule.timezone.is_some() {
         issues.push(issue(at, "", "`precision` and `timezone` belong to a `timestamp` rule"));
     }
     if let Some(n) = rule.max_length {
-        losses.push("truncate-text");
+        losses.push(Loss::TruncateText);
         t.max_length = Some(n);
     }
     // The fidelity promise: a loss happens only where the rule names it.
-    for loss in &losses {
-        if rule.lossy.as_deref() != Some(*loss) {
+    for loss in losses.iter().map(|l| l.as_str()) {
+        if rule.lossy.map(Loss::as_str) != Some(loss) {
             issues.push(issue(
                 at,
                 "",
@@ -418,12 +425,11 @@ fn compile_rule(
             ));
         }
     }
-    if let Some(l) = &rule.lossy {
-        if !LOSSY.contains(&l.as_str()) {
-            issues.push(issue(at, "lossy", format!("unknown loss `{l}` ({})", LOSSY.join(", "))));
-        } else if !losses.contains(&l.as_str()) {
-            issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
-        }
+    if let Some(l) = rule.lossy
+        && !losses.contains(&l)
+    {
+        let l = l.as_str();
+        issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
     }
     // Built even with problems reported, so that the schema checks can still run on it; a
     // mapping with any problem is never run.
@@ -1115,6 +1121,15 @@ mod tests {
                 .as_deref(),
             Ok("2026-11-20T13:05:41Z")
         );
+    }
+
+    #[test]
+    fn misspelt_options_are_parse_errors_listing_the_choices() {
+        let rule = |text: &str| serde_json::from_str::<FieldRule>(text).expect_err("misspelt").to_string();
+        assert!(rule(r#"{"from": "/a", "convert": "numbr"}"#).contains("`string`, `number`, `integer`"));
+        assert!(rule(r#"{"from": "/a", "precision": "ms"}"#).contains("`seconds`, `millis`, `micros`"));
+        let loss = rule(r#"{"from": "/a", "lossy": "truncate"}"#);
+        assert!(loss.contains("`truncate-timestamp`, `truncate-text`, `merge-enum`"), "{loss}");
     }
 
     #[test]
