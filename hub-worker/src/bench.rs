@@ -113,17 +113,17 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
     let (tag, destination, builder) = set_up(cfg, "payments", None, transport.clone());
     let builder = match &cfg.integrations_dir {
         None => integrations::register(builder, integrations::payments::SOURCE)
-            .ok_or_else(|| Error::Config("payments integration missing".into()))?,
+            .ok_or_else(|| Error::Benchmark("payments integration missing".into()))?,
         Some(dir) => {
             let loaded = crate::files::load_dir(dir, false);
             if let Some(d) = loaded.diagnostics.first() {
-                return Err(Error::Config(d.to_string()));
+                return Err(Error::Benchmark(d.to_string()));
             }
             let payments = loaded
                 .integrations
                 .into_iter()
                 .find(|i| i.source == integrations::payments::SOURCE)
-                .ok_or_else(|| Error::Config(format!("no payments integration in {}", dir.display())))?;
+                .ok_or_else(|| Error::Benchmark(format!("no payments integration in {}", dir.display())))?;
             // The benchmark routes to its own queue only, not to the file's destinations.
             let payments = crate::files::Integration { routes: Vec::new(), ..payments };
             payments.register(builder)
@@ -174,13 +174,13 @@ pub async fn run(cfg: &BenchConfig, transport: Arc<dyn Transport>) -> Result<Ben
             break;
         }
         if Instant::now() > deadline {
-            return Err(Error::Config(format!("benchmark timed out with {acked} of {want} acknowledged")));
+            return Err(Error::Benchmark(format!("benchmark timed out with {acked} of {want} acknowledged")));
         }
         // Coarse on purpose: the count costs the database work; the end time comes from the rows.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wall = started.elapsed();
-    ingest.await.map_err(|e| Error::Config(format!("ingest task: {e}")))??;
+    ingest.await.map_err(|e| Error::Benchmark(format!("ingest task: {e}")))??;
     cancel.cancel();
     hub.shutdown().await;
 
@@ -302,7 +302,7 @@ pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize
     let ordering = (keys > 0).then(|| "/customer_ref".to_owned());
     let (tag, destination, builder) = set_up(cfg, "backlog", ordering, gate.clone());
     let builder = integrations::register(builder, integrations::payments::SOURCE)
-        .ok_or_else(|| Error::Config("payments integration missing".into()))?;
+        .ok_or_else(|| Error::Benchmark("payments integration missing".into()))?;
     let hub = builder.build().await?;
     let cancel = CancellationToken::new();
     for _ in 0..cfg.receivers.max(1) {
@@ -336,7 +336,7 @@ pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize
     let deadline = Instant::now() + Duration::from_secs(600);
     while count(Status::JustIn).await? < want {
         if Instant::now() > deadline {
-            return Err(Error::Config("backlog never formed".into()));
+            return Err(Error::Benchmark("backlog never formed".into()));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -350,7 +350,7 @@ pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize
             break;
         }
         if Instant::now() > deadline {
-            return Err(Error::Config(format!("drain timed out with {settled} of {want} confirmed")));
+            return Err(Error::Benchmark(format!("drain timed out with {settled} of {want} confirmed")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -371,7 +371,7 @@ pub async fn drain(cfg: &BenchConfig, transport: Arc<dyn Transport>, keys: usize
         times.into_iter().filter_map(|(q, a)| q.or(a)).filter(|t| *t >= reopened).collect();
     let (first, last) = match (confirmed.iter().min(), confirmed.iter().max()) {
         (Some(a), Some(b)) => (*a, *b),
-        _ => return Err(Error::Config("no confirm recorded after the outage".into())),
+        _ => return Err(Error::Benchmark("no confirm recorded after the outage".into())),
     };
     let seconds = ((last - first).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-3);
     Ok(DrainReport { messages: confirmed.len(), keys, seconds, rate: confirmed.len() as f64 / seconds })

@@ -33,6 +33,9 @@ pub enum Error {
     /// The configuration is unusable (the text names the key).
     #[error("configuration: {0}")]
     Config(String),
+    /// The benchmark could not finish its run (the text says where it stopped).
+    #[error("benchmark: {0}")]
+    Benchmark(String),
     /// Told to stop before the hub was up (Ctrl-C while waiting for the database or the
     /// transport); the text says what was still missing.
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Config(_) => "configuration",
             Error::Stopped(_) => "stopped",
+            Error::Benchmark(_) => "benchmark",
         }
     }
 }
@@ -71,5 +75,11 @@ mod tests {
         assert_eq!(commit.kind(), "database-outcome-unknown");
         assert!(commit.to_string().contains("outcome is unknown"), "{commit}");
         assert_eq!(Error::Config("x".into()).kind(), "configuration");
+        // A benchmark that times out, and a row of the hub's own that does not serialize, are
+        // neither configuration nor the caller's input (issue 10 item 11).
+        assert_eq!(Error::Benchmark("timed out".into()).kind(), "benchmark");
+        let internal = Error::Base(layer1_ingest::Error::Internal("row to JSON".into()));
+        assert_eq!(internal.kind(), "internal");
+        assert!(!layer1_ingest::Error::Internal(String::new()).is_transient());
     }
 }

@@ -44,6 +44,10 @@ pub enum Error {
     /// A row expected by id is not there.
     #[error("no message with id {0}")]
     NotFound(Uuid),
+    /// Something the hub wrote or read itself is not what it should be (a row that does not
+    /// serialize, an id column that does not parse): a bug or a damaged database, never input.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A batch update touched fewer rows than it claimed: another writer got there first.
     #[error("lost the claim on {expected} rows of {table}: only {updated} updated")]
     LostClaim {
@@ -72,6 +76,7 @@ impl Error {
             Error::BodyTooLarge { .. } => "body-too-large",
             Error::NotFound(_) => "not-found",
             Error::LostClaim { .. } => "lost-claim",
+            Error::Internal(_) => "internal",
         }
     }
 }

@@ -121,7 +121,7 @@ fn redacted_headers(headers: &[(String, String)]) -> Result<String> {
             (name, serde_json::Value::String(value.to_owned()))
         })
         .collect();
-    serde_json::to_string(&map).map_err(|e| Error::InvalidInput(format!("headers: {e}")))
+    serde_json::to_string(&map).map_err(|e| Error::Internal(format!("headers to JSON: {e}")))
 }
 
 fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
@@ -197,8 +197,7 @@ async fn insert_new<'a, C: ConnectionTrait>(
     const ON_CONFLICT: &str = "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id";
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
         let rows: Vec<&entity::Model> = rows.collect();
-        let json =
-            serde_json::to_string(&rows).map_err(|e| Error::InvalidInput(format!("row to JSON: {e}")))?;
+        let json = serde_json::to_string(&rows).map_err(|e| Error::Internal(format!("row to JSON: {e}")))?;
         let out = conn.query_all_raw(crate::table::pg_json_insert("layer1_raw", json, ON_CONFLICT)).await?;
         return out.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Error::from)).collect();
     }

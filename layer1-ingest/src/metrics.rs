@@ -1,5 +1,8 @@
 //! Process metrics the stages, the publisher and the receipt consumer record, and the audit
-//! desk renders in Prometheus text format. Lock-free counters; one small histogram per stage.
+//! desk renders in Prometheus text format: atomic counters and one small histogram per stage.
+//! Each record call looks its counter up in a registry behind a mutex (held for one map lookup);
+//! the calls come once per batch or per request, not per message, so the lock is uncontended in
+//! practice. Only the increments themselves are lock-free.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

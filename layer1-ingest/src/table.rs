@@ -304,7 +304,7 @@ where
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
         for chunk in rows.chunks(INSERT_CHUNK) {
             let json =
-                serde_json::to_string(chunk).map_err(|e| Error::InvalidInput(format!("row to JSON: {e}")))?;
+                serde_json::to_string(chunk).map_err(|e| Error::Internal(format!("row to JSON: {e}")))?;
             conn.execute_raw(pg_json_insert(E::LAYER.table(), json, "")).await?;
         }
         return Ok(());

@@ -119,7 +119,7 @@ async fn open_fronts(txn: &DatabaseTransaction) -> layer1_ingest::Result<HashMap
         let first_open = if backend == DbBackend::Postgres {
             let text: String = r.try_get("", "first_open")?;
             text.parse()
-                .map_err(|e| layer1_ingest::Error::InvalidInput(format!("origin id `{text}`: {e}")))?
+                .map_err(|e| layer1_ingest::Error::Internal(format!("stored origin id `{text}`: {e}")))?
         } else {
             r.try_get::<Uuid>("", "first_open")?
         };

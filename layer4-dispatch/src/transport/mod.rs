@@ -1,6 +1,6 @@
 //! The [`Transport`] trait: a queue abstraction with confirmed publishes and explicitly
 //! acknowledged deliveries, which the publisher, the receipt consumer, the core-app
-//! [`Receiver`](crate::Receiver) and (later) downstream intake all use. One module per backend;
+//! [`Receiver`](crate::Receiver) and downstream intake ([`IntakeConsumer`](crate::IntakeConsumer)) all use. One module per backend;
 //! each exports its config and one public type. `in_process` is always built; `rabbitmq` and
 //! `sqs` only with the cargo features of the same names (their clients are large).
 
