@@ -112,7 +112,7 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     }
 
     // One message's whole life, asked for by its layer 4 id: raw bytes to Acknowledged.
-    let payment = ids[1].id;
+    let payment = ids[1].id.uuid();
     let lineage = hub.lineage(payment).await?;
     let l4 = lineage.entries.iter().find(|e| e.layer == Layer::Dispatch).map(|e| e.id).unwrap_or(payment);
     let lineage = hub.lineage(l4).await?;

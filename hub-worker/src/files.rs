@@ -683,7 +683,7 @@ mod tests {
         let loaded = load_dir(&dir, false);
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
         let raw = RawInput {
-            id: uuid::Uuid::now_v7(),
+            id: uuid::Uuid::now_v7().into(),
             source: "s",
             source_ref: None,
             content_type: "application/json",

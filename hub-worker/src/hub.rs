@@ -593,9 +593,9 @@ impl Hub {
         Ok(self.inner.transport.ensure_queue(&self.inner.settings.publish.receipts_queue).await?)
     }
 
-    /// The whole chain of the message `id` names, from any layer's id.
-    pub async fn lineage(&self, id: Uuid) -> Result<Lineage> {
-        lineage(&self.inner.db, id).await
+    /// The whole chain of the message `id` names, from any layer's id (typed or a bare UUID).
+    pub async fn lineage(&self, id: impl Into<Uuid>) -> Result<Lineage> {
+        lineage(&self.inner.db, id.into()).await
     }
 
     /// Row counts per layer, source, direction and status.

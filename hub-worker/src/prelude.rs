@@ -11,7 +11,9 @@ pub use tokio_util::sync::CancellationToken;
 
 pub use crate::{Error, Hub, HubBuilder, HubSettings, IngestMeta, Lineage, StatusCount};
 pub use layer1_ingest::json::{Map, Number, Value};
-pub use layer1_ingest::{Failure, IngestOutcome, Ingested, Layer, Rejection, Status};
+pub use layer1_ingest::{
+    CoreMessageId, DispatchId, Failure, IngestOutcome, Ingested, Layer, RawId, RecordId, Rejection, Status,
+};
 pub use layer2_normalize::{Normalizer, RawInput, Record, event_ref_at, parse_json};
 pub use layer3_translate::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
 pub use layer4_dispatch::{

@@ -62,7 +62,7 @@ pub enum IngestOutcome {
     /// corrected (or identical) resend of a refused event is processed, not dropped.
     Resend {
         /// The newest earlier copy, which the new row supersedes.
-        of: Uuid,
+        of: crate::RawId,
     },
     /// The key is on record in a copy that is not rejected or dead, with different bytes: the
     /// payload is stored as a row of its own, `rejected` at once (the reason names both rows
@@ -70,7 +70,7 @@ pub enum IngestOutcome {
     /// carried on silently; an operator who decides the new bytes are right replays the row.
     Conflict {
         /// The copy on record, which stands.
-        with: Uuid,
+        with: crate::RawId,
     },
 }
 
@@ -79,7 +79,7 @@ pub enum IngestOutcome {
 pub struct Ingested {
     /// The layer 1 row holding these bytes: the new row (new, resend, conflict) or the copy
     /// already on record (duplicate).
-    pub id: Uuid,
+    pub id: crate::RawId,
     /// Whether the payload was a duplicate of a copy on record (`outcome` is `Duplicate`).
     pub duplicate: bool,
     /// What became of it.
@@ -88,7 +88,7 @@ pub struct Ingested {
 
 impl Ingested {
     fn new(id: Uuid, outcome: IngestOutcome) -> Self {
-        Self { id, duplicate: outcome == IngestOutcome::Duplicate, outcome }
+        Self { id: id.into(), duplicate: outcome == IngestOutcome::Duplicate, outcome }
     }
 }
 
@@ -403,7 +403,7 @@ async fn settle_against<C: ConnectionTrait>(
                     None => return Ok(Err(vanished(&row.dedup_key))),
                 }
             };
-            return Ok(Ok(Ingested::new(id, IngestOutcome::Conflict { with: stand.0 })));
+            return Ok(Ok(Ingested::new(id, IngestOutcome::Conflict { with: stand.0.into() })));
         }
         // Nothing stands: the newest copy (the key's own row at least) is superseded by these
         // bytes, as a replay would supersede it.
@@ -414,7 +414,7 @@ async fn settle_against<C: ConnectionTrait>(
         row.origin_id = first.origin_id;
         if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
             tracing::info!(source = %m.source, id = %row.id, of = %newest, "resend of a refused event: stored as a new message");
-            return Ok(Ok(Ingested::new(row.id, IngestOutcome::Resend { of: newest })));
+            return Ok(Ok(Ingested::new(row.id, IngestOutcome::Resend { of: newest.into() })));
         }
         // A concurrent writer stored a resend of the same copy first: settle against it.
     }

@@ -7,6 +7,7 @@
 pub mod db;
 pub mod entity;
 pub mod error;
+pub mod ids;
 pub mod ingest;
 pub mod json;
 pub mod lineage;
@@ -17,6 +18,7 @@ pub mod status;
 pub mod table;
 
 pub use error::{Error, Result};
+pub use ids::{CoreMessageId, DispatchId, RawId, RecordId};
 pub use ingest::{IngestOutcome, Ingested, NewRaw, ingest, ingest_many};
 pub use lineage::LineageEntry;
 pub use outcome::{Failure, Rejection, guarded};

@@ -231,7 +231,7 @@ mod tests {
 
     async fn run(n: &DeclaredNormalizer, body: &str) -> Result<Vec<Record>, Failure> {
         let raw = RawInput {
-            id: Uuid::now_v7(),
+            id: Uuid::now_v7().into(),
             source: "iot",
             source_ref: None,
             content_type: "application/json",

@@ -3,7 +3,6 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 use layer1_ingest::json::{Value, escape_token, first_duplicate_key, parse_exact, scalar_text};
@@ -13,7 +12,7 @@ use layer1_ingest::{Failure, Rejection};
 #[derive(Debug, Clone, Copy)]
 pub struct RawInput<'a> {
     /// The layer 1 id.
-    pub id: Uuid,
+    pub id: layer1_ingest::RawId,
     /// The integration's name.
     pub source: &'a str,
     /// The third party's event id, if any.

@@ -46,7 +46,7 @@ pub async fn normalize(normalizers: &Normalizers, row: &raw::Model) -> Result<Ve
         .into());
     };
     let input = RawInput {
-        id: row.id,
+        id: row.id.into(),
         source: &row.source,
         source_ref: row.source_ref.as_deref(),
         content_type: &row.content_type,

@@ -53,8 +53,8 @@ pub async fn translate(
         .into());
     };
     let input = RecordInput {
-        id: row.id,
-        origin_id: row.origin_id,
+        id: row.id.into(),
+        origin_id: row.origin_id.into(),
         source: &row.source,
         source_ref: row.source_ref.as_deref(),
         kind: &row.record_kind,

@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use layer1_ingest::json::Value;
 
@@ -12,9 +11,9 @@ use layer1_ingest::Failure;
 #[derive(Debug, Clone, Copy)]
 pub struct RecordInput<'a> {
     /// The layer 2 id.
-    pub id: Uuid,
+    pub id: layer1_ingest::RecordId,
     /// The layer 1 id the record came from.
-    pub origin_id: Uuid,
+    pub origin_id: layer1_ingest::RawId,
     /// The integration's name.
     pub source: &'a str,
     /// The record's id at the third party.

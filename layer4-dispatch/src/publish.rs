@@ -173,8 +173,8 @@ impl PublishStage {
 
     fn outgoing(&self, row: &entity::Model) -> OutgoingMessage {
         let headers = HubHeaders {
-            message_id: row.id,
-            origin_id: row.origin_id,
+            message_id: row.id.into(),
+            origin_id: row.origin_id.into(),
             source: row.source.clone(),
             source_ref: row.source_ref.clone(),
             message_type: row.message_type.clone(),

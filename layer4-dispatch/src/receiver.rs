@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use layer1_ingest::DispatchId;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::transport::{Delivery, OutgoingMessage, Transport, TransportError};
 use crate::wire::{HubHeaders, Receipt, ReceiptStatus};
@@ -64,17 +64,17 @@ pub struct ReceiverStats {
 /// Remembers the last `capacity` message ids with the verdict given, so a redelivery is
 /// answered with the same receipt.
 struct RecentIds {
-    verdicts: HashMap<Uuid, (ReceiptStatus, Option<String>)>,
-    order: VecDeque<Uuid>,
+    verdicts: HashMap<DispatchId, (ReceiptStatus, Option<String>)>,
+    order: VecDeque<DispatchId>,
     capacity: usize,
 }
 
 impl RecentIds {
-    fn get(&self, id: &Uuid) -> Option<&(ReceiptStatus, Option<String>)> {
+    fn get(&self, id: &DispatchId) -> Option<&(ReceiptStatus, Option<String>)> {
         self.verdicts.get(id)
     }
 
-    fn insert(&mut self, id: Uuid, verdict: (ReceiptStatus, Option<String>)) {
+    fn insert(&mut self, id: DispatchId, verdict: (ReceiptStatus, Option<String>)) {
         if self.verdicts.insert(id, verdict).is_none() {
             self.order.push_back(id);
             if self.order.len() > self.capacity
@@ -98,7 +98,7 @@ fn receipt_message(
     status: ReceiptStatus,
     reason: Option<String>,
 ) -> Result<OutgoingMessage, serde_json::Error> {
-    let receipt = Receipt { message_id: h.message_id, status, reason, at: Utc::now() };
+    let receipt = Receipt { message_id: h.message_id.uuid(), status, reason, at: Utc::now() };
     Ok(OutgoingMessage {
         queue: h.receipt_to.clone(),
         dedup_id: format!("receipt-{}", h.message_id),

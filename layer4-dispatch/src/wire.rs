@@ -65,10 +65,10 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// The hub headers of a delivered message, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubHeaders {
-    /// `hub-message-id`
-    pub message_id: Uuid,
-    /// `hub-origin-id`
-    pub origin_id: Uuid,
+    /// `hub-message-id`: the layer 4 row, which the receipt names.
+    pub message_id: layer1_ingest::DispatchId,
+    /// `hub-origin-id`: the layer 1 row the message came from.
+    pub origin_id: layer1_ingest::RawId,
     /// `hub-source`
     pub source: String,
     /// `hub-source-ref` (`None` when empty)
@@ -93,8 +93,8 @@ impl HubHeaders {
             get(k)?.parse().map_err(|e| format!("header `{k}` is not a UUID: {e}"))
         };
         Ok(HubHeaders {
-            message_id: uuid(MESSAGE_ID)?,
-            origin_id: uuid(ORIGIN_ID)?,
+            message_id: uuid(MESSAGE_ID)?.into(),
+            origin_id: uuid(ORIGIN_ID)?.into(),
             source: get(SOURCE)?,
             source_ref: h.get(SOURCE_REF).filter(|v| !v.is_empty()).cloned(),
             message_type: get(TYPE)?,
@@ -147,8 +147,8 @@ mod tests {
     #[test]
     fn headers_round_trip_and_name_what_is_missing() {
         let h = HubHeaders {
-            message_id: Uuid::now_v7(),
-            origin_id: Uuid::now_v7(),
+            message_id: Uuid::now_v7().into(),
+            origin_id: Uuid::now_v7().into(),
             source: "crm".into(),
             source_ref: None,
             message_type: "member.upsert".into(),

@@ -288,17 +288,17 @@ pub async fn ingest(
                             i.id
                         ),
                     );
-                    p.id = Some(i.id);
-                    p.existing_id = Some(with);
+                    p.id = Some(i.id.uuid());
+                    p.existing_id = Some(with.uuid());
                     return p.into_response();
                 }
             };
             layer1_ingest::metrics::count("http_ingest", label, 1);
             let resend_of = match i.outcome {
-                IngestOutcome::Resend { of } => Some(of),
+                IngestOutcome::Resend { of } => Some(of.uuid()),
                 _ => None,
             };
-            (status, Json(Accepted { id: i.id, duplicate: i.duplicate, resend_of })).into_response()
+            (status, Json(Accepted { id: i.id.uuid(), duplicate: i.duplicate, resend_of })).into_response()
         }
         Ok(Ok(Err(e))) => match &*e {
             Error::Base(layer1_ingest::Error::BodyTooLarge { .. }) => too_large(),

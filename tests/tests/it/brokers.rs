@@ -72,7 +72,7 @@ async fn end_to_end(transport: Arc<dyn Transport>, fifo: bool) {
     let by_id: HashMap<_, _> = got.iter().map(|m| (m.headers.message_id, m)).collect();
     assert_eq!(by_id.len(), 23, "every message reached the receiver");
     for r in &rows {
-        let m = by_id.get(&r.id).expect("delivered with hub-message-id = layer 4 id");
+        let m = by_id.get(&r.id.into()).expect("delivered with hub-message-id = layer 4 id");
         assert_eq!(m.headers.origin_id, r.origin_id);
         assert_eq!(m.headers.source, r.source);
         assert_eq!(m.headers.source_ref, r.source_ref);
@@ -316,8 +316,8 @@ async fn sqs_carries_messages_up_to_one_mebibyte() {
     t.ensure_queue(&queue).await.expect("queue");
     let body = format!("\"{}\"", "x".repeat(1_000_000)).into_bytes();
     let mut headers = wire::HubHeaders {
-        message_id: uuid::Uuid::now_v7(),
-        origin_id: uuid::Uuid::now_v7(),
+        message_id: uuid::Uuid::now_v7().into(),
+        origin_id: uuid::Uuid::now_v7().into(),
         source: "payments".into(),
         source_ref: None,
         message_type: "payment.recorded".into(),

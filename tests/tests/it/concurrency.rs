@@ -30,7 +30,7 @@ impl Normalizer for Counting {
         "payments"
     }
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
-        self.seen.lock().expect("lock").entry(raw.id).or_default().push(self.runner);
+        self.seen.lock().expect("lock").entry(raw.id.uuid()).or_default().push(self.runner);
         tokio::time::sleep(Duration::from_millis(2)).await;
         PaymentNormalizer.normalize(raw).await
     }

@@ -119,8 +119,8 @@ async fn rejected_input_keeps_raw_bytes_and_reason(backend: Backend) {
     tdb.cleanup().await;
 }
 
-async fn row(hub: &Hub, id: uuid::Uuid) -> l1::Model {
-    l1::Entity::find_by_id(id).one(hub.db()).await.expect("query").expect("row")
+async fn row(hub: &Hub, id: impl Into<uuid::Uuid>) -> l1::Model {
+    l1::Entity::find_by_id(id.into()).one(hub.db()).await.expect("query").expect("row")
 }
 
 /// Every layer 1 row to `rejected`, as layer 2 would leave refused payloads.
@@ -164,7 +164,7 @@ async fn resends_of_refused_events_are_processed(backend: Backend) {
     settle().await;
     let r = row(&hub, fixed.id).await;
     assert_eq!(r.status, Status::Forwarded, "processed: {:?}", r.last_error);
-    assert_eq!((r.parent_id, r.origin_id), (Some(first.id), first.id), "linked like a replay");
+    assert_eq!((r.parent_id, r.origin_id), (Some(first.id.uuid()), first.id.uuid()), "linked like a replay");
     assert_eq!(r.source_ref.as_deref(), Some("evt_fix"));
     assert_eq!(r.body_sha256, sha256_hex(&good));
     assert_ne!(r.body_sha256, row(&hub, first.id).await.body_sha256);

@@ -66,7 +66,7 @@ async fn end_to_end_with_lineage_headers_and_digits(backend: Backend) {
     assert_eq!(p.headers.source, "payments");
     assert_eq!(p.headers.source_ref.as_deref(), Some("evt_1QxR7sLkdIwHu7ix0a1b2c3d"));
     assert_eq!((p.headers.type_version.as_str(), p.headers.receipt_to.as_str()), ("1", "hub.receipts"));
-    assert_eq!(p.headers.traceparent.as_deref(), Some(wire::traceparent(pay.id, row4.id).as_str()));
+    assert_eq!(p.headers.traceparent.as_deref(), Some(wire::traceparent(pay.id.uuid(), row4.id).as_str()));
 
     // Lineage from any layer's id: all four rows of the message.
     for e in lin.entries.clone() {
@@ -129,8 +129,8 @@ async fn receiver_drops_duplicates_and_repeats_the_receipt() {
         t.ensure_queue(q).await.expect("queue");
     }
     let h = HubHeaders {
-        message_id: uuid::Uuid::now_v7(),
-        origin_id: uuid::Uuid::now_v7(),
+        message_id: uuid::Uuid::now_v7().into(),
+        origin_id: uuid::Uuid::now_v7().into(),
         source: "payments".into(),
         source_ref: None,
         message_type: "payment.recorded".into(),
@@ -161,7 +161,7 @@ async fn receiver_drops_duplicates_and_repeats_the_receipt() {
             .expect("receipt in time")
             .expect("d");
         let r: Receipt = serde_json::from_slice(&d.body).expect("receipt json");
-        assert_eq!((r.message_id, r.status), (h.message_id, ReceiptStatus::Acknowledged));
+        assert_eq!((r.message_id, r.status), (h.message_id.uuid(), ReceiptStatus::Acknowledged));
         d.ack().await.expect("ack");
     }
     tokio::time::timeout(Duration::from_secs(5), async {

@@ -49,8 +49,8 @@ fn first_sightings(core: &Collect) -> HashMap<String, Vec<Uuid>> {
     for m in core.got.lock().expect("lock").iter() {
         let customer = m.body["customer_ref"].as_str().unwrap_or_default().to_owned();
         let seen = out.entry(customer).or_default();
-        if !seen.contains(&m.headers.message_id) {
-            seen.push(m.headers.message_id);
+        if !seen.contains(&m.headers.message_id.uuid()) {
+            seen.push(m.headers.message_id.uuid());
         }
     }
     out
@@ -246,9 +246,9 @@ async fn drain_counting(
             panic!("only {} of {want} messages arrived", copies.len());
         };
         let headers = wire::HubHeaders::parse(&d.headers).expect("contract headers");
-        *copies.entry(headers.message_id).or_default() += 1;
+        *copies.entry(headers.message_id.uuid()).or_default() += 1;
         let receipt = Receipt {
-            message_id: headers.message_id,
+            message_id: headers.message_id.uuid(),
             status: ReceiptStatus::Acknowledged,
             reason: None,
             at: chrono::Utc::now(),
@@ -594,7 +594,7 @@ async fn a_row_arriving_mid_claim_waits_for_an_earlier_open_message() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let now = chrono::Utc::now();
     let later_origin = Uuid::now_v7();
-    assert!(later_origin > earlier.id, "the later event entered layer 1 after the earlier one");
+    assert!(later_origin > earlier.id.uuid(), "the later event entered layer 1 after the earlier one");
     let later = l4::ActiveModel {
         id: Set(Uuid::now_v7()),
         direction: Set(Direction::Upstream),
