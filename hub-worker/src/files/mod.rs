@@ -5,20 +5,23 @@
 //! Loading checks everything it can before anything runs and reports each problem with its file
 //! and line; `hub-worker check` prints them and `run` refuses to start while any remain.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use layer1_ingest::json::{Condition, tokens};
-use layer2_normalize::declared::{DEFAULT_MAX_RECORDS, ENVELOPE_KEY};
-use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema};
-use layer3_translate::{Mapping, MappingSpec, MappingTranslator};
+use layer1_ingest::json::tokens;
+use layer2_normalize::{DeclaredNormalizer, JsonSchema};
+use layer3_translate::MappingTranslator;
 use layer4_dispatch::Route;
 
 use crate::config::SourceConfig;
+
+mod integration;
+
+use integration::load_integration;
 
 /// The catalogue's file name inside an integrations directory.
 pub const CORE_FILE: &str = "core.toml";
@@ -138,49 +141,6 @@ pub struct Catalogue {
     pub destinations: BTreeSet<String>,
     /// Core message type schemas by (type, version).
     pub types: HashMap<(String, String), Arc<JsonSchema>>,
-}
-
-/// An integration file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IntegrationFile {
-    source: String,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    ingress: Option<SourceConfig>,
-    #[serde(default)]
-    payload: PayloadSpec,
-    kinds: BTreeMap<String, KindSpec>,
-    #[serde(default)]
-    routes: Vec<Route>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PayloadSpec {
-    #[serde(default)]
-    schema: Option<PathBuf>,
-    #[serde(default)]
-    records: Option<String>,
-    #[serde(default)]
-    event_ref: Option<String>,
-    #[serde(default)]
-    max_records: Option<usize>,
-    #[serde(default)]
-    carry: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KindSpec {
-    schema: PathBuf,
-    schema_version: String,
-    #[serde(default)]
-    source_ref: Option<String>,
-    #[serde(default)]
-    when: Option<Condition>,
-    mapping: MappingSpec,
 }
 
 /// One source's integration, ready to register.
@@ -382,271 +342,6 @@ pub fn check_queue_names(
             })
         })
         .collect()
-}
-
-fn load_integration(
-    file: &Path,
-    dir: &Path,
-    catalogue: &Catalogue,
-    check_secrets: bool,
-    out: &mut Vec<Diagnostic>,
-) -> Option<Integration> {
-    let text = match read_text(file) {
-        Ok(t) => t,
-        Err(e) => {
-            out.push(Diagnostic { file: file.to_owned(), line: None, message: e });
-            return None;
-        }
-    };
-    let before = out.len();
-    let mut d = FileDiags { file: file.to_owned(), loc: Locator::new(&text), out };
-    let f: IntegrationFile = parse_toml(&mut d, &text)?;
-    if !valid_name(&f.source) {
-        d.at(&["source"], format!("source `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", f.source));
-    }
-    for (key, p) in [("records", &f.payload.records), ("event_ref", &f.payload.event_ref)] {
-        if let Some(p) = p
-            && !is_pointer(p)
-        {
-            d.at(&["payload", key], format!("`{p}` is not a JSON pointer like /{key}"));
-        }
-    }
-    if f.kinds.is_empty() {
-        d.at(&["kinds"], "declare at least one record kind under [kinds.<name>]");
-    }
-    let catch_all: Vec<&String> = f.kinds.iter().filter(|(_, k)| k.when.is_none()).map(|(n, _)| n).collect();
-    if f.kinds.len() > 1 && catch_all.len() > 1 {
-        d.at(
-            &["kinds"],
-            format!(
-                "record kinds {} all lack `when`: only one kind may take every record not matched by the others",
-                catch_all.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
-            ),
-        );
-    }
-    let base = file.parent().unwrap_or(dir);
-    let envelope = match &f.payload.schema {
-        None => None,
-        Some(p) => match load_schema(base, p) {
-            Ok(s) => {
-                for (key, ptr) in [("records", &f.payload.records), ("event_ref", &f.payload.event_ref)] {
-                    if let Some(ptr) = ptr
-                        && !s.can_exist(ptr)
-                    {
-                        d.at(
-                            &["payload", key],
-                            format!("`{ptr}` cannot exist in a payload: its schema does not allow it"),
-                        );
-                    }
-                }
-                Some(s)
-            }
-            Err(e) => {
-                d.at(&["payload", "schema"], e);
-                None
-            }
-        },
-    };
-    for (i, c) in f.payload.carry.iter().enumerate() {
-        let idx = i.to_string();
-        let inside_records = f.payload.records.as_ref().is_some_and(|r| {
-            c == r || c.starts_with(&format!("{r}/")) || r.starts_with(&format!("{c}/")) || c.is_empty()
-        });
-        if !is_pointer(c) {
-            d.at(&["payload", "carry", &idx], format!("`{c}` is not a JSON pointer like /event_id"));
-        } else if inside_records {
-            d.at(
-                &["payload", "carry", &idx],
-                format!("`{c}` overlaps the records: carry fields beside them"),
-            );
-        } else if envelope.as_ref().is_some_and(|s| !s.can_exist(c)) {
-            d.at(
-                &["payload", "carry", &idx],
-                format!("`{c}` cannot exist in a payload: its schema does not allow it"),
-            );
-        }
-    }
-    let mut kinds = Vec::new();
-    let mut translators = Vec::new();
-    let mut produced: Vec<(String, String)> = Vec::new();
-    // Kinds are tried in the order the file lists them (a TOML table has no order of its own).
-    let mut listed: Vec<(String, KindSpec)> = f.kinds.into_iter().collect();
-    listed.sort_by_key(|(name, _)| d.loc.line_of(&["kinds".to_owned(), name.clone()]));
-    for (name, k) in listed {
-        let at = |rest: &[&str]| -> Vec<String> {
-            ["kinds", name.as_str()].iter().chain(rest).map(|s| (*s).to_owned()).collect()
-        };
-        if !valid_name(&name) {
-            d.at_path(&at(&[]), format!("record kind `{name}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`"));
-        }
-        if k.schema_version.is_empty() || k.schema_version.len() > 64 {
-            d.at_path(&at(&["schema_version"]), "schema_version must be 1 to 64 characters");
-        }
-        let schema = match load_schema(base, &k.schema) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                d.at_path(&at(&["schema"]), e);
-                None
-            }
-        };
-        if let Some(p) = &k.source_ref {
-            if !is_pointer(p) {
-                d.at_path(&at(&["source_ref"]), format!("`{p}` is not a JSON pointer like /id"));
-            } else if schema.as_ref().is_some_and(|s| !s.can_exist(p)) {
-                d.at_path(
-                    &at(&["source_ref"]),
-                    format!("`{p}` cannot exist in a record: the schema does not allow it"),
-                );
-            }
-        }
-        if let Some(c) = &k.when {
-            if let Some(why) = c.problem() {
-                d.at_path(&at(&["when"]), why);
-            } else if schema.as_ref().is_some_and(|s| !s.can_exist(&c.pointer)) {
-                d.at_path(
-                    &at(&["when"]),
-                    format!("`{}` cannot exist in a record: the schema does not allow it", c.pointer),
-                );
-            }
-        }
-        let type_key = (k.mapping.message_type.clone(), k.mapping.type_version.clone());
-        let core = catalogue.types.get(&type_key).cloned();
-        if core.is_none() {
-            d.at_path(
-                &at(&["mapping", "message_type"]),
-                format!("core message type {} v{} is not declared in {CORE_FILE}", type_key.0, type_key.1),
-            );
-        }
-        produced.push(type_key);
-        let (mapping, issues) = Mapping::compile_all(k.mapping);
-        let compiled = issues.is_empty();
-        for i in issues {
-            let mut p = at(&["mapping"]);
-            p.extend(i.at);
-            d.at_path(&p, i.message);
-        }
-        if let Some(s) = &schema {
-            // A record as layer 3 sees it: the kind's schema, plus the carried envelope.
-            let env_key = format!("/{ENVELOPE_KEY}");
-            let can_exist = |p: &str| match p.strip_prefix(env_key.as_str()) {
-                None => s.can_exist(p),
-                Some("") => !f.payload.carry.is_empty(),
-                Some(rest) if rest.starts_with('/') => {
-                    f.payload.carry.iter().any(|c| {
-                        rest == c || rest.starts_with(&format!("{c}/")) || c.starts_with(&format!("{rest}/"))
-                    }) && envelope.as_ref().is_none_or(|e| e.can_exist(rest))
-                }
-                Some(_) => s.can_exist(p),
-            };
-            for i in mapping.lint(&can_exist, core.as_deref()) {
-                let mut p = at(&["mapping"]);
-                p.extend(i.at);
-                d.at_path(&p, i.message);
-            }
-        }
-        let mapping = compiled.then_some(mapping);
-        if let (Some(m), Some(s)) = (mapping, schema) {
-            translators.push(MappingTranslator::new(f.source.clone(), name.clone(), m, core));
-            kinds.push(DeclaredKind {
-                name,
-                schema_version: k.schema_version,
-                schema: s,
-                source_ref: k.source_ref,
-                when: k.when,
-            });
-        }
-    }
-    // Kinds with a test first, the catch-all last.
-    kinds.sort_by_key(|k| k.when.is_none());
-    let mut routes = Vec::new();
-    for (i, mut r) in f.routes.into_iter().enumerate() {
-        let idx = i.to_string();
-        if r.message_type.is_empty() {
-            d.at(&["routes", &idx, "type"], "a route needs a core message `type`");
-        }
-        if r.targets().next().is_none() {
-            d.at(&["routes", &idx], "a route needs `destination` or `destinations`");
-        }
-        for dest in r.targets() {
-            if !catalogue.destinations.contains(dest) {
-                let key = if *dest == r.destination { "destination" } else { "destinations" };
-                d.at(
-                    &["routes", &idx, key],
-                    format!("destination `{dest}` is not declared in {CORE_FILE} (destinations = [...])"),
-                );
-            }
-        }
-        if let Some(k) = &r.ordering_key {
-            if !is_pointer(k) {
-                d.at(&["routes", &idx, "ordering_key"], format!("`{k}` is not a JSON pointer"));
-            } else {
-                // Checked against every declared type the route can carry.
-                for ((t, v), s) in &catalogue.types {
-                    if r.matches_type(t) && !s.can_exist(k) {
-                        d.at(
-                            &["routes", &idx, "ordering_key"],
-                            format!("`{k}` cannot exist in core message {t} v{v}"),
-                        );
-                    }
-                }
-            }
-        }
-        if let Some(c) = &r.filter
-            && let Some(why) = c.problem()
-        {
-            d.at(&["routes", &idx, "filter"], why);
-        }
-        if r.source.as_ref().is_some_and(|s| *s != f.source) {
-            d.at(&["routes", &idx, "source"], "routes in an integration file apply to its own source");
-        }
-        r.source = Some(f.source.clone());
-        routes.push(r);
-    }
-    // A type no route carries would have every message rejected at layer 4.
-    for (t, v) in &produced {
-        if !routes.iter().any(|r| r.matches_type(t)) {
-            d.at(
-                &["routes"],
-                format!("no route carries core message type {t} v{v}: add a [[routes]] entry for it"),
-            );
-        }
-    }
-    if let Some(ing) = &f.ingress {
-        if check_secrets
-            && let Some(var) = &ing.secret_env
-            && std::env::var_os(var).is_none()
-        {
-            d.at(
-                &["ingress", "secret_env"],
-                format!("environment variable {var} (the webhook secret) is not set"),
-            );
-        } else if check_secrets && let Err(e) = ing.door(&f.source) {
-            d.at(&["ingress"], e.to_string());
-        }
-    }
-    if d.out.len() > before {
-        return None;
-    }
-    let mut normalizer = DeclaredNormalizer::new(
-        f.source.clone(),
-        f.payload.records,
-        f.payload.event_ref,
-        f.payload.max_records.unwrap_or(DEFAULT_MAX_RECORDS),
-        kinds,
-    );
-    if let Some(s) = envelope {
-        normalizer = normalizer.with_envelope(s);
-    }
-    normalizer = normalizer.carrying(&f.payload.carry);
-    Some(Integration {
-        description: f.description,
-        normalizer,
-        source: f.source,
-        file: file.to_owned(),
-        translators,
-        routes,
-        ingress: f.ingress,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,396 @@
+//! One source's integration file: parsed, checked against its schemas and the core catalogue,
+//! and built into a normalizer, translators and routes. Each concern is one function (the
+//! payload, one record kind, the routes, the front door); each reports into the file's
+//! diagnostics and the file yields an integration only when none was reported.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use layer1_ingest::json::Condition;
+use layer2_normalize::declared::{DEFAULT_MAX_RECORDS, ENVELOPE_KEY};
+use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema};
+use layer3_translate::{Mapping, MappingSpec, MappingTranslator};
+use layer4_dispatch::Route;
+
+use super::{
+    CORE_FILE, Catalogue, Diagnostic, FileDiags, Integration, Locator, is_pointer, load_schema, parse_toml,
+    read_text, valid_name,
+};
+use crate::config::SourceConfig;
+
+/// An integration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationFile {
+    source: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    ingress: Option<SourceConfig>,
+    #[serde(default)]
+    payload: PayloadSpec,
+    kinds: BTreeMap<String, KindSpec>,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayloadSpec {
+    #[serde(default)]
+    schema: Option<PathBuf>,
+    #[serde(default)]
+    records: Option<String>,
+    #[serde(default)]
+    event_ref: Option<String>,
+    #[serde(default)]
+    max_records: Option<usize>,
+    #[serde(default)]
+    carry: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindSpec {
+    schema: PathBuf,
+    schema_version: String,
+    #[serde(default)]
+    source_ref: Option<String>,
+    #[serde(default)]
+    when: Option<Condition>,
+    mapping: MappingSpec,
+}
+
+/// What the record kinds of a file built.
+#[derive(Default)]
+struct Kinds {
+    /// Layer 2's kinds, the catch-all last.
+    declared: Vec<DeclaredKind>,
+    /// Layer 3, one per kind.
+    translators: Vec<MappingTranslator>,
+    /// Every (type, version) a mapping produces, for the route check.
+    produced: Vec<(String, String)>,
+}
+
+pub(super) fn load_integration(
+    file: &Path,
+    dir: &Path,
+    catalogue: &Catalogue,
+    check_secrets: bool,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Integration> {
+    let text = match read_text(file) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(Diagnostic { file: file.to_owned(), line: None, message: e });
+            return None;
+        }
+    };
+    let before = out.len();
+    let mut d = FileDiags { file: file.to_owned(), loc: Locator::new(&text), out };
+    let f: IntegrationFile = parse_toml(&mut d, &text)?;
+    if !valid_name(&f.source) {
+        d.at(&["source"], format!("source `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", f.source));
+    }
+    let base = file.parent().unwrap_or(dir);
+    let envelope = check_payload(&mut d, &f.payload, base);
+    check_catch_all(&mut d, &f.kinds);
+    let kinds = load_kinds(&mut d, &f, base, catalogue, envelope.as_ref());
+    let routes = check_routes(&mut d, &f.source, f.routes, catalogue, &kinds.produced);
+    if check_secrets && let Some(ing) = &f.ingress {
+        check_ingress(&mut d, &f.source, ing);
+    }
+    if d.out.len() > before {
+        return None;
+    }
+    let mut normalizer = DeclaredNormalizer::new(
+        f.source.clone(),
+        f.payload.records,
+        f.payload.event_ref,
+        f.payload.max_records.unwrap_or(DEFAULT_MAX_RECORDS),
+        kinds.declared,
+    );
+    if let Some(s) = envelope {
+        normalizer = normalizer.with_envelope(s);
+    }
+    normalizer = normalizer.carrying(&f.payload.carry);
+    Some(Integration {
+        description: f.description,
+        normalizer,
+        source: f.source,
+        file: file.to_owned(),
+        translators: kinds.translators,
+        routes,
+        ingress: f.ingress,
+    })
+}
+
+/// `[payload]`: its pointers, its schema (returned, for the envelope check at layer 2), and the
+/// envelope fields it carries to each record.
+fn check_payload(d: &mut FileDiags<'_>, p: &PayloadSpec, base: &Path) -> Option<JsonSchema> {
+    for (key, ptr) in [("records", &p.records), ("event_ref", &p.event_ref)] {
+        if let Some(ptr) = ptr
+            && !is_pointer(ptr)
+        {
+            d.at(&["payload", key], format!("`{ptr}` is not a JSON pointer like /{key}"));
+        }
+    }
+    let envelope = match &p.schema {
+        None => None,
+        Some(path) => match load_schema(base, path) {
+            Ok(s) => {
+                for (key, ptr) in [("records", &p.records), ("event_ref", &p.event_ref)] {
+                    if let Some(ptr) = ptr
+                        && !s.can_exist(ptr)
+                    {
+                        d.at(
+                            &["payload", key],
+                            format!("`{ptr}` cannot exist in a payload: its schema does not allow it"),
+                        );
+                    }
+                }
+                Some(s)
+            }
+            Err(e) => {
+                d.at(&["payload", "schema"], e);
+                None
+            }
+        },
+    };
+    for (i, c) in p.carry.iter().enumerate() {
+        let idx = i.to_string();
+        let inside_records = p.records.as_ref().is_some_and(|r| {
+            c == r || c.starts_with(&format!("{r}/")) || r.starts_with(&format!("{c}/")) || c.is_empty()
+        });
+        if !is_pointer(c) {
+            d.at(&["payload", "carry", &idx], format!("`{c}` is not a JSON pointer like /event_id"));
+        } else if inside_records {
+            d.at(
+                &["payload", "carry", &idx],
+                format!("`{c}` overlaps the records: carry fields beside them"),
+            );
+        } else if envelope.as_ref().is_some_and(|s| !s.can_exist(c)) {
+            d.at(
+                &["payload", "carry", &idx],
+                format!("`{c}` cannot exist in a payload: its schema does not allow it"),
+            );
+        }
+    }
+    envelope
+}
+
+/// At least one kind, and at most one without `when` (the catch-all).
+fn check_catch_all(d: &mut FileDiags<'_>, kinds: &BTreeMap<String, KindSpec>) {
+    if kinds.is_empty() {
+        d.at(&["kinds"], "declare at least one record kind under [kinds.<name>]");
+    }
+    let catch_all: Vec<&String> = kinds.iter().filter(|(_, k)| k.when.is_none()).map(|(n, _)| n).collect();
+    if kinds.len() > 1 && catch_all.len() > 1 {
+        d.at(
+            &["kinds"],
+            format!(
+                "record kinds {} all lack `when`: only one kind may take every record not matched by the others",
+                catch_all.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+}
+
+/// Every `[kinds.<name>]`, in the order the file lists them (a TOML table has no order of its
+/// own, and kinds are tried in order).
+fn load_kinds(
+    d: &mut FileDiags<'_>,
+    f: &IntegrationFile,
+    base: &Path,
+    catalogue: &Catalogue,
+    envelope: Option<&JsonSchema>,
+) -> Kinds {
+    let mut listed: Vec<(&String, &KindSpec)> = f.kinds.iter().collect();
+    listed.sort_by_key(|(name, _)| d.loc.line_of(&["kinds".to_owned(), (*name).clone()]));
+    let mut kinds = Kinds::default();
+    for (name, k) in listed {
+        load_kind(d, f, name, k, base, catalogue, envelope, &mut kinds);
+    }
+    // Kinds with a test first, the catch-all last.
+    kinds.declared.sort_by_key(|k| k.when.is_none());
+    kinds
+}
+
+/// One record kind: its name, schema, id pointer, `when`, and its mapping, compiled and linted
+/// against the kind's schema (plus the carried envelope) and the core type's schema.
+#[allow(clippy::too_many_arguments)] // one call site; a struct of borrowed context would only rename them
+fn load_kind(
+    d: &mut FileDiags<'_>,
+    f: &IntegrationFile,
+    name: &str,
+    k: &KindSpec,
+    base: &Path,
+    catalogue: &Catalogue,
+    envelope: Option<&JsonSchema>,
+    kinds: &mut Kinds,
+) {
+    let at = |rest: &[&str]| -> Vec<String> {
+        ["kinds", name].iter().chain(rest).map(|s| (*s).to_owned()).collect()
+    };
+    if !valid_name(name) {
+        d.at_path(&at(&[]), format!("record kind `{name}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`"));
+    }
+    if k.schema_version.is_empty() || k.schema_version.len() > 64 {
+        d.at_path(&at(&["schema_version"]), "schema_version must be 1 to 64 characters");
+    }
+    let schema = match load_schema(base, &k.schema) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            d.at_path(&at(&["schema"]), e);
+            None
+        }
+    };
+    if let Some(p) = &k.source_ref {
+        if !is_pointer(p) {
+            d.at_path(&at(&["source_ref"]), format!("`{p}` is not a JSON pointer like /id"));
+        } else if schema.as_ref().is_some_and(|s| !s.can_exist(p)) {
+            d.at_path(
+                &at(&["source_ref"]),
+                format!("`{p}` cannot exist in a record: the schema does not allow it"),
+            );
+        }
+    }
+    if let Some(c) = &k.when {
+        if let Some(why) = c.problem() {
+            d.at_path(&at(&["when"]), why);
+        } else if schema.as_ref().is_some_and(|s| !s.can_exist(&c.pointer)) {
+            d.at_path(
+                &at(&["when"]),
+                format!("`{}` cannot exist in a record: the schema does not allow it", c.pointer),
+            );
+        }
+    }
+    let type_key = (k.mapping.message_type.clone(), k.mapping.type_version.clone());
+    let core = catalogue.types.get(&type_key).cloned();
+    if core.is_none() {
+        d.at_path(
+            &at(&["mapping", "message_type"]),
+            format!("core message type {} v{} is not declared in {CORE_FILE}", type_key.0, type_key.1),
+        );
+    }
+    kinds.produced.push(type_key);
+    let (mapping, issues) = Mapping::compile_all(k.mapping.clone());
+    let compiled = issues.is_empty();
+    for i in issues {
+        let mut p = at(&["mapping"]);
+        p.extend(i.at);
+        d.at_path(&p, i.message);
+    }
+    if let Some(s) = &schema {
+        // A record as layer 3 sees it: the kind's schema, plus the carried envelope.
+        let carry = &f.payload.carry;
+        let env_key = format!("/{ENVELOPE_KEY}");
+        let can_exist = |p: &str| match p.strip_prefix(env_key.as_str()) {
+            None => s.can_exist(p),
+            Some("") => !carry.is_empty(),
+            Some(rest) if rest.starts_with('/') => {
+                carry.iter().any(|c| {
+                    rest == c || rest.starts_with(&format!("{c}/")) || c.starts_with(&format!("{rest}/"))
+                }) && envelope.is_none_or(|e| e.can_exist(rest))
+            }
+            Some(_) => s.can_exist(p),
+        };
+        for i in mapping.lint(&can_exist, core.as_deref()) {
+            let mut p = at(&["mapping"]);
+            p.extend(i.at);
+            d.at_path(&p, i.message);
+        }
+    }
+    if let (true, Some(s)) = (compiled, schema) {
+        kinds.translators.push(MappingTranslator::new(f.source.clone(), name.to_owned(), mapping, core));
+        kinds.declared.push(DeclaredKind {
+            name: name.to_owned(),
+            schema_version: k.schema_version.clone(),
+            schema: s,
+            source_ref: k.source_ref.clone(),
+            when: k.when.clone(),
+        });
+    }
+}
+
+/// `[[routes]]`: each needs a type and declared destinations, a valid ordering key and filter,
+/// and applies to the file's own source; every type a mapping produces needs a route.
+fn check_routes(
+    d: &mut FileDiags<'_>,
+    source: &str,
+    routes: Vec<Route>,
+    catalogue: &Catalogue,
+    produced: &[(String, String)],
+) -> Vec<Route> {
+    let mut out = Vec::with_capacity(routes.len());
+    for (i, mut r) in routes.into_iter().enumerate() {
+        let idx = i.to_string();
+        if r.message_type.is_empty() {
+            d.at(&["routes", &idx, "type"], "a route needs a core message `type`");
+        }
+        if r.targets().next().is_none() {
+            d.at(&["routes", &idx], "a route needs `destination` or `destinations`");
+        }
+        for dest in r.targets() {
+            if !catalogue.destinations.contains(dest) {
+                let key = if *dest == r.destination { "destination" } else { "destinations" };
+                d.at(
+                    &["routes", &idx, key],
+                    format!("destination `{dest}` is not declared in {CORE_FILE} (destinations = [...])"),
+                );
+            }
+        }
+        if let Some(k) = &r.ordering_key {
+            if !is_pointer(k) {
+                d.at(&["routes", &idx, "ordering_key"], format!("`{k}` is not a JSON pointer"));
+            } else {
+                // Checked against every declared type the route can carry.
+                for ((t, v), s) in &catalogue.types {
+                    if r.matches_type(t) && !s.can_exist(k) {
+                        d.at(
+                            &["routes", &idx, "ordering_key"],
+                            format!("`{k}` cannot exist in core message {t} v{v}"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(c) = &r.filter
+            && let Some(why) = c.problem()
+        {
+            d.at(&["routes", &idx, "filter"], why);
+        }
+        if r.source.as_ref().is_some_and(|s| *s != source) {
+            d.at(&["routes", &idx, "source"], "routes in an integration file apply to its own source");
+        }
+        r.source = Some(source.to_owned());
+        out.push(r);
+    }
+    // A type no route carries would have every message rejected at layer 4.
+    for (t, v) in produced {
+        if !out.iter().any(|r| r.matches_type(t)) {
+            d.at(
+                &["routes"],
+                format!("no route carries core message type {t} v{v}: add a [[routes]] entry for it"),
+            );
+        }
+    }
+    out
+}
+
+/// `[ingress]`, when secrets are checked (`run`, not `check`): its secret is set and its door
+/// builds.
+fn check_ingress(d: &mut FileDiags<'_>, source: &str, ing: &SourceConfig) {
+    if let Some(var) = &ing.secret_env
+        && std::env::var_os(var).is_none()
+    {
+        d.at(
+            &["ingress", "secret_env"],
+            format!("environment variable {var} (the webhook secret) is not set"),
+        );
+    } else if let Err(e) = ing.door(source) {
+        d.at(&["ingress"], e.to_string());
+    }
+}
