@@ -1,0 +1,378 @@
+//! Compiling and linting a mapping: every problem found with its key path, before anything
+//! runs, and the static checks against the record's and the core type's schemas.
+
+use super::*;
+
+pub(super) fn issue(at: &[String], key: &str, message: impl Into<String>) -> MappingIssue {
+    let mut p = at.to_vec();
+    if !key.is_empty() {
+        p.push(key.to_owned());
+    }
+    MappingIssue { at: p, message: message.into() }
+}
+
+pub(super) fn parse_offset(s: &str) -> Option<FixedOffset> {
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+pub(super) fn compile_fields(
+    rules: &BTreeMap<String, FieldRule>,
+    at: &[String],
+    issues: &mut Vec<MappingIssue>,
+) -> Vec<Field> {
+    let mut out: Vec<Field> = Vec::new();
+    for (target, rule) in rules {
+        let here: Vec<String> = at.iter().cloned().chain([target.clone()]).collect();
+        let Some(out_tokens) = tokens(target).filter(|t| !t.is_empty()) else {
+            issues.push(issue(&here, "", format!("core field `{target}` is not a JSON pointer like /email")));
+            continue;
+        };
+        if let Some(f) = compile_rule(target, out_tokens, rule, &here, issues) {
+            out.push(f);
+        }
+    }
+    // One core field cannot be both a value and an object holding another mapped field.
+    for a in &out {
+        for b in &out {
+            if b.out.starts_with(&format!("{}/", a.out)) {
+                issues.push(issue(
+                    at,
+                    &b.out,
+                    format!("`{}` is inside `{}`, which another rule already sets whole", b.out, a.out),
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn check_pointer(p: &str, at: &[String], key: &str, issues: &mut Vec<MappingIssue>) {
+    if tokens(p).is_none() {
+        issues.push(issue(at, key, format!("`{p}` is not a JSON pointer (it starts with /)")));
+    }
+}
+
+pub(super) fn compile_rule(
+    target: &str,
+    out_tokens: Vec<String>,
+    rule: &FieldRule,
+    at: &[String],
+    issues: &mut Vec<MappingIssue>,
+) -> Option<Field> {
+    let sources = [rule.from.is_some(), rule.constant.is_some(), rule.concat.is_some(), rule.each.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        issues.push(issue(at, "", "give exactly one of `from`, `const`, `concat`, `each`"));
+        return None;
+    }
+    let source = if let Some(p) = &rule.from {
+        check_pointer(p, at, "from", issues);
+        Source::From(p.clone())
+    } else if let Some(v) = &rule.constant {
+        Source::Const(v.clone())
+    } else if let Some(parts) = &rule.concat {
+        if parts.is_empty() {
+            issues.push(issue(at, "concat", "concat needs at least one pointer"));
+        }
+        for p in parts {
+            check_pointer(p, at, "concat", issues);
+        }
+        Source::Concat(parts.clone(), rule.separator.clone().unwrap_or_default())
+    } else if let Some(p) = &rule.each {
+        check_pointer(p, at, "each", issues);
+        let Some(inner) = &rule.fields else {
+            issues.push(issue(at, "each", "`each` needs `fields` describing one element"));
+            return None;
+        };
+        let mut inner_at = at.to_vec();
+        inner_at.push("fields".into());
+        Source::Each(p.clone(), compile_fields(inner, &inner_at, issues))
+    } else {
+        return None;
+    };
+    let values =
+        rule.constant.iter().chain(rule.default.iter()).chain(rule.table.iter().flat_map(|t| t.values()));
+    for v in values {
+        if toml_artifact(v) {
+            issues.push(issue(
+                at,
+                "",
+                "write dates and times as strings (\"2026-11-21T00:00:00Z\"), not TOML datetimes",
+            ));
+        }
+    }
+    if rule.default.is_some() && rule.constant.is_some() {
+        issues.push(issue(at, "default", "a `const` rule has no use for a `default`"));
+    }
+    if rule.fields.is_some() && rule.each.is_none() {
+        issues.push(issue(at, "fields", "`fields` belongs to an `each` rule"));
+    }
+    if rule.separator.is_some() && rule.concat.is_none() {
+        issues.push(issue(at, "separator", "`separator` belongs to a `concat` rule"));
+    }
+    let converts = rule.table.is_some()
+        || rule.timestamp.is_some()
+        || rule.convert.is_some()
+        || rule.max_length.is_some();
+    if converts && rule.from.is_none() {
+        issues.push(issue(at, "", "`enum`, `timestamp`, `convert` and `max_length` apply to a `from` value"));
+    }
+    let mut t = Transforms::default();
+    let mut losses: Vec<Loss> = Vec::new();
+    if let Some(table) = &rule.table {
+        let mut seen: Vec<&Value> = Vec::new();
+        for v in table.values() {
+            if seen.contains(&v) {
+                losses.push(Loss::MergeEnum);
+                break;
+            }
+            seen.push(v);
+        }
+        t.table = Some(table.clone());
+    }
+    t.convert = rule.convert;
+    if let Some(f) = &rule.timestamp {
+        let offset = match rule.timezone.as_deref().map(|z| (z, parse_offset(z))) {
+            Some((z, None)) => {
+                issues.push(issue(at, "timezone", format!("`{z}` is not an offset like +01:00 or UTC")));
+                None
+            }
+            Some((_, o)) => o,
+            None => None,
+        };
+        let zoned = matches!(f.as_str(), "rfc3339" | "unix" | "unix-millis")
+            || f.contains("%z")
+            || f.contains("%:z")
+            || f.contains("%#z");
+        if zoned && rule.timezone.is_some() {
+            issues.push(issue(
+                at,
+                "timezone",
+                format!("`{f}` timestamps carry their own offset: drop `timezone`"),
+            ));
+        }
+        let format = match f.as_str() {
+            "rfc3339" => TimeFormat::Rfc3339,
+            "unix" => TimeFormat::Unix,
+            "unix-millis" => TimeFormat::UnixMillis,
+            p if p.contains('%') => {
+                let has_offset = p.contains("%z") || p.contains("%:z") || p.contains("%#z");
+                if !has_offset && rule.timezone.is_none() {
+                    issues.push(issue(
+                        at,
+                        "timestamp",
+                        format!("`{p}` has no offset (%z): say which with `timezone`"),
+                    ));
+                }
+                TimeFormat::Pattern { pattern: p.to_owned(), offset: if has_offset { None } else { offset } }
+            }
+            other => {
+                issues.push(issue(
+                    at,
+                    "timestamp",
+                    format!(
+                        "unknown timestamp format `{other}` (rfc3339, unix, unix-millis, or a %-pattern)"
+                    ),
+                ));
+                TimeFormat::Rfc3339
+            }
+        };
+        if rule.precision.is_some() {
+            losses.push(Loss::TruncateTimestamp);
+        }
+        t.timestamp = Some((format, rule.precision));
+    } else if rule.precision.is_some() || rule.timezone.is_some() {
+        issues.push(issue(at, "", "`precision` and `timezone` belong to a `timestamp` rule"));
+    }
+    if let Some(n) = rule.max_length {
+        losses.push(Loss::TruncateText);
+        t.max_length = Some(n);
+    }
+    // The fidelity promise: a loss happens only where the rule names it.
+    for loss in losses.iter().map(|l| l.as_str()) {
+        if rule.lossy.map(Loss::as_str) != Some(loss) {
+            issues.push(issue(
+                at,
+                "",
+                format!(
+                    "this rule loses information ({loss}); say so with `lossy = \"{loss}\"` or change it"
+                ),
+            ));
+        }
+    }
+    if let Some(l) = rule.lossy
+        && !losses.contains(&l)
+    {
+        let l = l.as_str();
+        issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
+    }
+    // Built even with problems reported, so that the schema checks can still run on it; a
+    // mapping with any problem is never run.
+    Some(Field { out: target.to_owned(), out_tokens, source, default: rule.default.clone(), transforms: t })
+}
+
+impl Mapping {
+    /// Compiles `spec`, or lists everything wrong with it.
+    pub fn compile(spec: MappingSpec) -> Result<Self, Vec<MappingIssue>> {
+        let (m, issues) = Self::compile_all(spec);
+        if issues.is_empty() { Ok(m) } else { Err(issues) }
+    }
+
+    /// Compiles as much of `spec` as can be, with everything wrong with it: for a linter, which
+    /// wants the schema checks too. Run the mapping only if the list is empty.
+    pub fn compile_all(spec: MappingSpec) -> (Self, Vec<MappingIssue>) {
+        let mut issues = Vec::new();
+        for (key, v, max) in [
+            ("name", &spec.name, 128),
+            ("version", &spec.version, 64),
+            ("message_type", &spec.message_type, 128),
+            ("type_version", &spec.type_version, 32),
+        ] {
+            if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+                issues.push(issue(&[], key, format!("`{key}` must be 1 to {max} characters of text")));
+            }
+        }
+        let fields = compile_fields(&spec.fields, &["fields".to_owned()], &mut issues);
+        let mut ignore = Vec::new();
+        for p in &spec.ignore {
+            match tokens(p).filter(|t| !t.is_empty()) {
+                Some(t) => ignore.push(t),
+                None => issues.push(issue(&[], "ignore", format!("`{p}` is not a JSON pointer"))),
+            }
+        }
+        if spec.on_unmapped == OnUnmapped::KeepInExtras {
+            match tokens(&spec.extras_at).filter(|t| !t.is_empty()) {
+                None => {
+                    issues.push(issue(&[], "extras_at", "`extras_at` must be a JSON pointer like /extras"))
+                }
+                Some(_) => {
+                    let e = &spec.extras_at;
+                    if fields.iter().any(|f| {
+                        f.out == *e
+                            || f.out.starts_with(&format!("{e}/"))
+                            || e.starts_with(&format!("{}/", f.out))
+                    }) {
+                        issues.push(issue(&[], "extras_at", format!("a field rule already writes `{e}`")));
+                    }
+                }
+            }
+        }
+        (Self { spec, fields, ignore }, issues)
+    }
+
+    /// The mapping as written.
+    pub fn spec(&self) -> &MappingSpec {
+        &self.spec
+    }
+
+    /// Checks the mapping against the record's schema and the core type's schema: pointers the
+    /// record can never have, required core fields nothing produces, core fields the core type
+    /// does not allow.
+    /// `record` answers whether a pointer can exist in a record (its schema's
+    /// [`JsonSchema::can_exist`], plus whatever the normalizer adds, such as a carried envelope).
+    pub fn lint(&self, record: &dyn Fn(&str) -> bool, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
+        let mut issues = Vec::new();
+        let mut produced = Vec::new();
+        lint_fields(&self.fields, record, "", &["fields".to_owned()], "", &mut produced, &mut issues);
+        for (i, p) in self.spec.ignore.iter().enumerate() {
+            if !record(p) {
+                issues.push(issue(
+                    &["ignore".into()],
+                    "",
+                    format!(
+                        "ignore[{i}] `{p}` cannot exist in a record: the record schema does not allow it"
+                    ),
+                ));
+            }
+        }
+        if self.spec.on_unmapped == OnUnmapped::KeepInExtras {
+            produced.push(self.spec.extras_at.clone());
+        }
+        let Some(core) = core else { return issues };
+        for req in core.required_pointers() {
+            let covered = produced.iter().any(|p| {
+                let p = p.as_str();
+                p == req || req.starts_with(&format!("{p}/")) || p.starts_with(&format!("{req}/"))
+            });
+            if !covered {
+                issues.push(issue(
+                    &["fields".into()],
+                    "",
+                    format!(
+                        "core field `{req}` is required by {} v{} but no rule produces it",
+                        self.spec.message_type, self.spec.type_version
+                    ),
+                ));
+            }
+        }
+        for p in &produced {
+            if !core.can_exist(p) {
+                issues.push(issue(
+                    &["fields".into()],
+                    p,
+                    format!(
+                        "core type {} v{} has no field `{p}`",
+                        self.spec.message_type, self.spec.type_version
+                    ),
+                ));
+            }
+        }
+        issues
+    }
+}
+
+pub(super) fn lint_fields(
+    fields: &[Field],
+    record: &dyn Fn(&str) -> bool,
+    rec_at: &str,
+    at: &[String],
+    out_at: &str,
+    produced: &mut Vec<String>,
+    issues: &mut Vec<MappingIssue>,
+) {
+    for f in fields {
+        let here: Vec<String> = at.iter().cloned().chain([f.out.clone()]).collect();
+        produced.push(format!("{out_at}{}", f.out));
+        let mut check = |p: &str, key: &str| {
+            let full = format!("{rec_at}{p}");
+            if !record(&full) {
+                issues.push(issue(
+                    &here,
+                    key,
+                    format!("`{full}` cannot exist in a record: the record schema does not allow it"),
+                ));
+            }
+        };
+        match &f.source {
+            Source::From(p) => check(p, "from"),
+            Source::Concat(parts, _) => parts.iter().for_each(|p| check(p, "concat")),
+            Source::Const(_) => {}
+            Source::Each(p, inner) => {
+                check(p, "each");
+                let mut inner_at = here.clone();
+                inner_at.push("fields".into());
+                lint_fields(
+                    inner,
+                    record,
+                    &format!("{rec_at}{p}/*"),
+                    &inner_at,
+                    &format!("{out_at}{}/*", f.out),
+                    produced,
+                    issues,
+                );
+            }
+        }
+    }
+}

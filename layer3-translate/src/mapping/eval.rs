@@ -1,0 +1,268 @@
+//! Evaluating a mapping's fields on one record: sources, defaults and the exact conversions
+//! (numbers as written, timestamps with every fractional digit unless a loss is named).
+
+use super::*;
+
+/// What a running translation collects for the fidelity report.
+#[derive(Default)]
+pub(super) struct Trail {
+    pub(super) consumed: HashSet<String>,
+    pub(super) defaulted: Vec<String>,
+    pub(super) lossy: Vec<String>,
+}
+
+pub(super) fn reject(pointer: &str, rule: &str, message: impl Into<String>) -> Rejection {
+    if pointer.is_empty() {
+        Rejection::whole(rule, message)
+    } else {
+        Rejection::field(pointer, rule, message)
+    }
+}
+
+/// TOML values that have no faithful JSON form: datetimes (serde turns them into a private
+/// object) and non-finite floats (null).
+pub(super) fn toml_artifact(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key("$__toml_private_datetime") || m.values().any(toml_artifact),
+        Value::Array(a) => a.iter().any(toml_artifact),
+        _ => false,
+    }
+}
+
+/// Scalar text, booleans included (`true`), for joining, tables and conversions.
+pub(super) fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::Bool(b) => Some(b.to_string()),
+        other => scalar_text(other),
+    }
+}
+
+pub(super) fn eval_fields(
+    fields: &[Field],
+    record: &Value,
+    rec_at: &str,
+    out_at: &str,
+    trail: &mut Trail,
+) -> Result<Map, Rejection> {
+    let mut obj = Map::new();
+    for f in fields {
+        let out_ptr = format!("{out_at}{}", f.out);
+        if let Some(v) = eval_field(f, record, rec_at, &out_ptr, trail)? {
+            insert_at(&mut obj, &f.out_tokens, v);
+        }
+    }
+    Ok(obj)
+}
+
+pub(super) fn eval_field(
+    f: &Field,
+    record: &Value,
+    rec_at: &str,
+    out_ptr: &str,
+    trail: &mut Trail,
+) -> Result<Option<Value>, Rejection> {
+    let found: Option<Value> = match &f.source {
+        Source::Const(v) => return Ok(Some(v.clone())),
+        Source::From(p) => match record.pointer(p) {
+            None => None,
+            Some(v) => {
+                trail.consumed.insert(format!("{rec_at}{p}"));
+                if v.is_null() {
+                    None
+                } else {
+                    Some(convert(v, &f.transforms, &format!("{rec_at}{p}"), out_ptr, trail)?)
+                }
+            }
+        },
+        Source::Concat(parts, sep) => {
+            let mut texts = Vec::new();
+            for p in parts {
+                let at = format!("{rec_at}{p}");
+                match record.pointer(p) {
+                    None => {}
+                    Some(Value::Null) => {
+                        trail.consumed.insert(at.clone());
+                    }
+                    Some(v) => {
+                        trail.consumed.insert(at.clone());
+                        texts.push(text_of(v).ok_or_else(|| {
+                            reject(&at, "type", "concat joins strings, numbers and booleans only")
+                        })?);
+                    }
+                }
+            }
+            if texts.is_empty() { None } else { Some(Value::String(texts.join(sep))) }
+        }
+        Source::Each(p, inner) => {
+            let at = format!("{rec_at}{p}");
+            match record.pointer(p) {
+                None => None,
+                Some(Value::Null) => {
+                    trail.consumed.insert(at);
+                    None
+                }
+                Some(Value::Array(items)) => {
+                    if items.is_empty() {
+                        trail.consumed.insert(at.clone());
+                    }
+                    let mut out = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let el =
+                            eval_fields(inner, item, &format!("{at}/{i}"), &format!("{out_ptr}/{i}"), trail)?;
+                        out.push(Value::Object(el));
+                    }
+                    Some(Value::Array(out))
+                }
+                Some(_) => return Err(reject(&at, "type", "`each` needs an array")),
+            }
+        }
+    };
+    match (found, &f.default) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(d)) => {
+            trail.defaulted.push(out_ptr.to_owned());
+            Ok(Some(d.clone()))
+        }
+        // An explicit null is carried as null; an absent value stays absent.
+        (None, None) => Ok(match &f.source {
+            Source::From(p) if record.pointer(p).is_some_and(Value::is_null) => Some(Value::Null),
+            _ => None,
+        }),
+    }
+}
+
+pub(super) fn convert(
+    v: &Value,
+    t: &Transforms,
+    at: &str,
+    out_ptr: &str,
+    trail: &mut Trail,
+) -> Result<Value, Rejection> {
+    let mut v = v.clone();
+    if let Some(table) = &t.table {
+        let key = text_of(&v)
+            .ok_or_else(|| reject(at, "enum_table", "only text, numbers and booleans can be looked up"))?;
+        v = table.get(&key).cloned().ok_or_else(|| {
+            let known: Vec<&str> = table.keys().map(String::as_str).take(12).collect();
+            reject(at, "enum_table", format!("`{key}` is not in the mapping's table ({})", known.join(", ")))
+        })?;
+    }
+    if let Some(c) = t.convert {
+        v = convert_exact(&v, c, at)?;
+    }
+    if let Some((format, precision)) = &t.timestamp {
+        let s = timestamp(&v, format, *precision, at)?;
+        if precision.is_some() {
+            trail.lossy.push(format!("{out_ptr}: truncate-timestamp"));
+        }
+        v = Value::String(s);
+    }
+    if let Some(n) = t.max_length
+        && let Value::String(s) = &v
+        && s.chars().count() > n
+    {
+        trail.lossy.push(format!("{out_ptr}: truncate-text"));
+        v = Value::String(s.chars().take(n).collect());
+    }
+    Ok(v)
+}
+
+pub(super) fn exact_number(text: &str) -> Option<Number> {
+    if text.len() > 1024 {
+        return None;
+    }
+    Number::parse(text)
+}
+
+pub(super) fn convert_exact(v: &Value, c: Convert, at: &str) -> Result<Value, Rejection> {
+    match (c, v) {
+        (Convert::String, Value::String(_)) => Ok(v.clone()),
+        (Convert::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
+        (Convert::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
+        (Convert::Number, Value::Number(_)) => Ok(v.clone()),
+        (Convert::Number, Value::String(s)) => exact_number(s).map(Value::Number).ok_or_else(|| {
+            reject(at, "number", format!("`{s}` is not a number written like 12.50 or 1e400"))
+        }),
+        (Convert::Integer, Value::String(_) | Value::Number(_)) => {
+            let text = text_of(v).unwrap_or_default();
+            let digits = text.strip_prefix('-').unwrap_or(&text);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                exact_number(&text).map(Value::Number).ok_or_else(|| reject(at, "integer", "not an integer"))
+            } else {
+                Err(reject(
+                    at,
+                    "integer",
+                    format!("`{text}` is not an integer; converting it would lose its fraction"),
+                ))
+            }
+        }
+        _ => Err(reject(at, "type", format!("cannot convert this value to a {c:?}").to_lowercase())),
+    }
+}
+
+/// The longest run of digits after a `.` in `s` (a fraction of a second, wherever it is).
+pub(super) fn fraction_digits(s: &str) -> usize {
+    s.split('.').skip(1).map(|f| f.bytes().take_while(u8::is_ascii_digit).count()).max().unwrap_or(0)
+}
+
+pub(super) fn timestamp(
+    v: &Value,
+    format: &TimeFormat,
+    precision: Option<Precision>,
+    at: &str,
+) -> Result<String, Rejection> {
+    let bad = |why: String| reject(at, "timestamp", why);
+    let text = text_of(v).ok_or_else(|| bad("a timestamp must be text or a number".into()))?;
+    // chrono keeps nanoseconds; more digits than that would be dropped without a word.
+    if fraction_digits(&text) > 9 {
+        return Err(bad(format!("`{text}` is more precise than nanoseconds")));
+    }
+    let t: DateTime<Utc> = match format {
+        TimeFormat::Rfc3339 => DateTime::parse_from_rfc3339(&text)
+            .map_err(|e| bad(format!("`{text}` is not RFC 3339: {e}")))?
+            .with_timezone(&Utc),
+        TimeFormat::Unix => {
+            let (secs, frac) = text.split_once('.').unwrap_or((&text, ""));
+            let s: i64 = secs.parse().map_err(|_| bad(format!("`{text}` is not seconds since 1970")))?;
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!("`{text}` is not seconds since 1970")));
+            }
+            let nanos: u32 = if frac.is_empty() {
+                0
+            } else {
+                format!("{frac:0<9}")
+                    .parse()
+                    .map_err(|_| bad(format!("`{text}` is not seconds since 1970")))?
+            };
+            // `-0.5` parses its seconds as 0: the sign is read from the text.
+            if secs.starts_with('-') && nanos > 0 {
+                return Err(bad("negative fractional epoch timestamps are not supported".into()));
+            }
+            DateTime::from_timestamp(s, nanos).ok_or_else(|| bad(format!("`{text}` is out of range")))?
+        }
+        TimeFormat::UnixMillis => {
+            let ms: i64 =
+                text.parse().map_err(|_| bad(format!("`{text}` is not whole milliseconds since 1970")))?;
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(format!("`{text}` is out of range")))?
+        }
+        TimeFormat::Pattern { pattern, offset } => match offset {
+            None => DateTime::parse_from_str(&text, pattern)
+                .map_err(|e| bad(format!("`{text}` does not match `{pattern}`: {e}")))?
+                .with_timezone(&Utc),
+            Some(o) => {
+                let naive = NaiveDateTime::parse_from_str(&text, pattern)
+                    .map_err(|e| bad(format!("`{text}` does not match `{pattern}`: {e}")))?;
+                o.from_local_datetime(&naive)
+                    .single()
+                    .ok_or_else(|| bad(format!("`{text}` is not a single instant")))?
+                    .with_timezone(&Utc)
+            }
+        },
+    };
+    Ok(match precision {
+        None => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        Some(Precision::Seconds) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
+        Some(Precision::Millis) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        Some(Precision::Micros) => t.to_rfc3339_opts(SecondsFormat::Micros, true),
+    })
+}

@@ -1,0 +1,322 @@
+//! Declarative mappings: a record to a core message, field by field, with the fidelity promise
+//! checked on every record. Integration files compile to this; it runs through the same
+//! [`Translator`] trait as a mapping written in Rust.
+//!
+//! A mapping names each core field by its JSON pointer and says where its value comes from
+//! (`from`, `const`, `concat`, or `each` over an array with its own fields), what to do when it
+//! is absent (`default`), and how to convert it (`enum`, `timestamp`, `convert`). Every leaf of
+//! the record must be mapped or listed in `ignore`; what is left is handled by `on_unmapped`.
+//! Conversions that lose information (`precision`, `max_length`, an `enum` table folding two
+//! values into one) are refused unless the rule names the loss in `lossy`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use layer1_ingest::json::{Map, Number, Value};
+use serde::Deserialize;
+
+use layer1_ingest::json::{escape_token, insert_at, scalar_text, tokens};
+use layer1_ingest::{Failure, Rejection};
+use layer2_normalize::JsonSchema;
+
+use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
+
+mod compile;
+mod eval;
+mod fidelity;
+mod spec;
+
+use eval::*;
+pub use spec::{Convert, FieldRule, Loss, MappingIssue, MappingSpec, OnUnmapped, Precision};
+
+#[derive(Debug, Clone)]
+enum TimeFormat {
+    Rfc3339,
+    Unix,
+    UnixMillis,
+    Pattern { pattern: String, offset: Option<FixedOffset> },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Transforms {
+    table: Option<BTreeMap<String, Value>>,
+    convert: Option<Convert>,
+    timestamp: Option<(TimeFormat, Option<Precision>)>,
+    max_length: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    From(String),
+    Const(Value),
+    Concat(Vec<String>, String),
+    Each(String, Vec<Field>),
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    out: String,
+    out_tokens: Vec<String>,
+    source: Source,
+    default: Option<Value>,
+    transforms: Transforms,
+}
+
+/// A compiled mapping.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    spec: MappingSpec,
+    fields: Vec<Field>,
+    ignore: Vec<Vec<String>>,
+}
+
+/// A [`Translator`] running a declarative [`Mapping`], checking its output against the core
+/// message type's schema when one is declared.
+pub struct MappingTranslator {
+    source: String,
+    kind: String,
+    mapping: Mapping,
+    core: Option<Arc<JsonSchema>>,
+}
+
+impl MappingTranslator {
+    /// Translates `source`'s `kind` records with `mapping`; `core` is the schema of the core
+    /// message type the mapping produces.
+    pub fn new(
+        source: impl Into<String>,
+        kind: impl Into<String>,
+        mapping: Mapping,
+        core: Option<Arc<JsonSchema>>,
+    ) -> Self {
+        Self { source: source.into(), kind: kind.into(), mapping, core }
+    }
+}
+
+#[async_trait]
+impl Translator for MappingTranslator {
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn record_kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn message_type(&self) -> Option<&str> {
+        Some(&self.mapping.spec.message_type)
+    }
+
+    async fn translate(&self, record: &RecordInput<'_>) -> Result<Translation, Failure> {
+        let (body, fidelity) = self.mapping.apply(record.data)?;
+        let spec = &self.mapping.spec;
+        if let Some(core) = &self.core {
+            core.check(&body, "").map_err(|r| {
+                Rejection::whole(
+                    "core_contract",
+                    format!(
+                        "the core message breaks {} v{}: {}",
+                        spec.message_type, spec.type_version, r.message
+                    ),
+                )
+            })?;
+        }
+        Ok(Translation {
+            message: CoreMessage {
+                message_type: spec.message_type.clone(),
+                type_version: spec.type_version.clone(),
+                body,
+            },
+            mapping_name: spec.name.clone(),
+            mapping_version: spec.version.clone(),
+            fidelity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compile::parse_offset;
+    use super::*;
+
+    /// serde_json's `json!`, as the hub's document.
+    macro_rules! json {
+        ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
+    }
+
+    fn spec(v: Value) -> MappingSpec {
+        serde_json::from_str(&v.to_json()).expect("spec")
+    }
+
+    fn order_mapping(on_unmapped: &str) -> Mapping {
+        Mapping::compile(spec(json!({
+            "name": "order", "version": "1", "message_type": "order.placed", "type_version": "1",
+            "on_unmapped": on_unmapped,
+            "ignore": ["/internal", "/lines/*/note"],
+            "fields": {
+                "/order_id": {"from": "/id", "convert": "string"},
+                "/customer/name": {"concat": ["/first", "/last"], "separator": " "},
+                "/customer/tier": {"from": "/tier", "enum": {"g": "gold", "s": "silver"}},
+                "/channel": {"const": "web"},
+                "/currency": {"from": "/currency", "default": "EUR"},
+                "/placed_at": {"from": "/placed", "timestamp": "rfc3339"},
+                "/total": {"from": "/total"},
+                "/lines": {"each": "/lines", "fields": {
+                    "/sku": {"from": "/sku"},
+                    "/qty": {"from": "/qty", "convert": "integer"}
+                }}
+            }
+        })))
+        .expect("compiles")
+    }
+
+    fn order() -> Value {
+        Value::parse(
+            br#"{"id": 12345678901234567890, "first": "Ada", "last": "Lovelace", "tier": "g",
+                "placed": "2026-11-20T14:05:41.873+01:00", "total": 1E400, "internal": {"x": 1},
+                "lines": [{"sku": "A", "qty": "2", "note": "gift"}, {"sku": "B", "qty": 3}]}"#,
+        )
+        .expect("json")
+    }
+
+    #[test]
+    fn maps_every_construct_exactly() {
+        let (body, fid) = order_mapping("reject").apply(&order()).expect("maps");
+        assert_eq!(
+            serde_json::to_string(&body).expect("text"),
+            r#"{"channel":"web","currency":"EUR","customer":{"name":"Ada Lovelace","tier":"gold"},"lines":[{"qty":2,"sku":"A"},{"qty":3,"sku":"B"}],"order_id":"12345678901234567890","placed_at":"2026-11-20T13:05:41.873Z","total":1E400}"#
+        );
+        assert_eq!(fid.defaulted, ["/currency"]);
+        assert_eq!(fid.ignored, ["/internal/x", "/lines/0/note"]);
+        assert!(fid.mapped.contains(&"/lines/1/qty".to_owned()) && fid.mapped.contains(&"/total".to_owned()));
+        assert!(fid.extras.is_empty() && fid.lossy.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_field_rejects_or_lands_in_extras() {
+        let mut rec = order();
+        rec["coupon"] = json!({"code": "X", "value": 0.1});
+        let r = order_mapping("reject").apply(&rec).expect_err("strict");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/coupon/code"), "unmapped"));
+        let (body, fid) = order_mapping("keep-in-extras").apply(&rec).expect("extras");
+        assert_eq!(body["extras"], json!({"/coupon/code": "X", "/coupon/value": 0.1}));
+        assert_eq!(serde_json::to_string(&body["extras"]["/coupon/value"]).expect("t"), "0.1");
+        assert_eq!(fid.extras, ["/coupon/code", "/coupon/value"]);
+        let (body, fid) = order_mapping("ignore").apply(&rec).expect("ignored");
+        assert!(body.get("extras").is_none() && fid.ignored.contains(&"/coupon/value".to_owned()));
+    }
+
+    #[test]
+    fn conversions_keep_digits_or_refuse() {
+        let m = order_mapping("reject");
+        let mut rec = order();
+        rec["lines"][0]["qty"] = json!("2.5");
+        assert_eq!(m.apply(&rec).expect_err("fraction").field.as_deref(), Some("/lines/0/qty"));
+        rec = order();
+        rec["tier"] = json!("platinum");
+        assert_eq!(m.apply(&rec).expect_err("enum").rule, "enum_table");
+        rec = order();
+        rec["placed"] = json!("2026-11-20T14:05:41.1234567891Z");
+        assert_eq!(m.apply(&rec).expect_err("too precise").rule, "timestamp");
+        let n = |s: &str| convert_exact(&json!(s), Convert::Number, "/x").map(|v| v.to_string());
+        assert_eq!(n("1E400").as_deref(), Ok("1E400"));
+        assert_eq!(n("-0.000000000000000000001").as_deref(), Ok("-0.000000000000000000001"));
+        assert!(n("12,5").is_err() && n(" 1").is_err() && n("NaN").is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = |v: Value, f: TimeFormat, p| timestamp(&v, &f, p, "/t");
+        assert_eq!(
+            t(json!("1700000000.123456789"), TimeFormat::Unix, None).as_deref(),
+            Ok("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(
+            t(json!(1700000000123i64), TimeFormat::UnixMillis, None).as_deref(),
+            Ok("2023-11-14T22:13:20.123Z")
+        );
+        let dotted =
+            TimeFormat::Pattern { pattern: "%d.%m.%Y %H:%M:%S%.f".into(), offset: parse_offset("UTC") };
+        assert_eq!(
+            t(json!("20.11.2026 10:00:00.1234567891"), dotted, None).expect_err("10 digits").rule,
+            "timestamp"
+        );
+        assert!(t(json!("-0.5"), TimeFormat::Unix, None).is_err());
+        assert!(t(json!("1.+5"), TimeFormat::Unix, None).is_err());
+        let local =
+            TimeFormat::Pattern { pattern: "%d/%m/%Y %H:%M:%S".into(), offset: parse_offset("+02:00") };
+        assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T08:00:00Z"));
+        assert_eq!(
+            t(json!("2026-11-20T14:05:41.873+01:00"), TimeFormat::Rfc3339, Some(Precision::Seconds))
+                .as_deref(),
+            Ok("2026-11-20T13:05:41Z")
+        );
+    }
+
+    #[test]
+    fn misspelt_options_are_parse_errors_listing_the_choices() {
+        let rule = |text: &str| serde_json::from_str::<FieldRule>(text).expect_err("misspelt").to_string();
+        assert!(rule(r#"{"from": "/a", "convert": "numbr"}"#).contains("`string`, `number`, `integer`"));
+        assert!(rule(r#"{"from": "/a", "precision": "ms"}"#).contains("`seconds`, `millis`, `micros`"));
+        let loss = rule(r#"{"from": "/a", "lossy": "truncate"}"#);
+        assert!(loss.contains("`truncate-timestamp`, `truncate-text`, `merge-enum`"), "{loss}");
+    }
+
+    #[test]
+    fn losses_must_be_named() {
+        let base = |rule: Value| {
+            spec(json!({"name": "m", "version": "1", "message_type": "t", "type_version": "1",
+                "fields": {"/a": rule}}))
+        };
+        let err =
+            Mapping::compile(base(json!({"from": "/t", "timestamp": "rfc3339", "precision": "seconds"})))
+                .expect_err("unnamed truncation");
+        assert!(err[0].message.contains("truncate-timestamp"), "{err:?}");
+        assert_eq!(err[0].at, ["fields", "/a"]);
+        assert!(Mapping::compile(base(json!({"from": "/s", "enum": {"a": "x", "b": "x"}}))).is_err());
+        assert!(Mapping::compile(base(json!({"from": "/s", "max_length": 3}))).is_err());
+        let m = Mapping::compile(base(json!({"from": "/s", "max_length": 3, "lossy": "truncate-text"})))
+            .expect("named");
+        let (body, fid) = m.apply(&json!({"s": "abcdef"})).expect("maps");
+        assert_eq!(
+            (body["a"].as_str(), fid.lossy.as_slice()),
+            (Some("abc"), &["/a: truncate-text".to_owned()][..])
+        );
+        assert!(Mapping::compile(base(json!({"from": "/s", "lossy": "truncate-text"}))).is_err());
+        assert!(Mapping::compile(base(json!({"from": "s"}))).is_err());
+        // A zoned format with a `timezone` would silently ignore it: refused.
+        assert!(
+            Mapping::compile(base(json!({"from": "/t", "timestamp": "rfc3339", "timezone": "UTC"}))).is_err()
+        );
+        assert!(
+            Mapping::compile(base(json!({"from": "/t", "timestamp": "%Y %H", "timezone": "+01:00"}))).is_ok()
+        );
+        assert!(Mapping::compile(base(json!({"from": "/s", "const": 1}))).is_err());
+    }
+
+    #[test]
+    fn lint_against_schemas() {
+        let record = JsonSchema::compile(serde_json::json!({"type": "object", "additionalProperties": false,
+            "properties": {"id": {"type": "string"}, "lines": {"type": "array", "items": {
+                "type": "object", "additionalProperties": false, "properties": {"sku": {"type": "string"}}}}}}))
+        .expect("record schema");
+        let core =
+            JsonSchema::compile(serde_json::json!({"type": "object", "required": ["order_id", "total"],
+            "properties": {"order_id": {}, "total": {}, "lines": {}}, "additionalProperties": false}))
+            .expect("core schema");
+        let m = Mapping::compile(spec(json!({"name": "m", "version": "1", "message_type": "order.placed",
+            "type_version": "1", "fields": {
+                "/order_id": {"from": "/idd"},
+                "/lines": {"each": "/lines", "fields": {"/sku": {"from": "/skuu"}}},
+                "/color": {"const": "red"}}})))
+        .expect("compiles");
+        let issues = m.lint(&|p| record.can_exist(p), Some(&core));
+        let text: Vec<String> = issues.iter().map(|i| format!("{:?}: {}", i.at, i.message)).collect();
+        assert_eq!(issues.len(), 4, "{text:#?}");
+        assert!(text.iter().any(|t| t.contains("`/idd` cannot exist") && t.contains("\"from\"")));
+        assert!(text.iter().any(|t| t.contains("`/lines/*/skuu` cannot exist")));
+        assert!(text.iter().any(|t| t.contains("`/total` is required")));
+        assert!(text.iter().any(|t| t.contains("no field `/color`")));
+    }
+}

@@ -1,0 +1,156 @@
+//! The mapping file format: what an integration file's `[kinds.<name>.mapping]` table says.
+//! Options with a closed set of values are enums, so a typo is a parse error listing them.
+
+use super::*;
+
+/// What to do with a record leaf that is neither mapped nor ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum OnUnmapped {
+    /// Reject the record at layer 3, naming the field (the default: nothing is lost silently).
+    #[default]
+    Reject,
+    /// Carry it in the core message under `extras_at`, keyed by its pointer.
+    KeepInExtras,
+    /// Drop it, listing it as ignored in the fidelity report.
+    Ignore,
+}
+
+/// A mapping as written in an integration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// The mapping's name, stored with every layer 3 row it produces.
+    pub name: String,
+    /// Its version: change it whenever the mapping changes.
+    pub version: String,
+    /// The core message type it produces (`member.upsert`).
+    pub message_type: String,
+    /// The core message type's version.
+    pub type_version: String,
+    /// What to do with unmapped record leaves.
+    #[serde(default)]
+    pub on_unmapped: OnUnmapped,
+    /// Where `keep-in-extras` puts unmapped leaves in the core message.
+    #[serde(default = "default_extras_at")]
+    pub extras_at: String,
+    /// Record pointers deliberately not carried; `*` stands for any one token (an array index).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Core field pointer -> rule.
+    pub fields: BTreeMap<String, FieldRule>,
+}
+
+fn default_extras_at() -> String {
+    "/extras".into()
+}
+
+/// Where one core field's value comes from and how it is converted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// A pointer into the record (into the array element, inside `each`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// A constant value.
+    #[serde(default, rename = "const")]
+    pub constant: Option<Value>,
+    /// Pointers whose text values are joined with `separator`; absent ones are skipped.
+    #[serde(default)]
+    pub concat: Option<Vec<String>>,
+    /// What `concat` puts between values.
+    #[serde(default)]
+    pub separator: Option<String>,
+    /// A pointer to an array of the record: one output element per element, built by `fields`.
+    #[serde(default)]
+    pub each: Option<String>,
+    /// The element's fields, for `each`.
+    #[serde(default)]
+    pub fields: Option<BTreeMap<String, FieldRule>>,
+    /// The value when the source is absent or null (listed as defaulted).
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// Value table: the source's text -> the core value.
+    #[serde(default, rename = "enum")]
+    pub table: Option<BTreeMap<String, Value>>,
+    /// Source timestamp format: `rfc3339`, `unix`, `unix-millis`, or a chrono format string.
+    /// The result is RFC 3339 in UTC with every fractional digit kept.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Offset of timestamps written without one (`+01:00`, `UTC`).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Truncates timestamps to `seconds`, `millis` or `micros` (lossy: `truncate-timestamp`).
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// Exact conversion: `string` (a number's text as written), `number` (text that is a JSON
+    /// number, every digit kept), `integer` (text or number with no fraction).
+    #[serde(default)]
+    pub convert: Option<Convert>,
+    /// Truncates text to this many characters (lossy: `truncate-text`).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`.
+    #[serde(default)]
+    pub lossy: Option<Loss>,
+}
+
+/// A problem with a mapping, at a key path inside the mapping's table (`["fields", "/email",
+/// "from"]`), so a loader can point at the file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingIssue {
+    /// Key path inside the mapping table.
+    pub at: Vec<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The precision a timestamp rule keeps (`precision = "millis"`): a loss, named
+/// `truncate-timestamp`. A typo is a parse error listing these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Whole seconds.
+    Seconds,
+    /// Milliseconds.
+    Millis,
+    /// Microseconds.
+    Micros,
+}
+
+/// A loss a rule accepts by name (`lossy = "truncate-text"`): the fidelity promise allows a
+/// loss only where the mapping says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// `precision` drops fractional digits of a timestamp.
+    TruncateTimestamp,
+    /// `max_length` cuts text.
+    TruncateText,
+    /// An `enum` table maps two source values to one core value.
+    MergeEnum,
+}
+
+impl Loss {
+    /// The name written in mappings and in fidelity reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::TruncateTimestamp => "truncate-timestamp",
+            Loss::TruncateText => "truncate-text",
+            Loss::MergeEnum => "merge-enum",
+        }
+    }
+}
+
+/// An exact conversion (`convert = "number"`); a typo is a parse error listing these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Convert {
+    /// A number's text as written, a string as it is, `true`/`false` as text.
+    String,
+    /// Text that is a JSON number, every digit kept.
+    Number,
+    /// Text or a number with no fraction.
+    Integer,
+}
