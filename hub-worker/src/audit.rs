@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use layer1_ingest::entity as l1;
 use layer1_ingest::table::insert_rows;
-use layer1_ingest::{Direction, Layer, LayerTable, LineageEntry, Status};
+use layer1_ingest::{Direction, Layer, LayerTable, LineageEntry, LineageTable, Status};
 use layer2_normalize::entity as l2;
 use layer3_translate::entity as l3;
 use layer4_dispatch::entity as l4;
@@ -168,12 +168,13 @@ pub struct Page {
     pub next_cursor: Option<Uuid>,
 }
 
+/// One page of `E`'s entries: the entries' columns only, not the bodies
+/// ([`layer1_ingest::LineageTable`]).
 async fn list_in<E>(db: &DatabaseConnection, q: &ListQuery, limit: u64) -> Result<Vec<LineageEntry>>
 where
-    E: LayerTable,
-    for<'a> LineageEntry: From<&'a E::Model>,
+    E: LineageTable,
 {
-    let mut f = E::find();
+    let mut f = E::select_entries();
     if let Some(s) = &q.status {
         let s: Status = s.parse().map_err(|_| Error::BadRequest(format!("status `{s}` is not a status")))?;
         f = f.filter(E::STATUS.eq(s));
@@ -198,8 +199,8 @@ where
     if let Some(c) = q.cursor {
         f = f.filter(E::ID.gt(c));
     }
-    let rows = f.order_by_asc(E::ID).limit(limit).all(db).await?;
-    Ok(rows.iter().map(LineageEntry::from).collect())
+    let rows = f.order_by_asc(E::ID).limit(limit).into_model::<E::EntryRow>().all(db).await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// One page of one layer's rows.

@@ -5,6 +5,7 @@ use sea_orm::ConnectionTrait;
 use serde::Serialize;
 use uuid::Uuid;
 
+use layer1_ingest::lineage::entries_by_origin;
 use layer1_ingest::table::{by_origin, origin_of};
 use layer1_ingest::{LayerTable, LineageEntry};
 
@@ -48,13 +49,13 @@ async fn find_origin<E: LayerTable, C: ConnectionTrait>(conn: &C, id: Uuid) -> R
     Ok(origin_of::<E, C>(conn, id).await?)
 }
 
-/// The lineage of the message `id` names (any layer's id): two indexed lookups per layer.
-pub async fn lineage<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Lineage> {
+/// The flow `id` belongs to: its origin, from the first layer that holds `id`.
+async fn origin<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Uuid> {
     use layer1_ingest::entity as l1;
     use layer2_normalize::entity as l2;
     use layer3_translate::entity as l3;
     use layer4_dispatch::entity as l4;
-    let origin = match find_origin::<l1::Entity, C>(conn, id).await? {
+    Ok(match find_origin::<l1::Entity, C>(conn, id).await? {
         Some(o) => o,
         None => match find_origin::<l2::Entity, C>(conn, id).await? {
             Some(o) => o,
@@ -63,7 +64,34 @@ pub async fn lineage<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Lineage> 
                 None => find_origin::<l4::Entity, C>(conn, id).await?.ok_or(Error::NotFound(id))?,
             },
         },
-    };
+    })
+}
+
+/// The lineage of the message `id` names (any layer's id): two indexed lookups per layer (the
+/// primary key for the origin, then `(origin_id, parent_id)`), reading the entries' columns
+/// only, not the bodies and records ([`layer1_ingest::LineageTable`]).
+pub async fn lineage<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Lineage> {
+    use layer1_ingest::entity as l1;
+    use layer2_normalize::entity as l2;
+    use layer3_translate::entity as l3;
+    use layer4_dispatch::entity as l4;
+    let origin = origin(conn, id).await?;
+    let mut entries: Vec<LineageEntry> = Vec::new();
+    entries.extend(entries_by_origin::<l1::Entity, C>(conn, origin).await?);
+    entries.extend(entries_by_origin::<l2::Entity, C>(conn, origin).await?);
+    entries.extend(entries_by_origin::<l3::Entity, C>(conn, origin).await?);
+    entries.extend(entries_by_origin::<l4::Entity, C>(conn, origin).await?);
+    Ok(Lineage { focus: id, origin_id: origin, entries })
+}
+
+/// [`lineage`] the old way, loading whole rows, bodies and all. Gives the same entries; kept
+/// to measure the difference (`hub-worker bench-queries`) and to check that it is the same.
+pub async fn lineage_full_rows<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Lineage> {
+    use layer1_ingest::entity as l1;
+    use layer2_normalize::entity as l2;
+    use layer3_translate::entity as l3;
+    use layer4_dispatch::entity as l4;
+    let origin = origin(conn, id).await?;
     let mut entries: Vec<LineageEntry> = Vec::new();
     entries.extend(by_origin::<l1::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
     entries.extend(by_origin::<l2::Entity, C>(conn, origin).await?.iter().map(LineageEntry::from));
