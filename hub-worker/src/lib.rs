@@ -27,9 +27,10 @@ pub mod integrations;
 pub mod lineage;
 pub mod report;
 pub mod startup;
+pub mod summary;
 
 pub use error::{Error, Result};
 pub use fused::FusedStage;
-pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts};
+pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts, counts_by_scan};
 pub use layer1_ingest::{IngestOutcome, Ingested};
 pub use lineage::{Lineage, lineage};
