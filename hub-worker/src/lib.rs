@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_queries;
 pub mod config;
 pub mod demo;
 pub mod error;
