@@ -13,13 +13,13 @@ use uuid::Uuid;
 
 use layer1_ingest::entity as l1;
 use layer1_ingest::table::insert_rows;
-use layer1_ingest::{Direction, Layer, LayerTable, LineageEntry, Status};
+use layer1_ingest::{Direction, Layer, LayerTable, LineageEntry, LineageTable, Status};
 use layer2_normalize::entity as l2;
 use layer3_translate::entity as l3;
 use layer4_dispatch::entity as l4;
 
 use crate::error::{Error, Result};
-use crate::hub::{StatusCount, counts};
+use crate::hub::StatusCount;
 use crate::lineage::{Lineage, lineage};
 
 /// The raw bytes of a message, re-checked against their stored hash: a third party's payload
@@ -168,12 +168,13 @@ pub struct Page {
     pub next_cursor: Option<Uuid>,
 }
 
+/// One page of `E`'s entries: the entries' columns only, not the bodies
+/// ([`layer1_ingest::LineageTable`]).
 async fn list_in<E>(db: &DatabaseConnection, q: &ListQuery, limit: u64) -> Result<Vec<LineageEntry>>
 where
-    E: LayerTable,
-    for<'a> LineageEntry: From<&'a E::Model>,
+    E: LineageTable,
 {
-    let mut f = E::find();
+    let mut f = E::select_entries();
     if let Some(s) = &q.status {
         let s: Status = s.parse().map_err(|_| Error::BadRequest(format!("status `{s}` is not a status")))?;
         f = f.filter(E::STATUS.eq(s));
@@ -198,8 +199,8 @@ where
     if let Some(c) = q.cursor {
         f = f.filter(E::ID.gt(c));
     }
-    let rows = f.order_by_asc(E::ID).limit(limit).all(db).await?;
-    Ok(rows.iter().map(LineageEntry::from).collect())
+    let rows = f.order_by_asc(E::ID).limit(limit).into_model::<E::EntryRow>().all(db).await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// One page of one layer's rows.
@@ -245,9 +246,91 @@ pub struct Stats {
     pub destinations: Vec<DestinationStats>,
 }
 
-/// The stats.
+/// The stats, for the audit desk's `/v1/stats` and `/metrics`. Nothing here grows with the
+/// tables: the counts come from the `status_counts` summary ([`crate::summary`]); the oldest
+/// and overdue rows are looked for among the open rows only, through the partial claim
+/// indexes, which hold the backlog and nothing else.
 pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
-    let counts = counts(db).await?;
+    crate::summary::fold(db).await?;
+    let summary = crate::summary::read(db).await?;
+    let counts = crate::hub::counts_from(&summary);
+    let per: Vec<(&str, Status, i64)> = summary
+        .iter()
+        .filter(|r| r.layer == Layer::Dispatch && r.direction == Direction::Upstream)
+        .map(|r| (r.destination.as_str(), r.status, r.count))
+        .collect();
+    let oldest = oldest_open(db).await?;
+    // The publisher marks overdue rows' `last_error` (layer4_dispatch::publish). `queued` is
+    // written into the SQL, as the receipt index's predicate is, so that index serves it.
+    let overdue: Vec<(String, i64)> = l4::Entity::find()
+        .select_only()
+        .column(l4::Column::Destination)
+        .column_as(Expr::col(l4::Column::Id).count(), "n")
+        .filter(Expr::cust("status = 'queued'"))
+        .filter(l4::Column::Direction.eq(Direction::Upstream))
+        .filter(l4::Column::LastError.starts_with(layer4_dispatch::publish::RECEIPT_OVERDUE))
+        .group_by(l4::Column::Destination)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let now = Utc::now();
+    let mut names: Vec<&str> = per.iter().map(|(d, _, _)| *d).collect();
+    names.sort_unstable();
+    names.dedup();
+    let destinations = names
+        .into_iter()
+        .map(|d| {
+            let n = |s: Status| {
+                per.iter().filter(|(x, st, _)| *x == d && *st == s).map(|(_, _, n)| n).sum::<i64>()
+            };
+            DestinationStats {
+                queued: n(Status::Queued),
+                acknowledged: n(Status::Acknowledged),
+                unacknowledged: n(Status::JustIn) + n(Status::Failed) + n(Status::Queued),
+                oldest_unacknowledged_secs: oldest.get(d).map(|t| (now - *t).num_seconds()),
+                receipts_overdue: overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n),
+                destination: d.to_owned(),
+            }
+        })
+        .collect();
+    Ok(Stats { counts, destinations })
+}
+
+/// Per destination, when its oldest open upstream row (`just_in`, `failed`, `queued`) was
+/// made. Asked once per partial index of layer 4 (unordered, ordered, awaiting a receipt),
+/// with the statuses written as each index's predicate is: a single `status IN (three)` matches
+/// none of them and would scan the table.
+async fn oldest_open(db: &DatabaseConnection) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+    let mut oldest: std::collections::HashMap<String, DateTime<Utc>> = std::collections::HashMap::new();
+    for part in [
+        "status IN ('just_in', 'failed') AND ordering_key IS NULL",
+        "status IN ('just_in', 'failed') AND ordering_key IS NOT NULL",
+        "status = 'queued'",
+    ] {
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = l4::Entity::find()
+            .select_only()
+            .column(l4::Column::Destination)
+            .column_as(Expr::from(Func::min(Expr::col(l4::Column::CreatedAt))), "oldest")
+            .filter(Expr::cust(part))
+            .filter(l4::Column::Direction.eq(Direction::Upstream))
+            .group_by(l4::Column::Destination)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (d, t) in rows {
+            if let Some(t) = t {
+                let e = oldest.entry(d).or_insert(t);
+                *e = Ord::min(*e, t);
+            }
+        }
+    }
+    Ok(oldest)
+}
+
+/// [`stats`] the old way: a `GROUP BY` over each whole table for the counts and another over
+/// layer 4 per destination. Kept to measure the difference (`hub-worker bench-queries`).
+pub async fn stats_by_scan(db: &DatabaseConnection) -> Result<Stats> {
+    let counts = crate::hub::counts_by_scan(db).await?;
     let per: Vec<(String, Status, i64)> = l4::Entity::find()
         .select_only()
         .column(l4::Column::Destination)
@@ -269,7 +352,6 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
         .into_tuple()
         .all(db)
         .await?;
-    // The publisher marks overdue rows' `last_error` (layer4_dispatch::publish).
     let overdue: Vec<(String, i64)> = l4::Entity::find()
         .select_only()
         .column(l4::Column::Destination)
@@ -409,8 +491,8 @@ async fn replay_rows<E, P>(
     by: &str,
 ) -> Result<(Vec<Uuid>, usize)>
 where
-    P: LayerTable,
-    E: LayerTable + ReplayCopy,
+    P: ReplayCopy,
+    E: ReplayCopy,
     E::Model: Sync + Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
     for<'a> LineageEntry: From<&'a E::Model>,
 {
@@ -420,16 +502,16 @@ where
         .filter(l1::Column::Source.eq(source))
         .filter(l1::Column::CreatedAt.gte(since))
         .into_query();
-    // A row with a same-layer child has been replayed: its newest copy stands for it.
-    let superseded =
-        E::find().select_only().column(E::PARENT_ID).filter(E::PARENT_ID.is_not_null()).into_query();
+    // A row with a same-layer child has been replayed: its newest copy stands for it. The
+    // children are read from the partial index that holds only them (`E::successors`).
+    let superseded = E::find().select_only().column(E::PARENT_ID).filter(E::successors()).into_query();
     let mut q = E::find()
         .filter(E::SOURCE.eq(source))
         .filter(E::ORIGIN_ID.in_subquery(origins))
         .filter(E::ID.not_in_subquery(superseded));
     if check_parent {
         let replayed_parents =
-            P::find().select_only().column(P::PARENT_ID).filter(P::PARENT_ID.is_not_null()).into_query();
+            P::find().select_only().column(P::PARENT_ID).filter(P::successors()).into_query();
         q = q.filter(E::PARENT_ID.not_in_subquery(replayed_parents));
     }
     let rows = q.order_by_asc(E::ID).lock_exclusive().all(txn).await?;
@@ -439,7 +521,11 @@ where
     let mut copied = 0;
     for chunk in ids.chunks(10_000) {
         use sea_orm::PaginatorTrait;
-        copied += E::find().filter(E::PARENT_ID.is_in(chunk.iter().copied())).count(txn).await?;
+        copied += E::find()
+            .filter(E::PARENT_ID.is_in(chunk.iter().copied()))
+            .filter(E::successors())
+            .count(txn)
+            .await?;
     }
     {
         if copied > 0 {
@@ -455,14 +541,25 @@ where
 
 /// Layer rows a replay can copy.
 trait ReplayCopy: LayerTable {
+    /// The rows of this table that have a parent in this table (replay copies; in layer 1,
+    /// resends too), as the predicate of their partial index `ix_<table>_successors`
+    /// (migration 000010). Every query for a row's same-layer children adds it, so the index
+    /// serves the query instead of a scan of the whole table: in layers 2 and 3 every row has
+    /// a `parent_id` (the row of the layer below), so `parent_id IS NOT NULL` says nothing.
+    fn successors() -> sea_orm::Condition;
+
     /// `row` as a fresh `just_in` copy with id `id` whose parent is the old row, made at the
     /// request of `by`.
     fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>, by: &str) -> Self::Model;
 }
 
 macro_rules! replay_copy {
-    ($entity:ty, |$m:ident| $extra:block) => {
+    ($entity:ty, $successors:expr, |$m:ident| $extra:block) => {
         impl ReplayCopy for $entity {
+            fn successors() -> sea_orm::Condition {
+                sea_orm::Condition::all().add($successors)
+            }
+
             fn fresh(row: Self::Model, id: Uuid, now: DateTime<Utc>, by: &str) -> Self::Model {
                 let mut $m = row;
                 $m.parent_id = Some($m.id);
@@ -485,13 +582,15 @@ macro_rules! replay_copy {
 // is the one a sender's resend of the old row takes (`layer1_ingest::ingest`): one successor per
 // copy, so a replay and a resend racing for the same row cannot both be stored; the unique
 // index lets one in, and the other is settled against it (or refused, for the replay).
-replay_copy!(l1::Entity, |m| {
+// Stage-made layer 1 rows have no parent: a row with one is a replay copy or a resend.
+replay_copy!(l1::Entity, l1::Column::ParentId.is_not_null(), |m| {
     if let Some(parent) = m.parent_id {
         m.dedup_key = layer1_ingest::ingest::successor_key(parent);
     }
 });
-replay_copy!(l2::Entity, |m| {});
-replay_copy!(l3::Entity, |m| {});
+// Every layer 2 and 3 row has a parent; only replay copies say who asked for them.
+replay_copy!(l2::Entity, l2::Column::ReplayedBy.is_not_null(), |m| {});
+replay_copy!(l3::Entity, l3::Column::ReplayedBy.is_not_null(), |m| {});
 
 async fn copy_rows<E>(txn: &sea_orm::DatabaseTransaction, rows: Vec<E::Model>, by: &str) -> Result<Vec<Uuid>>
 where
@@ -516,7 +615,7 @@ where
 /// by someone else meanwhile (a concurrent or retried replay gets 409, not a second copy).
 async fn locked_final<E>(txn: &sea_orm::DatabaseTransaction, id: Uuid, ids: &[Uuid]) -> Result<Vec<E::Model>>
 where
-    E: LayerTable,
+    E: ReplayCopy,
     E::Model: Sync,
     for<'a> LineageEntry: From<&'a E::Model>,
 {
@@ -528,7 +627,8 @@ where
             return Err(not_replayable(id, format!("row {} is still {}", e.id, e.status)));
         }
     }
-    if E::find().filter(E::PARENT_ID.is_in(ids.iter().copied())).count(txn).await? > 0 {
+    if E::find().filter(E::PARENT_ID.is_in(ids.iter().copied())).filter(E::successors()).count(txn).await? > 0
+    {
         return Err(not_replayable(id, "it was replayed meanwhile"));
     }
     Ok(rows)

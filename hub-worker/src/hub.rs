@@ -557,6 +557,9 @@ impl Hub {
             );
             tasks.push(tokio::spawn(intake.run(i.cancel.child_token())));
         }
+        if !layer1_ingest::db::is_sqlite(&i.db) {
+            tasks.push(tokio::spawn(fold_counts(i.db.clone(), i.cancel.child_token())));
+        }
     }
 
     /// Stops the stages: each finishes the batch it holds (committing it) and claims no more.
@@ -608,7 +611,9 @@ impl Hub {
     pub async fn wait_settled(&self, timeout: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if counts(&self.inner.db).await?.iter().all(|c| c.status.is_final()) {
+            // A few index probes, not a count of every table: bounded however many rows the
+            // tables hold (they are never purged).
+            if !crate::summary::anything_open(&self.inner.db).await? {
                 return Ok(true);
             }
             let now = tokio::time::Instant::now();
@@ -624,8 +629,59 @@ impl Hub {
     }
 }
 
+/// Folds the status counts' deltas every second while the hub runs (PostgreSQL): every writing
+/// statement appends one or two, and unfolded they would pile up between scrapes. A failed
+/// fold loses nothing (the deltas stay); it is logged and tried again.
+async fn fold_counts(db: DatabaseConnection, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = crate::summary::fold(&db).await {
+            tracing::warn!(error = %e, "folding the status counts failed; retrying");
+        }
+    }
+}
+
 /// Row counts per layer, source, direction and status, on any connection.
+///
+/// Read from the `status_counts` summary (see [`crate::summary`]): a few hundred rows at most,
+/// however large the tables. Folds the pending deltas first (PostgreSQL), so that they stay few
+/// even when no hub runs the periodic fold; the numbers are exact either way.
 pub async fn counts<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<StatusCount>> {
+    crate::summary::fold(db).await?;
+    Ok(counts_from(&crate::summary::read(db).await?))
+}
+
+/// [`StatusCount`]s from the summary's rows (summed over layer 4's destinations).
+pub fn counts_from(rows: &[crate::summary::SummaryRow]) -> Vec<StatusCount> {
+    // `Direction` has no order; `true` stands for upstream in the key.
+    let mut totals: BTreeMap<(Layer, &str, Status, bool), i64> = BTreeMap::new();
+    for r in rows {
+        *totals
+            .entry((r.layer, r.source.as_str(), r.status, r.direction == Direction::Upstream))
+            .or_default() += r.count;
+    }
+    let mut out: Vec<StatusCount> = totals
+        .into_iter()
+        .filter(|(_, count)| *count != 0)
+        .map(|((layer, source, status, up), count)| StatusCount {
+            layer,
+            source: source.to_owned(),
+            direction: if up { Direction::Upstream } else { Direction::Downstream },
+            status,
+            count,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.layer, &a.source, a.status).cmp(&(b.layer, &b.source, b.status)));
+    out
+}
+
+/// [`counts`] the old way: a `GROUP BY` over each whole layer table. Its cost grows with the
+/// tables; kept to check the summary against (tests) and to measure the difference
+/// (`hub-worker bench-queries`).
+pub async fn counts_by_scan<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<StatusCount>> {
     use layer1_ingest::entity as l1;
     use layer2_normalize::entity as l2;
     use layer3_translate::entity as l3;

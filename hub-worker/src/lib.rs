@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_queries;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -28,9 +29,10 @@ pub mod lineage;
 pub mod prelude;
 pub mod report;
 pub mod startup;
+pub mod summary;
 
 pub use error::{Error, Result};
 pub use fused::FusedStage;
-pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts};
+pub use hub::{Hub, HubBuilder, HubSettings, IngestMeta, StatusCount, counts, counts_by_scan};
 pub use layer1_ingest::{IngestOutcome, Ingested};
 pub use lineage::{Lineage, lineage};

@@ -106,6 +106,22 @@ enum Command {
         #[arg(long)]
         backlog_keys: Option<usize>,
     },
+    /// Seeds a scratch PostgreSQL database with N messages (four layers) and times a lineage
+    /// lookup, a /metrics scrape and wait_settled's question, the old queries against the new.
+    BenchQueries {
+        /// A scratch PostgreSQL database (created when missing).
+        #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432/po_bench_queries")]
+        database_url: String,
+        /// Messages to seed (one row per layer each).
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Runs per figure (the median is printed).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Empty the four layer tables and seed again.
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Lists messages of one layer (JSON, keyset pages).
     Messages {
         #[command(subcommand)]
@@ -216,6 +232,31 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&l)?);
             } else {
                 print!("{}", report::lineage_text(&l));
+            }
+        }
+        Command::BenchQueries { database_url, messages, runs, fresh } => {
+            let cfg = hub_worker::bench_queries::QueryBenchConfig {
+                database_url,
+                messages,
+                runs: runs.max(1),
+                fresh,
+            };
+            let r = hub_worker::bench_queries::run(&cfg).await?;
+            println!(
+                "hub bench-queries: {} messages per layer table, median of {} runs",
+                r.messages, cfg.runs
+            );
+            println!("  {:<30} {:>12} {:>12}   (min..max before | after)", "", "before", "after");
+            for (what, before, after) in &r.figures {
+                println!(
+                    "  {what:<30} {:>9.2} ms {:>9.2} ms   ({:.2}..{:.2} | {:.2}..{:.2})",
+                    before.median_ms,
+                    after.median_ms,
+                    before.min_ms,
+                    before.max_ms,
+                    after.min_ms,
+                    after.max_ms
+                );
             }
         }
         Command::Bench {

@@ -20,7 +20,7 @@ pub mod table;
 pub use error::{Error, Result};
 pub use ids::{CoreMessageId, DispatchId, RawId, RecordId};
 pub use ingest::{IngestOutcome, Ingested, NewRaw, ingest, ingest_many};
-pub use lineage::LineageEntry;
+pub use lineage::{LineageEntry, LineageTable};
 pub use outcome::{Failure, Rejection, guarded};
 pub use stage::{Stage, StageSettings, Wakeup, run_stage};
 pub use status::{Direction, Layer, Status};

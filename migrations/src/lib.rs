@@ -11,6 +11,7 @@ mod m20261121_000005_partial_dispatch_indexes;
 mod m20261121_000006_ordered_dispatch_claims;
 mod m20261121_000007_replayed_by;
 mod m20261121_000009_dispatch_raw_body;
+mod m20261121_000010_bounded_queries;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000006_ordered_dispatch_claims::Migration),
             Box::new(m20261121_000007_replayed_by::Migration),
             Box::new(m20261121_000009_dispatch_raw_body::Migration),
+            Box::new(m20261121_000010_bounded_queries::Migration),
         ]
     }
 }

@@ -243,10 +243,20 @@ pub async fn ready(State(s): State<AuditState>) -> Response {
     )
 )]
 pub async fn metrics(State(s): State<AuditState>) -> Response {
-    let stats = match audit::stats(s.hub.db()).await {
-        Ok(v) => v,
-        Err(e) => return problem(e),
-    };
+    match metrics_text(s.hub.db()).await {
+        Ok(out) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
+        Err(e) => problem(e),
+    }
+}
+
+/// What `GET /metrics` answers: the stats ([`audit::stats`]) and the process counters, in the
+/// Prometheus text format. Public so that `hub-worker bench-queries` times exactly a scrape.
+pub async fn metrics_text(db: &sea_orm::DatabaseConnection) -> crate::Result<String> {
+    Ok(render_metrics(&audit::stats(db).await?))
+}
+
+/// The Prometheus text of `stats` and the process counters.
+pub fn render_metrics(stats: &audit::Stats) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP post_office_messages Rows per layer, source, direction and status.");
     let _ = writeln!(out, "# TYPE post_office_messages gauge");
@@ -280,7 +290,7 @@ pub async fn metrics(State(s): State<AuditState>) -> Response {
         stats.destinations.iter().map(|d| (d.destination.as_str(), Some(d.receipts_overdue))),
     );
     out.push_str(&layer1_ingest::metrics::render());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    out
 }
 
 /// One gauge per destination, in the Prometheus text format; a destination without a value

@@ -10,6 +10,7 @@ mod files;
 mod front_door;
 mod ingest;
 mod pipeline;
+mod queries;
 mod receipts;
 mod reliability;
 mod transitions;
