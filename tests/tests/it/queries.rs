@@ -298,7 +298,7 @@ async fn lean_lineage_equals_full_rows(backend: Backend) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let body = payment(&format!("evt_lean_{i}"), "7.00", &format!("cus_{i}"));
-        ids.push(hub.ingest("payments", &body, IngestMeta::default()).await.expect("ingest").id);
+        ids.push(hub.ingest("payments", &body, IngestMeta::default()).await.expect("ingest").id.uuid());
     }
     hub.ingest("payments", &payment("evt_lean_bad", "7,00", "cus_x"), IngestMeta::default())
         .await
