@@ -380,6 +380,9 @@ pub struct StagesConfig {
     pub max_backoff_ms: u64,
     /// Copies of the busiest stages running side by side on PostgreSQL.
     pub tasks: usize,
+    /// Seconds a claimed batch is its worker's while the integrations run (outside any
+    /// transaction); a worker that dies mid-batch leaves its rows to others after this.
+    pub lease_secs: u64,
 }
 
 impl Default for StagesConfig {
@@ -392,6 +395,7 @@ impl Default for StagesConfig {
             base_backoff_ms: d.base_backoff.as_millis() as u64,
             max_backoff_ms: d.max_backoff.as_millis() as u64,
             tasks: HubSettings::default().stage_tasks,
+            lease_secs: d.lease.as_secs(),
         }
     }
 }
@@ -658,6 +662,9 @@ impl Config {
         if self.stages.max_attempts < 1 {
             return Err(Error::Config("stages.max_attempts must be at least 1".into()));
         }
+        if self.stages.lease_secs < 1 {
+            return Err(Error::Config("stages.lease_secs must be at least 1".into()));
+        }
         self.check_queue_names()?;
         for name in &self.integrations {
             if !integrations::BUILT_IN.contains(&name.as_str()) {
@@ -734,6 +741,7 @@ impl Config {
                 max_attempts: s.max_attempts,
                 base_backoff: Duration::from_millis(s.base_backoff_ms),
                 max_backoff: Duration::from_millis(s.max_backoff_ms),
+                lease: Duration::from_secs(s.lease_secs),
             },
             publish: PublishSettings {
                 lease: Duration::from_secs(self.publish.lease_secs),

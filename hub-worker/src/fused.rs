@@ -1,5 +1,6 @@
 //! The fast path: when one process runs every stage, a batch of raw payloads is carried through
-//! layers 2, 3 and 4 in one transaction. Every layer still gets its row, with its status and
+//! layers 2, 3 and 4 in one write transaction. The batch is claimed under a lease first, and the
+//! integration code (normalizer, translators, router) runs with no transaction open. Every layer still gets its row, with its status and
 //! lineage; the difference is that layer 2 and 3 rows are written already `forwarded` instead
 //! of being written `just_in`, claimed again, and updated. That saves, per message, two claims,
 //! two non-HOT updates and two commits.
@@ -12,12 +13,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 
 use layer1_ingest::entity as raw;
-use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
-use layer1_ingest::{Stage, StageSettings, Status, Transition};
+use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
+use layer1_ingest::{Stage, StageSettings, Status};
 use layer2_normalize::entity as l2;
 use layer2_normalize::{Normalizers, normalize, record_row};
 use layer3_translate::entity as l3;
@@ -25,7 +26,8 @@ use layer3_translate::{Translators, translate};
 use layer4_dispatch::entity as l4;
 use layer4_dispatch::{Router, dispatch_rows};
 
-/// Claims `just_in` layer 1 rows and writes their layer 2, 3 and 4 rows in one transaction.
+/// Claims `just_in` layer 1 rows under a lease and writes their layer 2, 3 and 4 rows in one
+/// transaction.
 pub struct FusedStage {
     db: DatabaseConnection,
     normalizers: Arc<Normalizers>,
@@ -72,37 +74,42 @@ impl Stage for FusedStage {
 
     #[instrument(skip_all, name = "fused_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some((txn, rows, now)) = begin_claim::<raw::Entity>(&self.db, self.settings.batch_size).await?
+        let Some(lease) =
+            claim_leased::<raw::Entity>(&self.db, self.settings.batch_size, self.settings.lease).await?
         else {
             return Ok(0);
         };
-        let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
-        let mut forwarded = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let now = lease.now;
+        // The integrations run with no transaction open and no connection held: however long
+        // they take, ingest, the audit desk and the other stages do not wait for them. What
+        // each raw row became is kept per row, so that only the rows still ours when we write
+        // get their children.
+        let mut built = Vec::with_capacity(lease.rows.len());
+        let mut failed = Vec::new();
+        for row in &lease.rows {
             let records = match normalize(&self.normalizers, row).await {
                 Ok(r) => r,
                 Err(f) => {
-                    record_failure::<raw::Entity, _>(&txn, row.id, row.attempts, &f, &self.settings, now)
-                        .await?;
+                    failed.push((row.id, row.attempts, f));
                     continue;
                 }
             };
             let mut built2 = Vec::with_capacity(records.len());
-            let mut failed = None;
+            let mut failure = None;
             for (i, rec) in records.iter().enumerate() {
                 match record_row(row, i, rec, now) {
                     Ok(m) => built2.push((m, rec)),
                     Err(f) => {
-                        failed = Some(f);
+                        failure = Some(f);
                         break;
                     }
                 }
             }
-            if let Some(f) = failed {
-                record_failure::<raw::Entity, _>(&txn, row.id, row.attempts, &f, &self.settings, now).await?;
+            if let Some(f) = failure {
+                failed.push((row.id, row.attempts, f));
                 continue;
             }
-            forwarded.push(row.id);
+            let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
             for (m2, rec) in built2 {
                 let Ok((m3, body)) = translate(&self.translators, &m2, &rec.data, now).await else {
                     rows2.push(m2); // just_in: the translate stage says why, or retries.
@@ -123,9 +130,24 @@ impl Stage for FusedStage {
                     Err(_) => rows3.push(m3), // just_in: the route stage says why.
                 }
             }
+            built.push((row.id, rows2, rows3, rows4));
+        }
+        let forwarded: Vec<_> = built.iter().map(|(id, ..)| *id).collect();
+        let txn = self.db.begin().await?;
+        let ours =
+            settle_leased::<raw::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings).await?;
+        let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, r2, r3, r4) in built {
+            if ours.contains(&id) {
+                rows2.extend(r2);
+                rows3.extend(r3);
+                rows4.extend(r4);
+            }
         }
         // Rows without an ordering key go straight to the publisher if it has room: written
         // leased, so nobody else publishes them unless the handoff is lost and the lease ends.
+        // The publisher's lease starts now, not at the claim: the integrations took a while.
+        let written_at = chrono::Utc::now();
         let permit = match &self.handoff {
             Some((tx, lease)) if rows4.iter().any(|r| r.ordering_key.is_none()) => {
                 tx.try_reserve().ok().map(|p| (p, *lease))
@@ -136,19 +158,17 @@ impl Stage for FusedStage {
         if let Some((_, lease)) = &permit {
             for r in rows4.iter_mut().filter(|r| r.ordering_key.is_none()) {
                 r.attempts = 1;
-                r.next_attempt_at = Some(now + *lease);
+                r.next_attempt_at = Some(written_at + *lease);
                 direct.push(r.clone());
             }
         }
         insert_rows::<l2::Entity, _>(&txn, rows2).await?;
         insert_rows::<l3::Entity, _>(&txn, rows3).await?;
         insert_rows::<l4::Entity, _>(&txn, rows4).await?;
-        transition_claimed::<raw::Entity, _>(&txn, &forwarded, &Transition::to(Status::Forwarded), now)
-            .await?;
         txn.commit().await?;
         if let Some((p, _)) = permit {
             p.send(direct);
         }
-        Ok(rows.len())
+        Ok(lease.rows.len())
     }
 }

@@ -482,7 +482,8 @@ impl Hub {
         let handoff_rx = Arc::new(Mutex::new(handoff_rx));
         let stages: Vec<Spec> = vec![
             (
-                // Layer 1 -> 2 (-> 3 -> 4 when all goes straight through) in one transaction.
+                // Layer 1 -> 2 (-> 3 -> 4 when all goes straight through) in one write
+                // transaction, the integrations run before it under a lease.
                 Arc::new(
                     FusedStage::new(
                         i.db.clone(),
@@ -575,7 +576,9 @@ impl Hub {
     }
 
     /// Aborts every stage task at once, mid-batch if need be: what a crash does. Uncommitted
-    /// batches roll back. For tests of crash safety; use [`Hub::shutdown`] otherwise.
+    /// writes roll back; rows claimed but not yet written stay leased until
+    /// [`StageSettings::lease`] ends, then any worker takes them. For tests of crash safety;
+    /// use [`Hub::shutdown`] otherwise.
     pub fn abort(&self) {
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {

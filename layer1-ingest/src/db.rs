@@ -12,6 +12,16 @@ use crate::error::Result;
 /// holding a deferred transaction fail with `SQLITE_BUSY` when both try to write. One connection
 /// serialises the stages' short transactions instead, which is what "SQLite runs one worker"
 /// means. It also keeps an in-memory database alive for the whole pool's life.
+///
+/// Ingest and the audit desk share that connection with the stages, and that is fine only
+/// because nothing holds it for long: the stages run integration code between two short
+/// transactions (`table::claim_leased`, `table::settle_leased`), never inside one, and the
+/// publisher talks to the broker between its transactions too. So a slow integration does not
+/// make `ingest` wait for the pool. A second pool just for ingest was considered and not taken:
+/// ingest reads (its duplicate check) before it writes, and a deferred transaction that must
+/// become a writer after another connection committed fails at once with `SQLITE_BUSY_SNAPSHOT`,
+/// busy timeout or not, so ingest would fail under load instead of waiting milliseconds; and an
+/// in-memory database cannot be shared between pools at all (each connection is its own).
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url.to_owned());
     // Fail fast when the database is away: callers answer 503 or retry the batch later.

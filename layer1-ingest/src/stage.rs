@@ -24,6 +24,12 @@ pub struct StageSettings {
     pub base_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// How long a claimed batch is the claiming worker's. Integration code runs outside any
+    /// transaction (see `table::claim_leased`): the claim only hides the rows from other
+    /// workers until then. A worker that dies mid-batch leaves its rows to be taken again
+    /// when the lease ends; a batch whose integrations take longer than this may be done
+    /// twice, and only the first result is written. Longer than the slowest batch, then.
+    pub lease: Duration,
 }
 
 impl Default for StageSettings {
@@ -34,6 +40,7 @@ impl Default for StageSettings {
             max_attempts: 8,
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -70,8 +77,10 @@ pub trait Stage: Send + Sync + 'static {
     /// A short name for logs (`normalize`, `translate`, ...).
     fn name(&self) -> &'static str;
 
-    /// Claims and processes one batch; returns how many rows it handled. One transaction per
-    /// batch: if the task is dropped mid-batch the transaction rolls back and nothing is lost.
+    /// Claims and processes one batch; returns how many rows it handled. The claim stages lease
+    /// their rows in one short transaction, run integration code outside any, and write the
+    /// results in another: if the task is dropped mid-batch nothing is written, and the rows
+    /// are taken again when the lease ([`StageSettings::lease`]) ends.
     async fn run_batch(&self) -> Result<usize, Error>;
 }
 

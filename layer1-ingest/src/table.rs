@@ -6,7 +6,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Value,
 };
 use uuid::Uuid;
 
@@ -71,14 +72,59 @@ pub async fn relax_commit<C: ConnectionTrait>(txn: &C) -> Result<()> {
     Ok(())
 }
 
-/// The start of a stage's batch: a transaction holding a claim on up to `limit` due upstream
-/// `just_in`/`failed` rows of `E`, or `None` when there is nothing to do.
-pub async fn begin_claim<E: LayerTable>(
+/// Rows a stage claimed under a lease ([`claim_leased`]): they keep their status, and their
+/// `next_attempt_at` is `until`, so no other worker claims them before the lease ends.
+#[derive(Debug, Clone)]
+pub struct Leased<M> {
+    /// The claimed rows, as they were read (their `next_attempt_at` is the old one).
+    pub rows: Vec<M>,
+    /// When the claim was made: the time the stage stamps the rows it builds with.
+    pub now: DateTime<Utc>,
+    /// The lease's end as stored in `next_attempt_at`, whole microseconds (what PostgreSQL
+    /// keeps): the write compares it for equality to tell whether the rows are still ours.
+    pub until: DateTime<Utc>,
+}
+
+/// A time as the database gives it back: PostgreSQL keeps microseconds, so a stamp with
+/// nanoseconds would never compare equal to itself once stored.
+fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
+/// The `id` of a layer row.
+fn id_of<E: LayerTable>(m: &E::Model) -> Result<Uuid> {
+    use sea_orm::ModelTrait;
+    match m.get(E::ID) {
+        Value::Uuid(Some(id)) => Ok(id),
+        other => Err(Error::InvalidInput(format!("{}: id is not a UUID: {other:?}", E::LAYER.table()))),
+    }
+}
+
+/// The first half of a stage's batch: claims up to `limit` due upstream `just_in`/`failed`
+/// rows of `E` and leases them for `lease` (their `next_attempt_at` moves to the lease's end),
+/// in one short transaction that is committed before this returns. `None` when there is
+/// nothing to do.
+///
+/// The stage then runs integration code (normalizers, translators, routers: anything, a lookup
+/// service say) with no transaction open and no pooled connection held, so a slow integration
+/// never holds up ingest, the audit desk or the other stages; and it writes what it made with
+/// [`settle_leased`] in a second short transaction. Rows stay `just_in`/`failed` meanwhile: if
+/// the worker dies between the two, they are due again when the lease ends and another worker
+/// (or this one, restarted) takes them. The lease is not an attempt: `attempts` counts real
+/// failures only.
+pub async fn claim_leased<E: LayerTable>(
     db: &sea_orm::DatabaseConnection,
     limit: u64,
-) -> Result<Option<(sea_orm::DatabaseTransaction, Vec<E::Model>, DateTime<Utc>)>> {
+    lease: std::time::Duration,
+) -> Result<Option<Leased<E::Model>>> {
     use sea_orm::TransactionTrait;
     let now = Utc::now();
+    // At least a microsecond, so a later claim's stamp always differs from an expired one.
+    let lease = chrono::Duration::from_std(lease)
+        .unwrap_or(chrono::Duration::MAX)
+        .max(chrono::Duration::microseconds(1));
+    let until = to_micros(now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC));
     let txn = db.begin().await?;
     let rows =
         claim_due::<E, _>(&txn, Direction::Upstream, &[Status::JustIn, Status::Failed], now, limit).await?;
@@ -86,7 +132,80 @@ pub async fn begin_claim<E: LayerTable>(
         txn.commit().await?;
         return Ok(None);
     }
-    Ok(Some((txn, rows, now)))
+    let ids = rows.iter().map(id_of::<E>).collect::<Result<Vec<_>>>()?;
+    // A lost lease commit (a database crash) only makes the rows due again at once.
+    relax_commit(&txn).await?;
+    let leased = E::update_many()
+        .col_expr(E::NEXT_ATTEMPT_AT, Expr::value(until))
+        .filter(E::ID.is_in(ids.iter().copied()))
+        .exec(&txn)
+        .await?;
+    if leased.rows_affected != ids.len() as u64 {
+        return Err(Error::LostClaim {
+            table: E::LAYER.table(),
+            expected: ids.len() as u64,
+            updated: leased.rows_affected,
+        });
+    }
+    txn.commit().await?;
+    Ok(Some(Leased { rows, now, until }))
+}
+
+/// The second half of a stage's batch, inside the caller's write transaction: moves the leased
+/// rows in `forwarded` to `forwarded` and records `failed` ones (`(id, attempts, why)`) as
+/// [`record_failure`] does, but only rows this worker still leases: same status as claimed
+/// (`just_in`/`failed`) and `next_attempt_at` still `lease.until`. A row whose lease ended and
+/// that another worker claimed meanwhile (a new stamp) or finished is left alone.
+///
+/// Returns the ids in `forwarded` that were ours: the caller inserts the children of those
+/// rows only, in the same transaction, so a row is never carried on twice.
+pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
+    conn: &C,
+    lease: &Leased<M>,
+    forwarded: &[Uuid],
+    failed: &[(Uuid, i32, crate::outcome::Failure)],
+    settings: &crate::stage::StageSettings,
+) -> Result<std::collections::HashSet<Uuid>> {
+    let now = Utc::now();
+    let ours = Condition::all().add(E::NEXT_ATTEMPT_AT.eq(lease.until)).add(Expr::cust(format!(
+        "status IN ('{}', '{}')",
+        Status::JustIn.as_str(),
+        Status::Failed.as_str()
+    )));
+    let mut kept = std::collections::HashSet::with_capacity(forwarded.len());
+    if !forwarded.is_empty() {
+        // One statement for the batch; RETURNING tells which rows were still ours
+        // (PostgreSQL, and SQLite since 3.35).
+        let mut update = transition_update::<E>(&Transition::to(Status::Forwarded), now)
+            .filter(E::ID.is_in(forwarded.iter().copied()))
+            .filter(ours.clone())
+            .into_query();
+        update.returning_col(E::ID);
+        for row in conn.query_all(&update).await? {
+            kept.insert(row.try_get_by_index::<Uuid>(0)?);
+        }
+    }
+    let mut lost = forwarded.len() - kept.len();
+    for (id, attempts, failure) in failed {
+        let t = failure_transition(*attempts, failure, settings, now);
+        let res =
+            transition_update::<E>(&t, now).filter(E::ID.eq(*id)).filter(ours.clone()).exec(conn).await?;
+        if res.rows_affected == 1 {
+            tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+        } else {
+            lost += 1;
+        }
+    }
+    if lost > 0 {
+        // The compute outlasted the lease and another worker took these rows: its result
+        // stands, ours is dropped. A longer `StageSettings::lease` avoids the double work.
+        tracing::warn!(
+            table = E::LAYER.table(),
+            rows = lost,
+            "lease lost before the result was written; result dropped"
+        );
+    }
+    Ok(kept)
 }
 
 /// [`claim_due`] with a further condition on the rows (the publisher's per-key ordering).
@@ -160,6 +279,21 @@ impl Transition {
     }
 }
 
+/// The update that applies `t` (without a row filter).
+fn transition_update<E: LayerTable>(t: &Transition, now: DateTime<Utc>) -> sea_orm::UpdateMany<E> {
+    let mut update = E::update_many()
+        .col_expr(E::STATUS, Expr::value(t.to.as_str()))
+        .col_expr(E::UPDATED_AT, Expr::value(now))
+        .col_expr(E::NEXT_ATTEMPT_AT, Expr::value(Value::ChronoDateTimeUtc(t.next_attempt_at)));
+    if let Some(reason) = &t.reason {
+        update = update.col_expr(E::LAST_ERROR, Expr::value(reason.clone()));
+    }
+    if t.count_attempt {
+        update = update.col_expr(E::ATTEMPTS, Expr::col(E::ATTEMPTS).add(1i32));
+    }
+    update.filter(E::STATUS.is_in(Status::sources_of(t.to)))
+}
+
 /// Moves `ids` to `t.to`, touching only rows whose current status may legally become `t.to`.
 /// Returns how many rows changed; the caller decides whether fewer than `ids.len()` is an
 /// error (a claimed batch) or expected (a repeated receipt).
@@ -172,21 +306,7 @@ pub async fn transition<E: LayerTable, C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut update = E::update_many()
-        .col_expr(E::STATUS, Expr::value(t.to.as_str()))
-        .col_expr(E::UPDATED_AT, Expr::value(now))
-        .col_expr(E::NEXT_ATTEMPT_AT, Expr::value(Value::ChronoDateTimeUtc(t.next_attempt_at)));
-    if let Some(reason) = &t.reason {
-        update = update.col_expr(E::LAST_ERROR, Expr::value(reason.clone()));
-    }
-    if t.count_attempt {
-        update = update.col_expr(E::ATTEMPTS, Expr::col(E::ATTEMPTS).add(1i32));
-    }
-    let res = update
-        .filter(E::ID.is_in(ids.iter().copied()))
-        .filter(E::STATUS.is_in(Status::sources_of(t.to)))
-        .exec(conn)
-        .await?;
+    let res = transition_update::<E>(t, now).filter(E::ID.is_in(ids.iter().copied())).exec(conn).await?;
     Ok(res.rows_affected)
 }
 
@@ -210,19 +330,17 @@ pub async fn by_origin<E: LayerTable, C: ConnectionTrait>(conn: &C, origin: Uuid
     Ok(E::find().filter(E::ORIGIN_ID.eq(origin)).order_by_asc(E::ID).all(conn).await?)
 }
 
-/// Records that a stage could not carry a claimed row on: `rejected` with the reason for bad
-/// input; `failed` with a backoff for a passing failure, or `dead` once `max_attempts` is
-/// reached. `attempts` is the row's count before this failure.
-pub async fn record_failure<E: LayerTable, C: ConnectionTrait>(
-    conn: &C,
-    id: Uuid,
+/// How a row a stage could not carry on is left: `rejected` with the reason for bad input;
+/// `failed` with a backoff for a passing failure, or `dead` once `max_attempts` is reached.
+/// `attempts` is the row's count before this failure.
+fn failure_transition(
     attempts: i32,
     failure: &crate::outcome::Failure,
     settings: &crate::stage::StageSettings,
     now: DateTime<Utc>,
-) -> Result<Status> {
+) -> Transition {
     use crate::outcome::Failure;
-    let t = match failure {
+    match failure {
         Failure::Rejected(r) => Transition::to(Status::Rejected).because(r.to_string()),
         Failure::Transient(msg) if attempts + 1 >= settings.max_attempts => Transition::to(Status::Dead)
             .counted()
@@ -231,7 +349,21 @@ pub async fn record_failure<E: LayerTable, C: ConnectionTrait>(
             .counted()
             .because(msg.clone())
             .due_at(now + settings.backoff(attempts + 1)),
-    };
+    }
+}
+
+/// Records that a stage could not carry a claimed row on (see [`failure_transition`]): the
+/// row must change, or the transaction is abandoned with [`Error::LostClaim`]. Leased rows are
+/// recorded by [`settle_leased`] instead.
+pub async fn record_failure<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    attempts: i32,
+    failure: &crate::outcome::Failure,
+    settings: &crate::stage::StageSettings,
+    now: DateTime<Utc>,
+) -> Result<Status> {
+    let t = failure_transition(attempts, failure, settings, now);
     tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
     transition_claimed::<E, C>(conn, &[id], &t, now).await?;
     Ok(t.to)

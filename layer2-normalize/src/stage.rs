@@ -1,17 +1,18 @@
-//! The normalize stage: `layer1_raw` (just_in) -> `layer2_normalized`, one transaction a batch.
+//! The normalize stage: `layer1_raw` (just_in) -> `layer2_normalized`. A batch is claimed under a
+//! lease, normalized with no transaction open, and written in one short transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
 use layer1_ingest::entity as raw;
-use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition, guarded};
+use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
+use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
 
 use crate::entity;
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -115,15 +116,19 @@ impl Stage for NormalizeStage {
 
     #[instrument(skip_all, name = "normalize_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some((txn, rows, now)) = begin_claim::<raw::Entity>(&self.db, self.settings.batch_size).await?
+        let Some(lease) =
+            claim_leased::<raw::Entity>(&self.db, self.settings.batch_size, self.settings.lease).await?
         else {
             return Ok(0);
         };
-        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
-        layer1_ingest::table::relax_commit(&txn).await?;
+        let now = lease.now;
+        // Normalizers are integration code (they may call a lookup service): they run with no
+        // transaction open and no connection held, so however long they take, ingest and the
+        // audit desk do not wait for them.
         let mut new_rows = Vec::new();
-        let mut forwarded = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut forwarded = Vec::with_capacity(lease.rows.len());
+        let mut failed = Vec::new();
+        for row in &lease.rows {
             let built = match normalize(&self.normalizers, row).await {
                 Ok(records) => records
                     .iter()
@@ -137,18 +142,21 @@ impl Stage for NormalizeStage {
                     new_rows.append(&mut children);
                     forwarded.push(row.id);
                 }
-                Err(f) => {
-                    record_failure::<raw::Entity, _>(&txn, row.id, row.attempts, &f, &self.settings, now)
-                        .await?;
-                }
+                Err(f) => failed.push((row.id, row.attempts, f)),
             }
         }
+        let txn = self.db.begin().await?;
+        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+        layer1_ingest::table::relax_commit(&txn).await?;
+        let ours =
+            settle_leased::<raw::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings).await?;
+        // Only the records of rows still ours: a row another worker took after our lease
+        // ended gets its records from that worker.
+        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
         let written = new_rows.len();
         insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        transition_claimed::<raw::Entity, _>(&txn, &forwarded, &Transition::to(Status::Forwarded), now)
-            .await?;
         txn.commit().await?;
-        tracing::debug!(claimed = rows.len(), records = written, "normalized");
-        Ok(rows.len())
+        tracing::debug!(claimed = lease.rows.len(), records = written, "normalized");
+        Ok(lease.rows.len())
     }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition, guarded};
+use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
+use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
 use layer2_normalize::entity as normalized;
 
 use crate::entity;
@@ -19,8 +19,8 @@ use crate::translator::{RecordInput, Translation, Translator};
 /// Translators by `(source, record kind)`.
 pub type Translators = HashMap<(String, String), Arc<dyn Translator>>;
 
-/// Claims due layer 2 rows, translates each with its translator, and writes layer 3 rows in
-/// the same transaction that marks the record `forwarded`.
+/// Claims due layer 2 rows under a lease, translates each with its translator outside any
+/// transaction, and writes layer 3 rows in the transaction that marks the record `forwarded`.
 pub struct TranslateStage {
     db: DatabaseConnection,
     translators: Arc<Translators>,
@@ -124,43 +124,34 @@ impl Stage for TranslateStage {
 
     #[instrument(skip_all, name = "translate_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some((txn, rows, now)) =
-            begin_claim::<normalized::Entity>(&self.db, self.settings.batch_size).await?
+        let Some(lease) =
+            claim_leased::<normalized::Entity>(&self.db, self.settings.batch_size, self.settings.lease)
+                .await?
         else {
             return Ok(0);
         };
-        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
-        layer1_ingest::table::relax_commit(&txn).await?;
-        let mut new_rows = Vec::with_capacity(rows.len());
-        let mut forwarded = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match translate_stored(&self.translators, row, now).await {
+        // Translators are integration code: no transaction open, no connection held.
+        let mut new_rows = Vec::with_capacity(lease.rows.len());
+        let mut forwarded = Vec::with_capacity(lease.rows.len());
+        let mut failed = Vec::new();
+        for row in &lease.rows {
+            match translate_stored(&self.translators, row, lease.now).await {
                 Ok(r) => {
                     new_rows.push(r);
                     forwarded.push(row.id);
                 }
-                Err(f) => {
-                    record_failure::<normalized::Entity, _>(
-                        &txn,
-                        row.id,
-                        row.attempts,
-                        &f,
-                        &self.settings,
-                        now,
-                    )
-                    .await?;
-                }
+                Err(f) => failed.push((row.id, row.attempts, f)),
             }
         }
+        let txn = self.db.begin().await?;
+        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+        layer1_ingest::table::relax_commit(&txn).await?;
+        let ours =
+            settle_leased::<normalized::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings)
+                .await?;
+        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
         insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        transition_claimed::<normalized::Entity, _>(
-            &txn,
-            &forwarded,
-            &Transition::to(Status::Forwarded),
-            now,
-        )
-        .await?;
         txn.commit().await?;
-        Ok(rows.len())
+        Ok(lease.rows.len())
     }
 }

@@ -1,16 +1,17 @@
 //! The route stage: `layer3_translated` (just_in) -> `layer4_dispatch` rows, one per
-//! destination (the outbox), in one transaction per batch.
+//! destination (the outbox). A batch is claimed under a lease, routed with no transaction open
+//! (a [`Router`] is user code), and written in one short transaction.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 use uuid::Uuid;
 
-use layer1_ingest::table::{begin_claim, insert_rows, record_failure, transition_claimed};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, Transition};
+use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
+use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status};
 use layer3_translate::entity as translated;
 
 use crate::entity;
@@ -85,41 +86,33 @@ impl Stage for RouteStage {
 
     #[instrument(skip_all, name = "route_batch")]
     async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some((txn, rows, now)) =
-            begin_claim::<translated::Entity>(&self.db, self.settings.batch_size).await?
+        let Some(lease) =
+            claim_leased::<translated::Entity>(&self.db, self.settings.batch_size, self.settings.lease)
+                .await?
         else {
             return Ok(0);
         };
-        let mut new_rows = Vec::with_capacity(rows.len());
-        let mut forwarded = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match route_stored(self.router.as_ref(), row, now) {
+        // The router is user code: no transaction open, no connection held.
+        let mut new_rows = Vec::with_capacity(lease.rows.len());
+        let mut forwarded = Vec::with_capacity(lease.rows.len());
+        let mut failed = Vec::new();
+        for row in &lease.rows {
+            match route_stored(self.router.as_ref(), row, lease.now) {
                 Ok(mut r) => {
                     new_rows.append(&mut r);
                     forwarded.push(row.id);
                 }
-                Err(f) => {
-                    record_failure::<translated::Entity, _>(
-                        &txn,
-                        row.id,
-                        row.attempts,
-                        &f,
-                        &self.settings,
-                        now,
-                    )
-                    .await?;
-                }
+                Err(f) => failed.push((row.id, row.attempts, f)),
             }
         }
+        // Not relaxed: these layer 4 rows are what the publisher sends (see `relax_commit`).
+        let txn = self.db.begin().await?;
+        let ours =
+            settle_leased::<translated::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings)
+                .await?;
+        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
         insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        transition_claimed::<translated::Entity, _>(
-            &txn,
-            &forwarded,
-            &Transition::to(Status::Forwarded),
-            now,
-        )
-        .await?;
         txn.commit().await?;
-        Ok(rows.len())
+        Ok(lease.rows.len())
     }
 }

@@ -106,18 +106,24 @@ async fn stage_dropped_mid_batch_loses_and_duplicates_nothing(backend: Backend) 
     let hanging: Arc<dyn Normalizer> =
         Arc::new(HangsMidBatch { calls: AtomicUsize::new(0), hang_at: 11, reached: reached.clone() });
     let normalizers = Arc::new(HashMap::from([("payments".to_owned(), hanging)]));
-    let stage = NormalizeStage::new(hub.db().clone(), normalizers, test_settings().stage);
+    // A short lease: the rows the dropped stage claimed come back soon after it.
+    let mut settings = test_settings().stage;
+    settings.lease = Duration::from_secs(2);
+    let stage = NormalizeStage::new(hub.db().clone(), normalizers, settings);
     let task = tokio::spawn(async move { stage.run_batch().await });
     tokio::time::timeout(Duration::from_secs(20), reached.notified())
         .await
         .expect("stage reached the 11th row");
-    // Ten records are built in the open transaction; the crash takes them all back.
+    // Ten records are built in memory, outside any transaction; the crash loses them all and
+    // nothing was written. The rows are leased: nobody takes them before the lease ends.
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
 
     assert_eq!(crate::util::rows::<layer2_normalize::entity::Entity>(hub.db()).await, 0);
     let raw = layer1_ingest::entity::Entity::find().all(hub.db()).await.expect("l1");
     assert!(raw.iter().all(|r| r.status == Status::JustIn && r.attempts == 0), "{raw:?}");
+    let now = chrono::Utc::now();
+    assert!(raw.iter().all(|r| r.next_attempt_at.is_some_and(|t| t > now)), "leased: {raw:?}");
 
     hub.start();
     let cancel = CancellationToken::new();
@@ -141,6 +147,8 @@ async fn hubs_aborted_again_and_again_lose_and_duplicate_nothing(backend: Backen
     // A crash after publishing but before marking `queued` is retried once the lease ends.
     settings.publish.lease = Duration::from_millis(300);
     settings.publish.ack_timeout = Duration::from_secs(5);
+    // A hub aborted mid-batch leaves its claimed rows leased: taken again once this ends.
+    settings.stage.lease = Duration::from_secs(1);
     let core = Arc::new(Collect::default());
     let cancel = CancellationToken::new();
     let mut n = 0;

@@ -9,6 +9,7 @@ mod crash;
 mod files;
 mod front_door;
 mod ingest;
+mod isolation;
 mod pipeline;
 mod queries;
 mod receipts;
