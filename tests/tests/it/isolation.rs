@@ -213,7 +213,7 @@ async fn a_lost_lease_writes_nothing(backend: Backend) {
 
     let children = layer2_normalize::entity::Entity::find().all(hub.db()).await.expect("l2");
     assert_eq!(children.len(), 1, "one record, not one per worker: {children:?}");
-    assert_eq!(children[0].parent_id, Some(id));
+    assert_eq!(children[0].parent_id, Some(id.uuid()));
     let raw = layer1_ingest::entity::Entity::find_by_id(id).one(hub.db()).await.expect("l1").expect("row");
     assert_eq!((raw.status, raw.attempts), (Status::Forwarded, 0));
     hub.shutdown().await;
