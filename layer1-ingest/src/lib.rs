@@ -4,6 +4,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the whole map.
 
+pub mod advance;
 pub mod db;
 pub mod entity;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod stage;
 pub mod status;
 pub mod table;
 
+pub use advance::{Advance, AdvanceStage};
 pub use error::{Error, Result};
 pub use ids::{CoreMessageId, DispatchId, RawId, RecordId};
 pub use ingest::{IngestOutcome, Ingested, NewRaw, ingest, ingest_many};

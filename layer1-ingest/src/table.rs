@@ -93,11 +93,21 @@ fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The `id` of a layer row.
-fn id_of<E: LayerTable>(m: &E::Model) -> Result<Uuid> {
+/// A row's `id`.
+pub fn id_of<E: LayerTable>(m: &E::Model) -> Result<Uuid> {
     use sea_orm::ModelTrait;
     match m.get(E::ID) {
         Value::Uuid(Some(id)) => Ok(id),
-        other => Err(Error::InvalidInput(format!("{}: id is not a UUID: {other:?}", E::LAYER.table()))),
+        other => Err(Error::Internal(format!("{}: id is not a UUID: {other:?}", E::LAYER.table()))),
+    }
+}
+
+/// A row's `attempts`.
+pub fn attempts_of<E: LayerTable>(m: &E::Model) -> Result<i32> {
+    use sea_orm::ModelTrait;
+    match m.get(E::ATTEMPTS) {
+        Value::Int(Some(n)) => Ok(n),
+        other => Err(Error::Internal(format!("{}: attempts is not a number: {other:?}", E::LAYER.table()))),
     }
 }
 

@@ -5,14 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
-use tracing::instrument;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use layer1_ingest::entity as raw;
-use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
+use layer1_ingest::{Advance, AdvanceStage, Direction, Failure, Rejection, Status, guarded};
 
 use crate::entity;
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -21,17 +18,16 @@ use crate::normalizer::{Normalizer, RawInput, Record};
 pub type Normalizers = HashMap<String, Arc<dyn Normalizer>>;
 
 /// Claims `just_in` (and due `failed`) layer 1 rows, runs their source's normalizer, and writes
-/// the records to layer 2 while marking the raw row `forwarded`, `rejected` or `failed`.
-pub struct NormalizeStage {
-    db: DatabaseConnection,
-    normalizers: Arc<Normalizers>,
-    settings: StageSettings,
-}
+/// the records to layer 2 while marking the raw row `forwarded`, `rejected` or `failed`:
+/// `NormalizeStage::new(db, normalizers, settings)`.
+pub type NormalizeStage = AdvanceStage<Normalizing>;
 
-impl NormalizeStage {
-    /// A stage over `db` with these normalizers.
-    pub fn new(db: DatabaseConnection, normalizers: Arc<Normalizers>, settings: StageSettings) -> Self {
-        Self { db, normalizers, settings }
+/// Layer 2's step: a raw row to its records.
+pub struct Normalizing(Arc<Normalizers>);
+
+impl From<Arc<Normalizers>> for Normalizing {
+    fn from(normalizers: Arc<Normalizers>) -> Self {
+        Self(normalizers)
     }
 }
 
@@ -109,54 +105,21 @@ pub fn record_row(
 }
 
 #[async_trait]
-impl Stage for NormalizeStage {
+impl Advance for Normalizing {
+    type From = raw::Entity;
+    type To = entity::Entity;
+
     fn name(&self) -> &'static str {
         "normalize"
     }
 
-    #[instrument(skip_all, name = "normalize_batch")]
-    async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some(lease) =
-            claim_leased::<raw::Entity>(&self.db, self.settings.batch_size, self.settings.lease).await?
-        else {
-            return Ok(0);
-        };
-        let now = lease.now;
-        // Normalizers are integration code (they may call a lookup service): they run with no
-        // transaction open and no connection held, so however long they take, ingest and the
-        // audit desk do not wait for them.
-        let mut new_rows = Vec::new();
-        let mut forwarded = Vec::with_capacity(lease.rows.len());
-        let mut failed = Vec::new();
-        for row in &lease.rows {
-            let built = match normalize(&self.normalizers, row).await {
-                Ok(records) => records
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rec)| record_row(row, i, rec, now))
-                    .collect::<Result<Vec<_>, _>>(),
-                Err(f) => Err(f),
-            };
-            match built {
-                Ok(mut children) => {
-                    new_rows.append(&mut children);
-                    forwarded.push(row.id);
-                }
-                Err(f) => failed.push((row.id, row.attempts, f)),
-            }
-        }
-        let txn = self.db.begin().await?;
-        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
-        layer1_ingest::table::relax_commit(&txn).await?;
-        let ours =
-            settle_leased::<raw::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings).await?;
-        // Only the records of rows still ours: a row another worker took after our lease
-        // ended gets its records from that worker.
-        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
-        let written = new_rows.len();
-        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        txn.commit().await?;
-        tracing::debug!(claimed = lease.rows.len(), records = written, "normalized");
-        Ok(lease.rows.len())
+    /// Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+    fn relaxed_commit(&self) -> bool {
+        true
+    }
+
+    async fn children(&self, row: &raw::Model, now: DateTime<Utc>) -> Result<Vec<entity::Model>, Failure> {
+        let records = normalize(&self.0, row).await?;
+        records.iter().enumerate().map(|(i, rec)| record_row(row, i, rec, now)).collect()
     }
 }

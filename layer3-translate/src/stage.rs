@@ -4,13 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
-use tracing::instrument;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
+use layer1_ingest::{Advance, AdvanceStage, Direction, Failure, Rejection, Status, guarded};
 use layer2_normalize::entity as normalized;
 
 use crate::entity;
@@ -21,16 +18,15 @@ pub type Translators = HashMap<(String, String), Arc<dyn Translator>>;
 
 /// Claims due layer 2 rows under a lease, translates each with its translator outside any
 /// transaction, and writes layer 3 rows in the transaction that marks the record `forwarded`.
-pub struct TranslateStage {
-    db: DatabaseConnection,
-    translators: Arc<Translators>,
-    settings: StageSettings,
-}
+/// `TranslateStage::new(db, translators, settings)`.
+pub type TranslateStage = AdvanceStage<Translating>;
 
-impl TranslateStage {
-    /// A stage over `db` with these translators.
-    pub fn new(db: DatabaseConnection, translators: Arc<Translators>, settings: StageSettings) -> Self {
-        Self { db, translators, settings }
+/// Layer 3's step: a record to its core message.
+pub struct Translating(Arc<Translators>);
+
+impl From<Arc<Translators>> for Translating {
+    fn from(translators: Arc<Translators>) -> Self {
+        Self(translators)
     }
 }
 
@@ -117,41 +113,24 @@ async fn translate_stored(
 }
 
 #[async_trait]
-impl Stage for TranslateStage {
+impl Advance for Translating {
+    type From = normalized::Entity;
+    type To = entity::Entity;
+
     fn name(&self) -> &'static str {
         "translate"
     }
 
-    #[instrument(skip_all, name = "translate_batch")]
-    async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some(lease) =
-            claim_leased::<normalized::Entity>(&self.db, self.settings.batch_size, self.settings.lease)
-                .await?
-        else {
-            return Ok(0);
-        };
-        // Translators are integration code: no transaction open, no connection held.
-        let mut new_rows = Vec::with_capacity(lease.rows.len());
-        let mut forwarded = Vec::with_capacity(lease.rows.len());
-        let mut failed = Vec::new();
-        for row in &lease.rows {
-            match translate_stored(&self.translators, row, lease.now).await {
-                Ok(r) => {
-                    new_rows.push(r);
-                    forwarded.push(row.id);
-                }
-                Err(f) => failed.push((row.id, row.attempts, f)),
-            }
-        }
-        let txn = self.db.begin().await?;
-        // Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
-        layer1_ingest::table::relax_commit(&txn).await?;
-        let ours =
-            settle_leased::<normalized::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings)
-                .await?;
-        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
-        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        txn.commit().await?;
-        Ok(lease.rows.len())
+    /// Layer 2 and 3 rows are acted on only by later stages, whose own commits are durable.
+    fn relaxed_commit(&self) -> bool {
+        true
+    }
+
+    async fn children(
+        &self,
+        row: &normalized::Model,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<entity::Model>, Failure> {
+        Ok(vec![translate_stored(&self.0, row, now).await?])
     }
 }

@@ -5,29 +5,24 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
-use tracing::instrument;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
-use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status};
+use layer1_ingest::{Advance, AdvanceStage, Direction, Failure, Rejection, Status};
 use layer3_translate::entity as translated;
 
 use crate::entity;
 use crate::route::Router;
 
-/// Claims due layer 3 rows and writes their layer 4 rows.
-pub struct RouteStage {
-    db: DatabaseConnection,
-    router: Arc<dyn Router>,
-    settings: StageSettings,
-}
+/// Claims due layer 3 rows and writes their layer 4 rows: `RouteStage::new(db, router, settings)`.
+pub type RouteStage = AdvanceStage<Routing>;
 
-impl RouteStage {
-    /// A stage over `db` with this router.
-    pub fn new(db: DatabaseConnection, router: Arc<dyn Router>, settings: StageSettings) -> Self {
-        Self { db, router, settings }
+/// Layer 4's step: a core message to one outbox row per destination.
+pub struct Routing(Arc<dyn Router>);
+
+impl From<Arc<dyn Router>> for Routing {
+    fn from(router: Arc<dyn Router>) -> Self {
+        Self(router)
     }
 }
 
@@ -79,40 +74,24 @@ fn route_stored(
 }
 
 #[async_trait]
-impl Stage for RouteStage {
+impl Advance for Routing {
+    type From = translated::Entity;
+    type To = entity::Entity;
+
     fn name(&self) -> &'static str {
         "route"
     }
 
-    #[instrument(skip_all, name = "route_batch")]
-    async fn run_batch(&self) -> layer1_ingest::Result<usize> {
-        let Some(lease) =
-            claim_leased::<translated::Entity>(&self.db, self.settings.batch_size, self.settings.lease)
-                .await?
-        else {
-            return Ok(0);
-        };
-        // The router is user code: no transaction open, no connection held.
-        let mut new_rows = Vec::with_capacity(lease.rows.len());
-        let mut forwarded = Vec::with_capacity(lease.rows.len());
-        let mut failed = Vec::new();
-        for row in &lease.rows {
-            match route_stored(self.router.as_ref(), row, lease.now) {
-                Ok(mut r) => {
-                    new_rows.append(&mut r);
-                    forwarded.push(row.id);
-                }
-                Err(f) => failed.push((row.id, row.attempts, f)),
-            }
-        }
-        // Not relaxed: these layer 4 rows are what the publisher sends (see `relax_commit`).
-        let txn = self.db.begin().await?;
-        let ours =
-            settle_leased::<translated::Entity, _, _>(&txn, &lease, &forwarded, &failed, &self.settings)
-                .await?;
-        new_rows.retain(|r| r.parent_id.is_some_and(|p| ours.contains(&p)));
-        insert_rows::<entity::Entity, _>(&txn, new_rows).await?;
-        txn.commit().await?;
-        Ok(lease.rows.len())
+    /// Never: these layer 4 rows are what the publisher sends (see `relax_commit`).
+    fn relaxed_commit(&self) -> bool {
+        false
+    }
+
+    async fn children(
+        &self,
+        row: &translated::Model,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<entity::Model>, Failure> {
+        route_stored(self.0.as_ref(), row, now)
     }
 }

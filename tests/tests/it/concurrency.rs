@@ -94,7 +94,7 @@ async fn two_runners_on_postgres_never_process_the_same_row() {
     .await;
     drain(Arc::new(RouteStage::new(
         db.clone(),
-        Arc::new(hub_worker::integrations::demo_routes()),
+        Arc::new(hub_worker::integrations::demo_routes()) as Arc<dyn layer4_dispatch::Router>,
         settings.clone(),
     )))
     .await;
