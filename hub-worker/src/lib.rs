@@ -15,9 +15,12 @@
 //! ```
 
 pub mod audit;
+#[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod bench_queries;
 pub mod config;
+#[cfg(feature = "cli")]
 pub mod demo;
 pub mod error;
 pub mod files;
