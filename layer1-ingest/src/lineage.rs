@@ -112,9 +112,10 @@ pub async fn entries_by_origin<E: LineageTable, C: ConnectionTrait>(
         .collect())
 }
 
-/// A `layer1_raw` row as its lineage entry reads it: the body's length, not the body.
+/// The columns of a lineage entry every layer has. A layer's entry row nests it
+/// (`#[sea_orm(nested)]`) beside the columns of its own summary.
 #[derive(Debug, Clone, FromQueryResult)]
-pub struct RawEntryRow {
+pub struct EntryCommon {
     id: Uuid,
     parent_id: Option<Uuid>,
     origin_id: Uuid,
@@ -126,6 +127,35 @@ pub struct RawEntryRow {
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl EntryCommon {
+    /// The entry of this `layer`'s row, with the layer's one-line `summary`.
+    pub fn entry(self, layer: Layer, summary: String, replayed_by: Option<String>) -> LineageEntry {
+        LineageEntry {
+            layer,
+            id: self.id,
+            parent_id: self.parent_id,
+            origin_id: self.origin_id,
+            direction: self.direction,
+            status: self.status,
+            source: self.source,
+            source_ref: self.source_ref,
+            attempts: self.attempts,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            summary,
+            replayed_by,
+        }
+    }
+}
+
+/// A `layer1_raw` row as its lineage entry reads it: the body's length, not the body.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct RawEntryRow {
+    #[sea_orm(nested)]
+    common: EntryCommon,
     replayed_by: Option<String>,
     content_type: String,
     body_sha256: String,
@@ -134,22 +164,8 @@ pub struct RawEntryRow {
 
 impl From<RawEntryRow> for LineageEntry {
     fn from(m: RawEntryRow) -> Self {
-        LineageEntry {
-            layer: Layer::Raw,
-            id: m.id,
-            parent_id: m.parent_id,
-            origin_id: m.origin_id,
-            direction: m.direction,
-            status: m.status,
-            source: m.source,
-            source_ref: m.source_ref,
-            attempts: m.attempts,
-            last_error: m.last_error,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-            summary: format!("{} bytes of {}, sha256 {}", m.body_len, m.content_type, m.body_sha256),
-            replayed_by: m.replayed_by,
-        }
+        let summary = format!("{} bytes of {}, sha256 {}", m.body_len, m.content_type, m.body_sha256);
+        m.common.entry(Layer::Raw, summary, m.replayed_by)
     }
 }
 

@@ -96,17 +96,8 @@ impl From<&Model> for layer1_ingest::LineageEntry {
 /// A `layer2_normalized` row as its lineage entry reads it: no record.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]
 pub struct EntryRow {
-    id: Uuid,
-    parent_id: Option<Uuid>,
-    origin_id: Uuid,
-    direction: Direction,
-    status: Status,
-    source: String,
-    source_ref: Option<String>,
-    attempts: i32,
-    last_error: Option<String>,
-    created_at: DateTimeUtc,
-    updated_at: DateTimeUtc,
+    #[sea_orm(nested)]
+    common: layer1_ingest::lineage::EntryCommon,
     replayed_by: Option<String>,
     record_kind: String,
     record_index: i32,
@@ -115,27 +106,16 @@ pub struct EntryRow {
 
 impl From<EntryRow> for layer1_ingest::LineageEntry {
     fn from(m: EntryRow) -> Self {
-        layer1_ingest::LineageEntry {
-            layer: Layer::Normalized,
-            id: m.id,
-            parent_id: m.parent_id,
-            origin_id: m.origin_id,
-            direction: m.direction,
-            status: m.status,
-            source: m.source,
-            source_ref: m.source_ref,
-            attempts: m.attempts,
-            last_error: m.last_error,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-            summary: format!(
+        m.common.entry(
+            Layer::Normalized,
+            format!(
                 "record #{} kind `{}` schema {}",
                 m.record_index,
                 m.record_kind,
                 m.schema_version.as_deref().unwrap_or("-")
             ),
-            replayed_by: m.replayed_by,
-        }
+            m.replayed_by,
+        )
     }
 }
 

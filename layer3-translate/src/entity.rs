@@ -98,17 +98,8 @@ impl From<&Model> for layer1_ingest::LineageEntry {
 /// A `layer3_translated` row as its lineage entry reads it: no core message.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]
 pub struct EntryRow {
-    id: Uuid,
-    parent_id: Option<Uuid>,
-    origin_id: Uuid,
-    direction: Direction,
-    status: Status,
-    source: String,
-    source_ref: Option<String>,
-    attempts: i32,
-    last_error: Option<String>,
-    created_at: DateTimeUtc,
-    updated_at: DateTimeUtc,
+    #[sea_orm(nested)]
+    common: layer1_ingest::lineage::EntryCommon,
     replayed_by: Option<String>,
     message_type: String,
     type_version: String,
@@ -118,25 +109,14 @@ pub struct EntryRow {
 
 impl From<EntryRow> for layer1_ingest::LineageEntry {
     fn from(m: EntryRow) -> Self {
-        layer1_ingest::LineageEntry {
-            layer: Layer::Translated,
-            id: m.id,
-            parent_id: m.parent_id,
-            origin_id: m.origin_id,
-            direction: m.direction,
-            status: m.status,
-            source: m.source,
-            source_ref: m.source_ref,
-            attempts: m.attempts,
-            last_error: m.last_error,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-            summary: format!(
+        m.common.entry(
+            Layer::Translated,
+            format!(
                 "{} v{} by mapping {}@{}",
                 m.message_type, m.type_version, m.mapping_name, m.mapping_version
             ),
-            replayed_by: m.replayed_by,
-        }
+            m.replayed_by,
+        )
     }
 }
 

@@ -133,17 +133,8 @@ impl From<&Model> for layer1_ingest::LineageEntry {
 /// A `layer4_dispatch` row as its lineage entry reads it: no body.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]
 pub struct EntryRow {
-    id: Uuid,
-    parent_id: Option<Uuid>,
-    origin_id: Uuid,
-    direction: Direction,
-    status: Status,
-    source: String,
-    source_ref: Option<String>,
-    attempts: i32,
-    last_error: Option<String>,
-    created_at: DateTimeUtc,
-    updated_at: DateTimeUtc,
+    #[sea_orm(nested)]
+    common: layer1_ingest::lineage::EntryCommon,
     message_type: String,
     type_version: String,
     destination: String,
@@ -153,22 +144,11 @@ pub struct EntryRow {
 impl From<EntryRow> for layer1_ingest::LineageEntry {
     fn from(m: EntryRow) -> Self {
         let ack = m.acknowledged_at.map(|t| format!(", acknowledged {}", t.to_rfc3339())).unwrap_or_default();
-        layer1_ingest::LineageEntry {
-            layer: Layer::Dispatch,
-            id: m.id,
-            parent_id: m.parent_id,
-            origin_id: m.origin_id,
-            direction: m.direction,
-            status: m.status,
-            source: m.source,
-            source_ref: m.source_ref,
-            attempts: m.attempts,
-            last_error: m.last_error,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-            summary: format!("{} v{} -> {}{ack}", m.message_type, m.type_version, m.destination),
-            replayed_by: None,
-        }
+        m.common.entry(
+            Layer::Dispatch,
+            format!("{} v{} -> {}{ack}", m.message_type, m.type_version, m.destination),
+            None,
+        )
     }
 }
 
