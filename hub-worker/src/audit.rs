@@ -273,11 +273,24 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
         .into_tuple()
         .all(db)
         .await?;
+    let oldest = |d: &str| oldest.get(d).copied();
+    let overdue = |d: &str| overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n);
+    let destinations = destination_stats(&per, oldest, overdue);
+    Ok(Stats { counts, destinations })
+}
+
+/// Each destination's health from its counts per status (`per`), its oldest open row and its
+/// overdue receipts.
+fn destination_stats(
+    per: &[(&str, Status, i64)],
+    oldest: impl Fn(&str) -> Option<DateTime<Utc>>,
+    overdue: impl Fn(&str) -> i64,
+) -> Vec<DestinationStats> {
     let now = Utc::now();
     let mut names: Vec<&str> = per.iter().map(|(d, _, _)| *d).collect();
     names.sort_unstable();
     names.dedup();
-    let destinations = names
+    names
         .into_iter()
         .map(|d| {
             let n = |s: Status| {
@@ -287,13 +300,12 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
                 queued: n(Status::Queued),
                 acknowledged: n(Status::Acknowledged),
                 unacknowledged: n(Status::JustIn) + n(Status::Failed) + n(Status::Queued),
-                oldest_unacknowledged_secs: oldest.get(d).map(|t| (now - *t).num_seconds()),
-                receipts_overdue: overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n),
+                oldest_unacknowledged_secs: oldest(d).map(|t| (now - t).num_seconds()),
+                receipts_overdue: overdue(d),
                 destination: d.to_owned(),
             }
         })
-        .collect();
-    Ok(Stats { counts, destinations })
+        .collect()
 }
 
 /// Per destination, when its oldest open upstream row (`just_in`, `failed`, `queued`) was
@@ -363,30 +375,10 @@ pub async fn stats_by_scan(db: &DatabaseConnection) -> Result<Stats> {
         .into_tuple()
         .all(db)
         .await?;
-    let now = Utc::now();
-    let mut names: Vec<String> = per.iter().map(|(d, _, _)| d.clone()).collect();
-    names.sort();
-    names.dedup();
-    let destinations = names
-        .into_iter()
-        .map(|d| {
-            let n = |s: Status| {
-                per.iter().filter(|(x, st, _)| *x == d && *st == s).map(|(_, _, n)| n).sum::<i64>()
-            };
-            DestinationStats {
-                queued: n(Status::Queued),
-                acknowledged: n(Status::Acknowledged),
-                unacknowledged: n(Status::JustIn) + n(Status::Failed) + n(Status::Queued),
-                oldest_unacknowledged_secs: oldest
-                    .iter()
-                    .find(|(x, _)| *x == d)
-                    .and_then(|(_, t)| *t)
-                    .map(|t| (now - t).num_seconds()),
-                receipts_overdue: overdue.iter().find(|(x, _)| *x == d).map_or(0, |(_, n)| *n),
-                destination: d,
-            }
-        })
-        .collect();
+    let per: Vec<(&str, Status, i64)> = per.iter().map(|(d, s, n)| (d.as_str(), *s, *n)).collect();
+    let oldest = |d: &str| oldest.iter().find(|(x, _)| x == d).and_then(|(_, t)| *t);
+    let overdue = |d: &str| overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n);
+    let destinations = destination_stats(&per, oldest, overdue);
     Ok(Stats { counts, destinations })
 }
 
