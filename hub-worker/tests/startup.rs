@@ -48,10 +48,16 @@ struct Forwarder {
 
 impl Forwarder {
     fn closed(target: String) -> Self {
-        // A port the system hands out, then released: closed until opened again.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
+        // A free port, released: closed (connections refused) until opened again. Not one the
+        // system hands out for port 0: those come from the ephemeral range, which also supplies
+        // the local ports of outgoing connections, and a client given this port as its own
+        // would connect to itself (TCP self-connect) and find the "down" dependency answering.
+        // Below that range (Linux: 32768-60999) nothing is handed out on its own.
+        let start = 20_000 + (uuid::Uuid::now_v7().as_u128() % 10_000) as u16;
+        let port = (start..30_000)
+            .chain(20_000..start)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port below the ephemeral range");
         Self { port, target, task: None }
     }
 
