@@ -53,11 +53,16 @@ impl Forwarder {
         // the local ports of outgoing connections, and a client given this port as its own
         // would connect to itself (TCP self-connect) and find the "down" dependency answering.
         // Below that range (Linux: 32768-60999) nothing is handed out on its own.
+        // And never one another test of this process holds: two tests given one port would
+        // share a "database" (one opens it while the other expects it down).
+        static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
         let start = 20_000 + (uuid::Uuid::now_v7().as_u128() % 10_000) as u16;
         let port = (start..30_000)
             .chain(20_000..start)
-            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .find(|p| !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             .expect("a free port below the ephemeral range");
+        taken.push(port);
         Self { port, target, task: None }
     }
 
