@@ -16,9 +16,10 @@ use async_trait::async_trait;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tracing::instrument;
 
+use layer1_ingest::advance::within_lease;
 use layer1_ingest::entity as raw;
 use layer1_ingest::table::{claim_leased, insert_rows, settle_leased};
-use layer1_ingest::{Stage, StageSettings, Status};
+use layer1_ingest::{Failure, Stage, StageSettings, Status};
 use layer2_normalize::entity as l2;
 use layer2_normalize::{Normalizers, normalize, record_row};
 use layer3_translate::entity as l3;
@@ -66,6 +67,45 @@ fn finished<T>(mut m: T, set: impl FnOnce(&mut T)) -> T {
     m
 }
 
+/// What one raw row becomes in layers 2, 3 and 4.
+type Carried = (Vec<l2::Model>, Vec<l3::Model>, Vec<l4::Model>);
+
+impl FusedStage {
+    /// Carries one raw row as far as it goes: normalized (or the failure), each record
+    /// translated and routed where it can be; a record that cannot is left `just_in` in its
+    /// layer for that layer's stage, which retries it or says why.
+    async fn carry(&self, row: &raw::Model, now: chrono::DateTime<chrono::Utc>) -> Result<Carried, Failure> {
+        let records = normalize(&self.normalizers, row).await?;
+        let built2 = records
+            .iter()
+            .enumerate()
+            .map(|(i, rec)| record_row(row, i, rec, now).map(|m| (m, rec)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
+        for (m2, rec) in built2 {
+            let Ok((m3, body)) = translate(&self.translators, &m2, &rec.data, now).await else {
+                rows2.push(m2); // just_in: the translate stage says why, or retries.
+                continue;
+            };
+            rows2.push(finished(m2, |m| {
+                m.status = Status::Forwarded;
+                m.next_attempt_at = None;
+            }));
+            match dispatch_rows(self.router.as_ref(), &m3, &body, now) {
+                Ok(m4) => {
+                    rows3.push(finished(m3, |m| {
+                        m.status = Status::Forwarded;
+                        m.next_attempt_at = None;
+                    }));
+                    rows4.extend(m4);
+                }
+                Err(_) => rows3.push(m3), // just_in: the route stage says why.
+            }
+        }
+        Ok((rows2, rows3, rows4))
+    }
+}
+
 #[async_trait]
 impl Stage for FusedStage {
     fn name(&self) -> &'static str {
@@ -86,51 +126,13 @@ impl Stage for FusedStage {
         // get their children.
         let mut built = Vec::with_capacity(lease.rows.len());
         let mut failed = Vec::new();
+        let deadline = layer1_ingest::advance::compute_deadline(&lease);
         for row in &lease.rows {
-            let records = match normalize(&self.normalizers, row).await {
-                Ok(r) => r,
-                Err(f) => {
-                    failed.push((row.id, row.attempts, f));
-                    continue;
-                }
-            };
-            let mut built2 = Vec::with_capacity(records.len());
-            let mut failure = None;
-            for (i, rec) in records.iter().enumerate() {
-                match record_row(row, i, rec, now) {
-                    Ok(m) => built2.push((m, rec)),
-                    Err(f) => {
-                        failure = Some(f);
-                        break;
-                    }
-                }
+            match within_lease(deadline, self.settings.lease, self.carry(row, now)).await {
+                None => break, // out of lease: the rest are taken again when it ends
+                Some(Ok((rows2, rows3, rows4))) => built.push((row.id, rows2, rows3, rows4)),
+                Some(Err(f)) => failed.push((row.id, row.attempts, f)),
             }
-            if let Some(f) = failure {
-                failed.push((row.id, row.attempts, f));
-                continue;
-            }
-            let (mut rows2, mut rows3, mut rows4) = (Vec::new(), Vec::new(), Vec::new());
-            for (m2, rec) in built2 {
-                let Ok((m3, body)) = translate(&self.translators, &m2, &rec.data, now).await else {
-                    rows2.push(m2); // just_in: the translate stage says why, or retries.
-                    continue;
-                };
-                rows2.push(finished(m2, |m| {
-                    m.status = Status::Forwarded;
-                    m.next_attempt_at = None;
-                }));
-                match dispatch_rows(self.router.as_ref(), &m3, &body, now) {
-                    Ok(m4) => {
-                        rows3.push(finished(m3, |m| {
-                            m.status = Status::Forwarded;
-                            m.next_attempt_at = None;
-                        }));
-                        rows4.extend(m4);
-                    }
-                    Err(_) => rows3.push(m3), // just_in: the route stage says why.
-                }
-            }
-            built.push((row.id, rows2, rows3, rows4));
         }
         let forwarded: Vec<_> = built.iter().map(|(id, ..)| *id).collect();
         let txn = self.db.begin().await?;

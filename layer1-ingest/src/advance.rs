@@ -13,11 +13,42 @@ use uuid::Uuid;
 
 use crate::outcome::Failure;
 use crate::stage::{Stage, StageSettings};
-use crate::table::{LayerTable, attempts_of, claim_leased, id_of, insert_rows, relax_commit, settle_leased};
+use crate::table::{
+    LayerTable, Leased, attempts_of, claim_leased, id_of, insert_rows, relax_commit, settle_leased,
+};
 use crate::{Error, Result};
 
 /// A table's row.
 pub type Row<E> = <E as EntityTrait>::Model;
+
+/// When a leased batch's integration code must have finished: nine tenths into the lease, so
+/// that the write still happens while the rows are ours.
+pub fn compute_deadline<M>(lease: &Leased<M>) -> tokio::time::Instant {
+    let left = (lease.until - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::Instant::now() + left.mul_f64(0.9)
+}
+
+/// Runs one leased row's integration code (`work`) until `deadline`. `None` when the deadline
+/// has already passed: the row is left untouched, to be claimed again when the lease ends
+/// (it was never tried). A `work` that does not finish in time is a transient failure, with
+/// the reason on record: an integration that hangs on a row has it retried with backoff and
+/// then `dead`, instead of holding the stage, and every later claim of that row, forever.
+pub async fn within_lease<T>(
+    deadline: tokio::time::Instant,
+    lease: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Option<Result<T, Failure>> {
+    if tokio::time::Instant::now() >= deadline {
+        return None;
+    }
+    Some(tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| {
+        Err(Failure::Transient(format!(
+            "the integration did not finish within the stage lease ({} s); raise `stages.lease_secs` \
+             if it is just slow",
+            lease.as_secs_f64()
+        )))
+    }))
+}
 
 /// What one layer does with a row of the table below it.
 #[async_trait]
@@ -81,11 +112,14 @@ where
         };
         let mut children: Vec<(Uuid, Vec<Row<A::To>>)> = Vec::with_capacity(lease.rows.len());
         let mut failed = Vec::new();
+        let deadline = compute_deadline(&lease);
         for row in &lease.rows {
             let (id, attempts) = (id_of::<A::From>(row)?, attempts_of::<A::From>(row)?);
-            match self.advance.children(row, lease.now).await {
-                Ok(c) => children.push((id, c)),
-                Err(f) => failed.push((id, attempts, f)),
+            let work = self.advance.children(row, lease.now);
+            match within_lease(deadline, self.settings.lease, work).await {
+                None => break, // out of lease: the rest are taken again when it ends
+                Some(Ok(c)) => children.push((id, c)),
+                Some(Err(f)) => failed.push((id, attempts, f)),
             }
         }
         let forwarded: Vec<Uuid> = children.iter().map(|(id, _)| *id).collect();

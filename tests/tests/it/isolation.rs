@@ -176,9 +176,12 @@ async fn slow_translator_does_not_block_ingest_or_audit(backend: Backend) {
     slow_integration_does_not_block(backend, Slow::Translator).await;
 }
 
-/// A worker whose integration outlasts its lease loses the row to another worker, and writes
-/// nothing when it finally finishes: the row has one set of children, the other worker's.
+/// A worker whose lease ended before it wrote (paused, or its database slow) writes nothing
+/// when it finally does: another worker took the row meanwhile, and the row has one set of
+/// children, the other worker's.
 async fn a_lost_lease_writes_nothing(backend: Backend) {
+    use layer1_ingest::table::{claim_leased, settle_leased};
+    use sea_orm::TransactionTrait;
     let tdb = TestDb::new(backend).await;
     let hub = builder(&tdb.url, Arc::new(InProcessTransport::default())).build().await.expect("hub");
     let id = hub
@@ -186,30 +189,28 @@ async fn a_lost_lease_writes_nothing(backend: Backend) {
         .await
         .expect("ingest")
         .id;
-    let mut settings = crate::util::test_settings().stage;
-    settings.lease = Duration::from_millis(500);
-    let gate = Arc::new(Gate::default());
-    let stalled: Arc<dyn Normalizer> = Arc::new(SlowNormalizer(gate.clone()));
-    let slow = NormalizeStage::new(
-        hub.db().clone(),
-        Arc::new(HashMap::from([("payments".to_owned(), stalled)])),
-        settings.clone(),
-    );
-    let task = tokio::spawn(async move { slow.run_batch().await });
-    tokio::time::timeout(Duration::from_secs(20), gate.reached.notified())
+    let settings = crate::util::test_settings().stage;
+    let late = claim_leased::<layer1_ingest::entity::Entity>(hub.db(), 10, Duration::from_millis(300))
         .await
-        .expect("slow normalizer reached");
+        .expect("claim")
+        .expect("the row");
     let quick: Arc<dyn Normalizer> = Arc::new(PaymentNormalizer);
     let other = NormalizeStage::new(
         hub.db().clone(),
         Arc::new(HashMap::from([("payments".to_owned(), quick)])),
-        settings,
+        settings.clone(),
     );
     assert_eq!(other.run_batch().await.expect("batch"), 0, "leased: not due for another worker");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(other.run_batch().await.expect("batch"), 1, "due again once the lease ended");
-    gate.release.notify_one();
-    assert_eq!(task.await.expect("joined").expect("the late batch ends without error"), 1);
+    // The first worker's write, late: its guard matches nothing.
+    let txn = hub.db().begin().await.expect("txn");
+    let ours =
+        settle_leased::<layer1_ingest::entity::Entity, _, _>(&txn, &late, &[id.uuid()], &[], &settings)
+            .await
+            .expect("settle");
+    txn.commit().await.expect("commit");
+    assert!(ours.is_empty(), "the late worker still thought the row its own");
 
     let children = layer2_normalize::entity::Entity::find().all(hub.db()).await.expect("l2");
     assert_eq!(children.len(), 1, "one record, not one per worker: {children:?}");
@@ -220,8 +221,52 @@ async fn a_lost_lease_writes_nothing(backend: Backend) {
     tdb.cleanup().await;
 }
 
+/// An integration that hangs on a row is cut where the lease would end: the row is `failed`
+/// with the reason (retried with backoff, then `dead`), the stage goes on, and the rows of the
+/// batch it had no time for are left untried, for the next claim. Before, the stage waited on
+/// the hung call for good, and every worker that took the row after the lease hung with it.
+async fn a_hung_integration_is_cut_at_the_lease(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let hub = builder(&tdb.url, Arc::new(InProcessTransport::default())).build().await.expect("hub");
+    let hung =
+        hub.ingest("payments", &payment(SLOW, "5.50", "cus_5"), IngestMeta::default()).await.expect("in").id;
+    let fine = hub
+        .ingest("payments", &payment("evt_fine", "6.50", "cus_6"), IngestMeta::default())
+        .await
+        .expect("in")
+        .id;
+    let mut settings = crate::util::test_settings().stage;
+    settings.lease = Duration::from_secs(1);
+    let gate = Arc::new(Gate::default()); // never released: the call hangs (60 s)
+    let stalled: Arc<dyn Normalizer> = Arc::new(SlowNormalizer(gate));
+    let stage = NormalizeStage::new(
+        hub.db().clone(),
+        Arc::new(HashMap::from([("payments".to_owned(), stalled)])),
+        settings,
+    );
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), stage.run_batch())
+        .await
+        .expect("the batch ends near the lease, not when the integration does")
+        .expect("batch");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let db = hub.db().clone();
+    let row = |id: layer1_ingest::RawId| {
+        let db = db.clone();
+        async move { layer1_ingest::entity::Entity::find_by_id(id).one(&db).await.expect("l1").expect("row") }
+    };
+    let h = row(hung).await;
+    assert_eq!((h.status, h.attempts), (Status::Failed, 1), "{h:?}");
+    assert!(h.last_error.as_deref().is_some_and(|e| e.contains("within the stage lease")), "{h:?}");
+    let f = row(fine).await;
+    assert_eq!((f.status, f.attempts), (Status::JustIn, 0), "not tried: no time left in the lease");
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
 on_both!(
     slow_normalizer_does_not_block_ingest_or_audit,
     slow_translator_does_not_block_ingest_or_audit,
-    a_lost_lease_writes_nothing
+    a_lost_lease_writes_nothing,
+    a_hung_integration_is_cut_at_the_lease
 );
