@@ -85,7 +85,7 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
             source,
             name,
             got.id,
-            if got.duplicate { " (duplicate: already on record)" } else { "" }
+            if got.is_duplicate() { " (duplicate: already on record)" } else { "" }
         ));
         ids.push(got);
     }
@@ -135,7 +135,7 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
         && dispatch_total == 5
         && acknowledged == dispatch_total
         && raw_rows == 4
-        && ids[3].duplicate
+        && ids[3].is_duplicate()
         && ids[3].id == ids[1].id
         && rejected_ok;
     text.push_str(&format!(

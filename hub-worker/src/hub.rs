@@ -417,7 +417,7 @@ impl Hub {
     /// let first = hub.ingest("payments", body, meta.clone()).await?;
     /// // The same event again (a webhook retried): nothing new stored, the same id.
     /// let again = hub.ingest("payments", body, meta).await?;
-    /// assert!(again.duplicate && again.id == first.id);
+    /// assert!(again.is_duplicate() && again.id == first.id);
     /// # Ok(()) }
     /// ```
     pub async fn ingest(&self, source: &str, body: &[u8], meta: IngestMeta) -> Result<Ingested> {

@@ -80,15 +80,18 @@ pub struct Ingested {
     /// The layer 1 row holding these bytes: the new row (new, resend, conflict) or the copy
     /// already on record (duplicate).
     pub id: crate::RawId,
-    /// Whether the payload was a duplicate of a copy on record (`outcome` is `Duplicate`).
-    pub duplicate: bool,
     /// What became of it.
     pub outcome: IngestOutcome,
 }
 
 impl Ingested {
     fn new(id: Uuid, outcome: IngestOutcome) -> Self {
-        Self { id: id.into(), duplicate: outcome == IngestOutcome::Duplicate, outcome }
+        Self { id: id.into(), outcome }
+    }
+
+    /// Whether the payload was a duplicate of a copy on record (`outcome` is `Duplicate`).
+    pub fn is_duplicate(&self) -> bool {
+        self.outcome == IngestOutcome::Duplicate
     }
 }
 

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use layer1_ingest::json::{Condition, Map, Value, parse_exact, scalar_text};
+use layer1_ingest::json::{Condition, Map, Value, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -100,7 +100,7 @@ impl Normalizer for DeclaredNormalizer {
 
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure> {
         // Exact parsing: numbers keep their text and a repeated key is an error, not a loss.
-        let payload = parse_exact(raw.body)
+        let payload = Value::parse(raw.body)
             .map_err(|e| Rejection::whole("json", format!("payload is not JSON: {e}")))?;
         if let Some(s) = &self.envelope {
             s.check(&payload, "")?;

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-use layer1_ingest::json::{Value, escape_token, first_duplicate_key, parse_exact, scalar_text};
+use layer1_ingest::json::{Value, escape_token, first_duplicate_key, scalar_text, value_at};
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -77,14 +77,18 @@ pub trait Normalizer: Send + Sync + 'static {
     async fn normalize(&self, raw: &RawInput<'_>) -> Result<Vec<Record>, Failure>;
 }
 
-/// The event id at `pointer` in `body` (a string, or a number as written), read with the exact
-/// parse declared integrations use at layer 2 ([`layer1_ingest::json::parse_exact`]). A body that parse refuses (not
+/// The event id at `pointer` in `body` (a string, or a number as written, as
+/// [`Value::parse`] reads it at layer 2). A body that parse refuses (not
 /// JSON, or a key repeated anywhere) has no event id and is keyed by its hash: otherwise
 /// `{"id":"evt_x","id":"evt_other"}`, rejected at layer 2, would take `evt_other`'s key and the
 /// real `evt_other` would later be answered "duplicate".
 pub fn event_ref_at(body: &[u8], pointer: &str) -> Option<String> {
-    // The exact parse refuses a repeated key anywhere, and keeps a numeric id as written.
-    parse_exact(body).ok()?.pointer(pointer).and_then(scalar_text)
+    // On every ingest, so two linear passes, no document built: the repeated-key check, then
+    // the one value, read exactly (a numeric id as written).
+    if first_duplicate_key(body).ok()?.is_some() {
+        return None;
+    }
+    value_at(body, pointer).as_ref().and_then(scalar_text)
 }
 
 /// Parses JSON into `T`, naming the offending field on failure: its JSON pointer, and the rule

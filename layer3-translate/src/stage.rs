@@ -106,7 +106,7 @@ async fn translate_stored(
     row: &normalized::Model,
     now: chrono::DateTime<Utc>,
 ) -> Result<entity::Model, Failure> {
-    let data = layer1_ingest::json::parse_exact(row.record.as_bytes()).map_err(|e| {
+    let data = layer1_ingest::json::Value::parse(row.record.as_bytes()).map_err(|e| {
         Failure::Rejected(Rejection::whole("json", format!("stored record is not JSON: {e}")))
     })?;
     Ok(translate(translators, row, &data, now).await?.0)

@@ -219,7 +219,7 @@ impl Receiver {
                 }
             };
             // Exact parsing: the core app sees every number as the hub sent it (`1E400` too).
-            let body = match layer1_ingest::json::parse_exact(&d.body) {
+            let body = match layer1_ingest::json::Value::parse(&d.body) {
                 Ok(b) => b,
                 Err(e) => {
                     self.discard(d, &format!("body is not JSON: {e}")).await;

@@ -67,7 +67,7 @@ fn route_stored(
     row: &translated::Model,
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<entity::Model>, Failure> {
-    let body = layer1_ingest::json::parse_exact(row.body.as_bytes()).map_err(|e| {
+    let body = layer1_ingest::json::Value::parse(row.body.as_bytes()).map_err(|e| {
         Failure::Rejected(Rejection::whole("json", format!("stored core message is not JSON: {e}")))
     })?;
     dispatch_rows(router, row, &body, now)

@@ -198,7 +198,7 @@ fn load_schema(base: &Path, rel: &Path) -> Result<JsonSchema, String> {
     let text = read_text(&path)?;
     // A schema is read by serde_json (the validator's own document); the exact parse first
     // refuses a repeated key, which serde_json would resolve silently.
-    layer1_ingest::json::parse_exact(text.as_bytes())
+    layer1_ingest::json::Value::parse(text.as_bytes())
         .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
     let doc: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;

@@ -298,7 +298,8 @@ pub async fn ingest(
                 IngestOutcome::Resend { of } => Some(of.uuid()),
                 _ => None,
             };
-            (status, Json(Accepted { id: i.id.uuid(), duplicate: i.duplicate, resend_of })).into_response()
+            (status, Json(Accepted { id: i.id.uuid(), duplicate: i.is_duplicate(), resend_of }))
+                .into_response()
         }
         Ok(Ok(Err(e))) => match &*e {
             Error::Base(layer1_ingest::Error::BodyTooLarge { .. }) => too_large(),

@@ -9,13 +9,7 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 
 mod value;
 
-pub use value::{Map, Number, Value};
-
-/// Parses JSON keeping every number's text exactly as written and refusing duplicate keys:
-/// [`Value::parse`].
-pub fn parse_exact(text: &[u8]) -> Result<Value, String> {
-    Value::parse(text)
-}
+pub use value::{Map, Number, Value, value_at};
 
 /// The pointer of the first key an object of `text` repeats, in one pass that builds nothing
 /// (serde_json keeps the last of repeated keys silently; a body with one has two readings).

@@ -315,6 +315,28 @@ fn array_index(tok: &str) -> Option<usize> {
     tok.parse().ok()
 }
 
+/// The value at `pointer` in the JSON `text`, read exactly, without building the rest of the
+/// document: each level on the way is scanned once to find the member (serde_json checks its
+/// syntax as it goes), and only the value found is built. `None` when the text is not JSON or
+/// nothing is there. Repeated keys are not looked for here: see `first_duplicate_key`.
+pub fn value_at(text: &[u8], pointer: &str) -> Option<Value> {
+    let mut raw: &RawValue = serde_json::from_slice(text).ok()?;
+    for tok in super::tokens(pointer)? {
+        raw = match raw.get().as_bytes().first() {
+            Some(b'{') => {
+                let Entries(entries) = serde_json::from_str(raw.get()).ok()?;
+                entries.into_iter().find(|(k, _)| *k == tok).map(|(_, v)| v)?
+            }
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+                items.get(array_index(&tok)?).copied()?
+            }
+            _ => return None,
+        };
+    }
+    exact(raw, pointer, 0).ok()
+}
+
 /// Why [`parse_raw`] refused a text.
 pub(super) enum Refused {
     /// A key repeated in one object, at this pointer.
@@ -656,6 +678,28 @@ mod tests {
         let mut w = Value::Null;
         w["k"] = "v".into();
         assert_eq!(w.to_json(), r#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn one_value_is_read_as_the_whole_parse_reads_it() {
+        let text = br#"{"id":12345678901234567890123,"data":{"items":[{"k":"a/b"},{"n":1E400}]},"e":""}"#;
+        let whole = Value::parse(text).expect("parses");
+        for p in [
+            "/id",
+            "/data/items/1/n",
+            "/data/items/0",
+            "/e",
+            "",
+            "/data/items/2",
+            "/x",
+            "/id/0",
+            "/data/items/01",
+        ] {
+            assert_eq!(value_at(text, p).as_ref(), whole.pointer(p), "{p}");
+        }
+        assert_eq!(value_at(text, "/id").map(|v| v.to_json()).as_deref(), Some("12345678901234567890123"));
+        assert_eq!(value_at(b"{\"id\":", "/id"), None, "not JSON");
+        assert_eq!(value_at(b"{\"id\":1} x", "/id"), None, "trailing text");
     }
 
     #[test]

@@ -22,8 +22,8 @@ async fn ingest_is_idempotent(backend: Backend) {
 
     let first = hub.ingest("payments", &body, IngestMeta::default()).await.expect("first");
     let again = hub.ingest("payments", &body, IngestMeta::default()).await.expect("again");
-    assert!(!first.duplicate);
-    assert!(again.duplicate);
+    assert!(!first.is_duplicate());
+    assert!(again.is_duplicate());
     assert_eq!(first.id, again.id);
 
     // Same event id, different bytes while the first copy stands: never dropped silently, and
@@ -33,18 +33,18 @@ async fn ingest_is_idempotent(backend: Backend) {
         .await
         .expect("resent");
     assert_eq!(resent.outcome, IngestOutcome::Conflict { with: first.id });
-    assert!(!resent.duplicate && resent.id != first.id);
+    assert!(!resent.is_duplicate() && resent.id != first.id);
 
     // A caller-given ref wins over the body's; without any ref, the body hash is the key.
     let explicit = IngestMeta { source_ref: Some("hdr-ref-1".into()), ..Default::default() };
     let a = hub.ingest("payments", &body, explicit.clone()).await.expect("explicit ref");
-    assert!(!a.duplicate && a.id != first.id);
-    assert!(hub.ingest("payments", &body, explicit).await.expect("explicit again").duplicate);
+    assert!(!a.is_duplicate() && a.id != first.id);
+    assert!(hub.ingest("payments", &body, explicit).await.expect("explicit again").is_duplicate());
 
     let no_ref = br#"{"contacts": "not an object with event_id"}"#;
     let x = hub.ingest("crm-contacts", no_ref, IngestMeta::default()).await.expect("no ref");
     let y = hub.ingest("crm-contacts", no_ref, IngestMeta::default()).await.expect("no ref again");
-    assert_eq!((x.id, y.duplicate), (y.id, true));
+    assert_eq!((x.id, y.is_duplicate()), (y.id, true));
 
     // Concurrent ingests of one event race in the database: exactly one row wins.
     let body = payment("evt_race", "1.00", "cus_1");
@@ -59,7 +59,7 @@ async fn ingest_is_idempotent(backend: Backend) {
     for t in tasks {
         ids.push(t.await.expect("task").expect("ingest"));
     }
-    assert_eq!(ids.iter().filter(|i| !i.duplicate).count(), 1, "{ids:?}");
+    assert_eq!(ids.iter().filter(|i| !i.is_duplicate()).count(), 1, "{ids:?}");
     assert!(ids.iter().all(|i| i.id == ids[0].id));
 
     assert_eq!(rows::<l1::Entity>(hub.db()).await, 5, "4 messages and the conflict");
@@ -160,7 +160,7 @@ async fn resends_of_refused_events_are_processed(backend: Backend) {
     let good = payment("evt_fix", "12.50", "cus_1");
     let fixed = hub.ingest("payments", &good, meta()).await.expect("good");
     assert_eq!(fixed.outcome, IngestOutcome::Resend { of: first.id });
-    assert!(!fixed.duplicate && fixed.id != first.id);
+    assert!(!fixed.is_duplicate() && fixed.id != first.id);
     settle().await;
     let r = row(&hub, fixed.id).await;
     assert_eq!(r.status, Status::Forwarded, "processed: {:?}", r.last_error);

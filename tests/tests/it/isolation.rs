@@ -96,7 +96,7 @@ async fn answers_while_stalled(hub: &Hub, ids: std::ops::Range<usize>) {
         .unwrap_or_else(|_| panic!("ingest {i} did not answer within 1 s while an integration was slow"));
         let stored =
             stored.unwrap_or_else(|e| panic!("ingest {i} failed while an integration was slow: {e}"));
-        assert!(!stored.duplicate);
+        assert!(!stored.is_duplicate());
         tracing::info!(i, micros = began.elapsed().as_micros() as u64, "ingested while stalled");
         let counts = tokio::time::timeout(Duration::from_secs(1), hub.counts())
             .await
