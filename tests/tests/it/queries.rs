@@ -100,33 +100,6 @@ async fn assert_exact(db: &DatabaseConnection, when: &str) {
     assert_eq!(summarised(db).await, scan(db).await, "{when}: after the fold");
 }
 
-fn l4_row(status: Status, source: &str, destination: &str, ordering_key: Option<&str>) -> l4::ActiveModel {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    l4::ActiveModel {
-        id: Set(id),
-        direction: Set(Direction::Upstream),
-        status: Set(status),
-        attempts: Set(0),
-        last_error: Set(None),
-        next_attempt_at: Set(Some(now)),
-        parent_id: Set(None),
-        origin_id: Set(id),
-        source: Set(source.into()),
-        source_ref: Set(None),
-        destination: Set(destination.into()),
-        message_type: Set("payment.recorded".into()),
-        type_version: Set("1".into()),
-        body: Set("{}".into()),
-        ordering_key: Set(ordering_key.map(Into::into)),
-        queued_at: Set(None),
-        acknowledged_at: Set(None),
-        intake_key: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-}
-
 fn l2_row(status: Status, source: &str, parent: Option<Uuid>) -> l2::ActiveModel {
     let id = Uuid::now_v7();
     let now = Utc::now();
@@ -168,7 +141,9 @@ async fn summary_follows_every_change(backend: Backend) {
     for i in 0..12 {
         let dest = if i % 3 == 0 { "core.ledger" } else { "core.payments" };
         let source = if i % 4 == 0 { "orders" } else { "payments" };
-        ids.push(l4_row(Status::JustIn, source, dest, None).insert(&db).await.expect("insert").id);
+        ids.push(
+            crate::util::l4_row(Status::JustIn, source, dest, None).insert(&db).await.expect("insert").id,
+        );
     }
     let mut l2_ids = Vec::new();
     for _ in 0..5 {
@@ -237,12 +212,16 @@ async fn migration_counts_existing_rows(backend: Backend) {
     use migrations::MigratorTrait;
     let tdb = TestDb::new(backend).await;
     let db = tdb.connect().await;
-    let first = l4_row(Status::JustIn, "payments", "core.payments", None).insert(&db).await.expect("row").id;
+    let first = crate::util::l4_row(Status::JustIn, "payments", "core.payments", None)
+        .insert(&db)
+        .await
+        .expect("row")
+        .id;
     migrations::Migrator::down(&db, Some(1)).await.expect("down");
     // Written with no triggers: only a count at migration time can know of them.
     move_to::<l4::Entity>(&db, &[first], Status::Queued).await;
     for s in [Status::Acknowledged, Status::Dead, Status::Dead] {
-        l4_row(s, "orders", "core.ledger", None).insert(&db).await.expect("row");
+        crate::util::l4_row(s, "orders", "core.ledger", None).insert(&db).await.expect("row");
     }
     let parent = l2_row(Status::Forwarded, "payments", None).insert(&db).await.expect("row").id;
     let copy = l2_row(Status::JustIn, "payments", Some(parent)).insert(&db).await.expect("row").id;
@@ -264,13 +243,17 @@ async fn open_rows_are_found_by_their_indexes(backend: Backend) {
     assert!(!summary::anything_open(&db).await.expect("probe"));
     let finals = [Status::Forwarded, Status::Acknowledged, Status::Rejected, Status::Dead];
     for s in finals {
-        l4_row(s, "payments", "core.payments", None).insert(&db).await.expect("row");
+        crate::util::l4_row(s, "payments", "core.payments", None).insert(&db).await.expect("row");
         l2_row(s, "payments", None).insert(&db).await.expect("row");
     }
     assert!(!summary::anything_open(&db).await.expect("probe"), "final rows only");
     for open in [Status::JustIn, Status::Failed, Status::Queued] {
         for key in [None, Some("k1")] {
-            let id = l4_row(open, "payments", "core.payments", key).insert(&db).await.expect("row").id;
+            let id = crate::util::l4_row(open, "payments", "core.payments", key)
+                .insert(&db)
+                .await
+                .expect("row")
+                .id;
             assert!(summary::anything_open(&db).await.expect("probe"), "{open} key {key:?}");
             l4::Entity::delete_by_id(id).exec(&db).await.expect("delete");
         }
@@ -364,7 +347,10 @@ async fn summary_is_exact_under_concurrent_writers() {
                 for _ in 0..rng.next(4) {
                     let dest = ["core.payments", "core.ledger"][rng.next(2) as usize];
                     let source = ["payments", "orders"][rng.next(2) as usize];
-                    let row = l4_row(Status::JustIn, source, dest, None).insert(&txn).await.expect("insert");
+                    let row = crate::util::l4_row(Status::JustIn, source, dest, None)
+                        .insert(&txn)
+                        .await
+                        .expect("insert");
                     mine.push(row.id);
                 }
                 if rng.next(3) == 0 {

@@ -2,45 +2,18 @@
 //! and leave it untouched.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
+use sea_orm::{ActiveModelTrait, EntityTrait, TransactionTrait};
 use uuid::Uuid;
 
 use layer1_ingest::table::{transition, transition_claimed};
-use layer1_ingest::{Direction, Error, Status, Transition};
+use layer1_ingest::{Error, Status, Transition};
 use layer4_dispatch::entity as l4;
 
 use crate::on_both;
 use crate::util::{Backend, TestDb};
 
 async fn l4_row(db: &sea_orm::DatabaseConnection, status: Status) -> Uuid {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    l4::ActiveModel {
-        id: Set(id),
-        direction: Set(Direction::Upstream),
-        status: Set(status),
-        attempts: Set(0),
-        last_error: Set(None),
-        next_attempt_at: Set(Some(now)),
-        parent_id: Set(None),
-        origin_id: Set(id),
-        source: Set("payments".into()),
-        source_ref: Set(None),
-        destination: Set("core.payments".into()),
-        message_type: Set("payment.recorded".into()),
-        type_version: Set("1".into()),
-        body: Set("{}".into()),
-        ordering_key: Set(None),
-        queued_at: Set(None),
-        acknowledged_at: Set(None),
-        intake_key: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(db)
-    .await
-    .expect("insert");
-    id
+    crate::util::l4_row(status, "payments", "core.payments", None).insert(db).await.expect("insert").id
 }
 
 async fn every_transition_is_enforced(backend: Backend) {

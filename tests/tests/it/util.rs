@@ -273,3 +273,36 @@ pub fn close_rabbit_connections(name: &str) -> usize {
     }
     closed
 }
+
+/// A layer 4 row to insert, `just_in`-shaped but in `status`.
+pub fn l4_row(
+    status: layer1_ingest::Status,
+    source: &str,
+    destination: &str,
+    ordering_key: Option<&str>,
+) -> layer4_dispatch::entity::ActiveModel {
+    let id = Uuid::now_v7();
+    let now = chrono::Utc::now();
+    layer4_dispatch::entity::ActiveModel {
+        id: sea_orm::ActiveValue::Set(id),
+        direction: sea_orm::ActiveValue::Set(layer1_ingest::Direction::Upstream),
+        status: sea_orm::ActiveValue::Set(status),
+        attempts: sea_orm::ActiveValue::Set(0),
+        last_error: sea_orm::ActiveValue::Set(None),
+        next_attempt_at: sea_orm::ActiveValue::Set(Some(now)),
+        parent_id: sea_orm::ActiveValue::Set(None),
+        origin_id: sea_orm::ActiveValue::Set(id),
+        source: sea_orm::ActiveValue::Set(source.into()),
+        source_ref: sea_orm::ActiveValue::Set(None),
+        destination: sea_orm::ActiveValue::Set(destination.into()),
+        message_type: sea_orm::ActiveValue::Set("payment.recorded".into()),
+        type_version: sea_orm::ActiveValue::Set("1".into()),
+        body: sea_orm::ActiveValue::Set("{}".into()),
+        ordering_key: sea_orm::ActiveValue::Set(ordering_key.map(Into::into)),
+        queued_at: sea_orm::ActiveValue::Set(None),
+        acknowledged_at: sea_orm::ActiveValue::Set(None),
+        intake_key: sea_orm::ActiveValue::Set(None),
+        created_at: sea_orm::ActiveValue::Set(now),
+        updated_at: sea_orm::ActiveValue::Set(now),
+    }
+}
