@@ -29,6 +29,7 @@ pub mod http;
 mod hub;
 pub mod integrations;
 pub mod lineage;
+pub mod outbound;
 pub mod prelude;
 pub mod report;
 pub mod startup;

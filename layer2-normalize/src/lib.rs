@@ -5,6 +5,7 @@
 pub mod declared;
 pub mod entity;
 pub mod normalizer;
+pub mod request;
 pub mod schema;
 pub mod stage;
 

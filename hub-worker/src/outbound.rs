@@ -1,0 +1,188 @@
+//! The downstream direction's declarations: the third parties the hub delivers to (targets)
+//! and, per target and core message type, how a core message becomes the third party's request
+//! (layer 3 translation, layer 2 request template) and what of the answer goes back to the core
+//! app in the delivery receipt. Integration files declare them (`[target]`,
+//! `[outbound."<core type>"]`); an embedding core app may build them in Rust.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use layer2_normalize::request::RequestSpec;
+use layer3_translate::Translator;
+
+/// Where a secret comes from: an environment variable or a file (first line, trimmed). Never
+/// the config itself, the database or the logs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding the secret.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// How the hub authenticates to a target, as declared.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum AuthSpec {
+    /// No authentication.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: SecretRef,
+    },
+    /// `<header>: <key>`.
+    ApiKey {
+        /// The header's name.
+        header: String,
+        /// The key.
+        key: SecretRef,
+    },
+    /// HTTP basic.
+    Basic {
+        /// The user name (not a secret).
+        username: String,
+        /// The password.
+        password: SecretRef,
+    },
+    /// OAuth2 client credentials: a token fetched from `token_url`, cached until it expires,
+    /// fetched again once on a 401.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// The client id (not a secret).
+        client_id: String,
+        /// The client secret.
+        client_secret: SecretRef,
+        /// Scopes asked for, space-separated.
+        #[serde(default)]
+        scope: Option<String>,
+        /// The audience some providers require.
+        #[serde(default)]
+        audience: Option<String>,
+    },
+    /// Requests signed with Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), for webhooks the hub sends to partners.
+    StandardWebhooks {
+        /// The signing secret, `whsec_<base64>`.
+        secret: SecretRef,
+    },
+}
+
+/// A third party the hub delivers to, as declared (secrets by reference only).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Scheme, host and base path of the API (`https://api.crm.example/v2`).
+    pub base_url: String,
+    /// Connect timeout, milliseconds (default 5000).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Whole-request timeout, milliseconds (default 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The largest response body kept (default 1 MiB); the rest is not read.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
+    /// Requests in flight to this target per worker (default 8).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Requests per second per worker (default unlimited).
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+    /// Consecutive transient failures that open the circuit (default 5).
+    #[serde(default)]
+    pub circuit_failures: Option<u32>,
+    /// Seconds the circuit stays open before one probe (default 30).
+    #[serde(default)]
+    pub circuit_open_secs: Option<u64>,
+    /// The idempotency key's header (default `Idempotency-Key`; `""` sends none).
+    #[serde(default)]
+    pub idempotency_header: Option<String>,
+    /// Deliveries tried at most this many times before `dead` (default 8).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// The first retry's delay, milliseconds (default 1000), doubling with jitter.
+    #[serde(default)]
+    pub retry_base_ms: Option<u64>,
+    /// The longest delay between retries, milliseconds (default 300000).
+    #[serde(default)]
+    pub retry_max_ms: Option<u64>,
+    /// The queue delivery receipts for this target go to (default: `publish.delivery_receipts`).
+    #[serde(default)]
+    pub receipts_to: Option<String>,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+/// A target by name.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The target's name (the integration file's `source`): rows' `source` downstream.
+    pub name: String,
+    /// Its declaration.
+    pub spec: TargetSpec,
+}
+
+/// How one core message type reaches one target.
+#[derive(Clone)]
+pub struct OutboundRoute {
+    /// The target's name.
+    pub target: String,
+    /// The core message type it takes.
+    pub message_type: String,
+    /// Layer 3: the core message in the third party's terms (a mapping, or Rust code).
+    pub translator: Arc<dyn Translator>,
+    /// Layer 2: the request.
+    pub request: Arc<RequestSpec>,
+    /// Deliveries with the same value at this pointer of the core message reach the target in
+    /// the order the core app sent them.
+    pub ordering_key: Option<String>,
+    /// Receipt field name -> JSON pointer into the third party's JSON answer (`crm_id` = `/id`).
+    pub response_fields: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for OutboundRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundRoute")
+            .field("target", &self.target)
+            .field("message_type", &self.message_type)
+            .field("request", &self.request)
+            .field("ordering_key", &self.ordering_key)
+            .field("response_fields", &self.response_fields)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every target and outbound route a hub knows.
+#[derive(Debug, Clone, Default)]
+pub struct Outbound {
+    /// The targets.
+    pub targets: Vec<Target>,
+    /// The routes.
+    pub routes: Vec<OutboundRoute>,
+}
+
+impl Outbound {
+    /// The route for `message_type` to `target`.
+    pub fn route(&self, target: &str, message_type: &str) -> Option<&OutboundRoute> {
+        self.routes.iter().find(|r| r.target == target && r.message_type == message_type)
+    }
+
+    /// The target named `name`.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Adds `other`'s targets and routes.
+    pub fn extend(&mut self, other: Outbound) {
+        self.targets.extend(other.targets);
+        self.routes.extend(other.routes);
+    }
+}
