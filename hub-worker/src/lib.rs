@@ -20,6 +20,7 @@ pub mod bench;
 #[cfg(feature = "cli")]
 pub mod bench_queries;
 pub mod config;
+pub mod downstream;
 #[cfg(feature = "cli")]
 pub mod demo;
 pub mod error;

@@ -45,6 +45,11 @@ pub struct Model {
     /// Who asked for the replay that made this row (the admin token's name, `cli`); `NULL`
     /// when the stages made it in the ordinary course.
     pub replayed_by: Option<String>,
+    /// Downstream: deliveries with the same key reach the target in the order the core app
+    /// sent them (`NULL` upstream).
+    pub ordering_key: Option<String>,
+    /// Downstream: the core message type the delivery carries (`NULL` upstream).
+    pub message_type: Option<String>,
     /// When it was received.
     pub created_at: DateTimeUtc,
     /// When its status last changed.

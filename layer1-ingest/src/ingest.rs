@@ -171,6 +171,8 @@ fn prepare(raw: &NewRaw<'_>, max_body: usize, now: chrono::DateTime<Utc>) -> Res
         headers: redacted_headers(raw.headers)?,
         body_sha256: sha,
         replayed_by: None,
+        ordering_key: None,
+        message_type: None,
         created_at: now,
         updated_at: now,
     };

@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md` for the whole map.
 
 pub mod advance;
+pub mod attempt;
 pub mod db;
 pub mod entity;
 pub mod error;

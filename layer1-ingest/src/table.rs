@@ -128,6 +128,18 @@ pub async fn claim_leased<E: LayerTable>(
     limit: u64,
     lease: std::time::Duration,
 ) -> Result<Option<Leased<E::Model>>> {
+    claim_leased_where::<E>(db, Direction::Upstream, limit, lease, Condition::all()).await
+}
+
+/// [`claim_leased`] in either direction, with a further condition on the rows (downstream
+/// delivery: per-key order, targets whose circuit is open).
+pub async fn claim_leased_where<E: LayerTable>(
+    db: &sea_orm::DatabaseConnection,
+    direction: Direction,
+    limit: u64,
+    lease: std::time::Duration,
+    extra: Condition,
+) -> Result<Option<Leased<E::Model>>> {
     use sea_orm::TransactionTrait;
     let now = Utc::now();
     // At least a microsecond, so a later claim's stamp always differs from an expired one.
@@ -137,7 +149,7 @@ pub async fn claim_leased<E: LayerTable>(
     let until = to_micros(now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC));
     let txn = db.begin().await?;
     let rows =
-        claim_due::<E, _>(&txn, Direction::Upstream, &[Status::JustIn, Status::Failed], now, limit).await?;
+        claim_due_where::<E, _>(&txn, direction, &[Status::JustIn, Status::Failed], now, limit, extra).await?;
     if rows.is_empty() {
         txn.commit().await?;
         return Ok(None);
@@ -241,7 +253,8 @@ pub async fn claim_due_where<E: LayerTable, C: ConnectionTrait>(
     Ok(E::find()
         .filter(extra)
         .filter(Expr::cust(format!("status IN ({in_list})")))
-        .filter(E::DIRECTION.eq(direction))
+        // Literal too: the downstream claim indexes are partial on the direction.
+        .filter(Expr::cust(format!("direction = '{direction}'")))
         .filter(E::NEXT_ATTEMPT_AT.lte(now))
         .order_by_asc(E::NEXT_ATTEMPT_AT)
         .order_by_asc(E::ID)
@@ -290,7 +303,9 @@ impl Transition {
 }
 
 /// The update that applies `t` (without a row filter).
-fn transition_update<E: LayerTable>(t: &Transition, now: DateTime<Utc>) -> sea_orm::UpdateMany<E> {
+/// The guarded update that makes `t` of a row: filtered on the statuses that may become `t.to`;
+/// the caller adds which rows.
+pub fn transition_update<E: LayerTable>(t: &Transition, now: DateTime<Utc>) -> sea_orm::UpdateMany<E> {
     let mut update = E::update_many()
         .col_expr(E::STATUS, Expr::value(t.to.as_str()))
         .col_expr(E::UPDATED_AT, Expr::value(now))
@@ -343,7 +358,7 @@ pub async fn by_origin<E: LayerTable, C: ConnectionTrait>(conn: &C, origin: Uuid
 /// How a row a stage could not carry on is left: `rejected` with the reason for bad input;
 /// `failed` with a backoff for a passing failure, or `dead` once `max_attempts` is reached.
 /// `attempts` is the row's count before this failure.
-fn failure_transition(
+pub fn failure_transition(
     attempts: i32,
     failure: &crate::outcome::Failure,
     settings: &crate::stage::StageSettings,
@@ -420,6 +435,17 @@ pub fn bytea_text<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Resu
     s.serialize_str(&out)
 }
 
+/// [`bytea_text`] for a nullable column.
+pub fn bytea_text_opt<S: serde::Serializer>(
+    bytes: &Option<Vec<u8>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => bytea_text(b, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// The statement that inserts a JSON array of rows into `table` on PostgreSQL.
 ///
 /// A multi-row `VALUES` list binds one parameter per column per row (8,500 for 500 rows of 17
@@ -433,10 +459,12 @@ pub fn pg_json_insert(table: &str, rows_json: String, tail: &str) -> sea_orm::St
     )
 }
 
-/// Inserts whole rows: JSON-expanded on PostgreSQL, multi-row `VALUES` on SQLite.
+/// Inserts whole rows of any table: JSON-expanded on PostgreSQL, multi-row `VALUES` on SQLite.
+/// The model must serialize each column under its column name with the value PostgreSQL's JSON
+/// input takes for it (bytes through [`bytea_text`]).
 pub async fn insert_rows<E, C>(conn: &C, rows: Vec<E::Model>) -> Result<()>
 where
-    E: LayerTable,
+    E: EntityTrait,
     C: ConnectionTrait,
     E::Model: serde::Serialize + sea_orm::IntoActiveModel<E::ActiveModel>,
 {
@@ -447,7 +475,7 @@ where
         for chunk in rows.chunks(INSERT_CHUNK) {
             let json =
                 serde_json::to_string(chunk).map_err(|e| Error::Internal(format!("row to JSON: {e}")))?;
-            conn.execute_raw(pg_json_insert(E::LAYER.table(), json, "")).await?;
+            conn.execute_raw(pg_json_insert(E::default().table_name(), json, "")).await?;
         }
         return Ok(());
     }

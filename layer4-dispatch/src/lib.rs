@@ -3,6 +3,7 @@
 //! The [`transport::Transport`] trait hides the broker; `in-process` is always built, RabbitMQ
 //! and SQS plug in behind the same trait with the cargo features `rabbitmq` and `sqs`.
 
+pub mod delivery_receipts;
 pub mod entity;
 pub mod intake;
 mod ordered;

@@ -12,6 +12,7 @@ mod m20261121_000006_ordered_dispatch_claims;
 mod m20261121_000007_replayed_by;
 mod m20261121_000009_dispatch_raw_body;
 mod m20261121_000010_bounded_queries;
+mod m20261121_000011_downstream_delivery;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000007_replayed_by::Migration),
             Box::new(m20261121_000009_dispatch_raw_body::Migration),
             Box::new(m20261121_000010_bounded_queries::Migration),
+            Box::new(m20261121_000011_downstream_delivery::Migration),
         ]
     }
 }
