@@ -412,6 +412,8 @@ pub struct PublishConfig {
     pub receipts_queue: String,
     /// The queue the core app publishes downstream messages to; none to not consume one.
     pub inbound_queue: Option<String>,
+    /// The queue delivery receipts go to, for targets whose integration file names none.
+    pub delivery_receipts_queue: String,
 }
 
 impl Default for PublishConfig {
@@ -422,6 +424,7 @@ impl Default for PublishConfig {
             ack_timeout_secs: d.ack_timeout.as_secs(),
             receipts_queue: d.receipts_queue,
             inbound_queue: d.inbound_queue,
+            delivery_receipts_queue: d.delivery_receipts_queue,
         }
     }
 }
@@ -576,6 +579,7 @@ impl Config {
     pub fn configured_queues(&self) -> Vec<(String, &str)> {
         let mut out = vec![("publish.receipts_queue".to_owned(), self.publish.receipts_queue.as_str())];
         out.extend(self.publish.inbound_queue.as_deref().map(|q| ("publish.inbound_queue".to_owned(), q)));
+        out.push(("publish.delivery_receipts_queue".to_owned(), self.publish.delivery_receipts_queue.as_str()));
         for (i, r) in self.routes.iter().enumerate() {
             out.extend(r.targets().map(|d| (format!("routes[{i}] destination"), d.as_str())));
         }
@@ -748,6 +752,7 @@ impl Config {
                 ack_timeout: Duration::from_secs(self.publish.ack_timeout_secs),
                 receipts_queue: self.publish.receipts_queue.clone(),
                 inbound_queue: self.publish.inbound_queue.clone(),
+                delivery_receipts_queue: self.publish.delivery_receipts_queue.clone(),
             },
             max_body_bytes: self.ingest.max_body_bytes,
             migrate: true,

@@ -77,9 +77,20 @@ pub struct HubBuilder {
     diagnostics: Vec<String>,
     settings: HubSettings,
     wait: Option<crate::startup::Wait>,
+    /// Downstream: the targets and outbound routes (integration files' `[target]` and
+    /// `[outbound."<type>"]`, or [`HubBuilder::outbound`]).
+    outbound: crate::outbound::Outbound,
 }
 
 impl HubBuilder {
+    /// Adds downstream targets and outbound routes: core messages the hub takes from
+    /// `publish.inbound_queue` are translated, built into the target's request, delivered over
+    /// HTTP, and answered with a delivery receipt.
+    pub fn outbound(mut self, o: crate::outbound::Outbound) -> Self {
+        self.outbound.extend(o);
+        self
+    }
+
     /// Uses this transport (default: a fresh in-process one).
     pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
         self.transport = Some(t);
@@ -194,7 +205,35 @@ impl HubBuilder {
                 problems.join("\n")
             )));
         }
-        let router = router.ok_or_else(|| Error::Config("a hub needs routes".into()))?;
+        let router = match router {
+            Some(r) => r,
+            // A hub that only delivers downstream routes nothing upstream.
+            None if !self.outbound.routes.is_empty() && self.normalizers.is_empty() => {
+                Arc::new(RouteTable::new(Vec::new())) as Arc<dyn Router>
+            }
+            None => return Err(Error::Config("a hub needs routes".into())),
+        };
+        let downstream = if self.outbound.routes.is_empty() {
+            None
+        } else {
+            let problems = downstream_problems(&self.outbound, &self.settings);
+            if !problems.is_empty() {
+                return Err(Error::Config(format!(
+                    "the hub cannot deliver downstream as set up:\n{}",
+                    problems.join("\n")
+                )));
+            }
+            let mut targets = Vec::new();
+            for t in &self.outbound.targets {
+                targets.push(t.settings().map_err(|e| Error::Config(format!("target `{}`: {e}", t.name)))?);
+            }
+            let deliverer = layer1_ingest::deliver::Deliverer::new(targets)?;
+            let down = crate::downstream::Downstream {
+                outbound: Arc::new(self.outbound),
+                receipts_queue: self.settings.publish.delivery_receipts_queue.clone(),
+            };
+            Some((down, Arc::new(deliverer)))
+        };
         let transport: Arc<dyn Transport> = match self.transport {
             Some(t) => t,
             None => Arc::new(layer4_dispatch::InProcessTransport::default()),
@@ -210,6 +249,9 @@ impl HubBuilder {
         let mut queues = router.destinations();
         queues.push(self.settings.publish.receipts_queue.clone());
         queues.extend(self.settings.publish.inbound_queue.clone());
+        if let Some((down, _)) = &downstream {
+            queues.extend(down.receipt_queues());
+        }
         let url = &self.database_url;
         let database = || async move { Ok::<_, Error>(layer1_ingest::db::connect(url).await?) };
         let declare = || async {
@@ -240,6 +282,7 @@ impl HubBuilder {
                 router,
                 settings: self.settings,
                 receipt_to,
+                downstream,
                 wake: Wakes::default(),
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
@@ -304,6 +347,24 @@ fn consistency(
     out
 }
 
+/// What makes a downstream setup unable to work: an outbound route to a target not declared,
+/// and no inbound queue to take core messages from.
+fn downstream_problems(o: &crate::outbound::Outbound, s: &HubSettings) -> Vec<String> {
+    let mut out: Vec<String> = o
+        .routes
+        .iter()
+        .filter(|r| o.target(&r.target).is_none())
+        .map(|r| format!("outbound route for `{}` names target `{}`, which is not declared", r.message_type, r.target))
+        .collect();
+    if s.publish.inbound_queue.is_none() {
+        out.push(
+            "outbound routes are declared but `publish.inbound_queue` is not set: no core message would arrive"
+                .into(),
+        );
+    }
+    out
+}
+
 #[derive(Default)]
 struct Wakes {
     normalize: Wakeup,
@@ -311,6 +372,9 @@ struct Wakes {
     route: Wakeup,
     publish: Wakeup,
     settled: Wakeup,
+    outbound: Wakeup,
+    deliver: Wakeup,
+    delivery_receipts: Wakeup,
 }
 
 struct Inner {
@@ -322,6 +386,8 @@ struct Inner {
     settings: HubSettings,
     /// The receipts queue's physical address (`hub-receipt-to`).
     receipt_to: String,
+    /// The downstream side, when the hub has outbound routes.
+    downstream: Option<(crate::downstream::Downstream, Arc<layer1_ingest::deliver::Deliverer>)>,
     wake: Wakes,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -382,6 +448,7 @@ impl Hub {
             diagnostics: Vec::new(),
             settings: HubSettings::default(),
             wait: None,
+            outbound: crate::outbound::Outbound::default(),
         }
     }
 
@@ -530,6 +597,38 @@ impl Hub {
                 copies,
             ),
         ];
+        let mut stages = stages;
+        if let Some((down, deliverer)) = &i.downstream {
+            let w = &i.wake;
+            stages.push((
+                Arc::new(crate::downstream::OutboundStage::new(i.db.clone(), down.clone(), s.stage.clone())),
+                w.outbound.clone(),
+                vec![w.deliver.clone(), w.delivery_receipts.clone(), w.settled.clone()],
+                copies,
+            ));
+            stages.push((
+                Arc::new(crate::downstream::DeliverStage::new(
+                    i.db.clone(),
+                    down.clone(),
+                    deliverer.clone(),
+                    s.stage.clone(),
+                )),
+                w.deliver.clone(),
+                vec![w.delivery_receipts.clone(), w.settled.clone()],
+                copies,
+            ));
+            stages.push((
+                Arc::new(layer4_dispatch::delivery_receipts::ReceiptSender::new(
+                    i.db.clone(),
+                    i.transport.clone(),
+                    s.stage.batch_size,
+                    s.publish.lease,
+                )),
+                w.delivery_receipts.clone(),
+                vec![w.settled.clone()],
+                1,
+            ));
+        }
         for (stage, wake, downstream, n) in stages {
             for _ in 0..n {
                 tasks.push(tokio::spawn(run_stage(
@@ -555,7 +654,8 @@ impl Hub {
                 i.transport.clone(),
                 q.clone(),
                 usize::try_from(s.stage.batch_size).unwrap_or(200),
-            );
+            )
+            .waking(i.wake.outbound.clone());
             tasks.push(tokio::spawn(intake.run(i.cancel.child_token())));
         }
         if !layer1_ingest::db::is_sqlite(&i.db) {
@@ -589,7 +689,7 @@ impl Hub {
     /// Wakes every stage (after a replay, say).
     pub fn wake(&self) {
         let w = &self.inner.wake;
-        for x in [&w.normalize, &w.translate, &w.route, &w.publish] {
+        for x in [&w.normalize, &w.translate, &w.route, &w.publish, &w.outbound, &w.deliver, &w.delivery_receipts] {
             x.wake();
         }
     }

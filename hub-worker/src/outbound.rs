@@ -186,3 +186,89 @@ impl Outbound {
         self.routes.extend(other.routes);
     }
 }
+
+impl SecretRef {
+    /// Reads the secret now: the environment variable, or the file's first line (trimmed).
+    /// The error names the variable or file, never a value.
+    pub fn read(&self) -> Result<layer1_ingest::deliver::Secret, String> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                text.lines().next().unwrap_or("").trim().to_owned()
+            }
+            _ => return Err("give exactly one of `env` and `file`".into()),
+        };
+        if value.is_empty() {
+            return Err(match &self.env {
+                Some(var) => format!("environment variable {var} is empty"),
+                None => "the secret file is empty".into(),
+            });
+        }
+        Ok(layer1_ingest::deliver::Secret::new(value))
+    }
+}
+
+impl AuthSpec {
+    /// The authentication with its secrets read.
+    pub fn resolve(&self) -> Result<layer1_ingest::deliver::Auth, String> {
+        use layer1_ingest::deliver::Auth;
+        Ok(match self {
+            AuthSpec::None => Auth::None,
+            AuthSpec::Bearer { token } => Auth::Bearer { token: token.read().map_err(|e| format!("auth.token: {e}"))? },
+            AuthSpec::ApiKey { header, key } => {
+                Auth::ApiKey { header: header.clone(), key: key.read().map_err(|e| format!("auth.key: {e}"))? }
+            }
+            AuthSpec::Basic { username, password } => Auth::Basic {
+                username: username.clone(),
+                password: password.read().map_err(|e| format!("auth.password: {e}"))?,
+            },
+            AuthSpec::Oauth2 { token_url, client_id, client_secret, scope, audience } => Auth::OAuth2 {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: client_secret.read().map_err(|e| format!("auth.client_secret: {e}"))?,
+                scope: scope.clone(),
+                audience: audience.clone(),
+            },
+            AuthSpec::StandardWebhooks { secret } => {
+                Auth::StandardWebhooks { secret: secret.read().map_err(|e| format!("auth.secret: {e}"))? }
+            }
+        })
+    }
+}
+
+impl Target {
+    /// The delivery settings, secrets read now (from the environment or files).
+    pub fn settings(&self) -> Result<layer1_ingest::deliver::TargetSettings, String> {
+        use std::time::Duration;
+        let s = &self.spec;
+        let mut t = layer1_ingest::deliver::TargetSettings::new(self.name.clone(), s.base_url.clone());
+        if let Some(ms) = s.connect_timeout_ms {
+            t.connect_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = s.timeout_ms {
+            t.timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = s.max_response_bytes {
+            t.max_response_bytes = n;
+        }
+        if let Some(n) = s.concurrency {
+            t.concurrency = n.max(1);
+        }
+        t.rate_per_sec = s.rate_per_sec;
+        if let Some(n) = s.circuit_failures {
+            t.circuit_failures = n.max(1);
+        }
+        if let Some(secs) = s.circuit_open_secs {
+            t.circuit_open = Duration::from_secs(secs);
+        }
+        if let Some(h) = &s.idempotency_header {
+            t.idempotency_header = (!h.is_empty()).then(|| h.clone());
+        }
+        t.auth = s.auth.resolve()?;
+        Ok(t)
+    }
+}

@@ -137,12 +137,17 @@ const OPEN_PROBES: [&str; 5] = [
 const QUEUED_PROBE: &str =
     "SELECT 1 FROM layer4_dispatch WHERE status = 'queued' ORDER BY next_attempt_at, id LIMIT 1";
 
-/// Whether any row of any layer is still open (`just_in`, `failed` or `queued`): one statement
-/// of six index probes, the first hit ending it (`COALESCE` evaluates its arguments in order
+/// The probe for delivery receipts not yet confirmed by the broker (migration 000011's
+/// partial index): a downstream message is settled once the core app has its receipt.
+const RECEIPT_PROBE: &str =
+    "SELECT 1 FROM delivery_receipts WHERE sent_at IS NULL ORDER BY next_attempt_at, id LIMIT 1";
+
+/// Whether any row of any layer is still open (`just_in`, `failed` or `queued`), or a delivery
+/// receipt unsent: one statement of seven index probes, the first hit ending it (`COALESCE` evaluates its arguments in order
 /// and stops at the first non-null).
 pub async fn anything_open<C: ConnectionTrait>(conn: &C) -> Result<bool> {
     let backend = conn.get_database_backend();
-    let probes: Vec<String> = OPEN_PROBES.iter().chain([&QUEUED_PROBE]).map(|p| format!("({p})")).collect();
+    let probes: Vec<String> = OPEN_PROBES.iter().chain([&QUEUED_PROBE, &RECEIPT_PROBE]).map(|p| format!("({p})")).collect();
     let sql = format!("SELECT CAST(COALESCE({}, 0) AS INTEGER) AS open", probes.join(", "));
     let row = conn.query_one_raw(Statement::from_string(backend, sql)).await?;
     let open: i32 = match row {

@@ -188,12 +188,19 @@ pub struct IntakeConsumer {
     transport: Arc<dyn Transport>,
     queue: String,
     batch: usize,
+    wake: Option<layer1_ingest::Wakeup>,
 }
 
 impl IntakeConsumer {
     /// A consumer of `queue`.
     pub fn new(db: DatabaseConnection, transport: Arc<dyn Transport>, queue: String, batch: usize) -> Self {
-        Self { db, transport, queue, batch: batch.max(1) }
+        Self { db, transport, queue, batch: batch.max(1), wake: None }
+    }
+
+    /// Wakes `w` (the stage that carries core messages on) after each batch that stored some.
+    pub fn waking(mut self, w: layer1_ingest::Wakeup) -> Self {
+        self.wake = Some(w);
+        self
     }
 
     /// Runs until `cancel` fires; resubscribes with a pause when the subscription breaks.
@@ -212,6 +219,9 @@ impl crate::transport::BatchHandler for IntakeConsumer {
         match store_inbound(&self.db, &msgs).await {
             Ok(out) => {
                 tracing::debug!(?out, "inbound stored");
+                if out.stored > 0 {
+                    self.wake.iter().for_each(layer1_ingest::Wakeup::wake);
+                }
                 if let Err(e) = crate::transport::ack_all(batch).await {
                     tracing::warn!(error = %e, "could not ack inbound messages; they will come again and be dropped as duplicates");
                 }

@@ -42,6 +42,8 @@ pub struct PublishSettings {
     pub receipts_queue: String,
     /// The queue the core app sends downstream messages to (none: no intake).
     pub inbound_queue: Option<String>,
+    /// The queue delivery receipts of downstream messages go to, for targets that name none.
+    pub delivery_receipts_queue: String,
 }
 
 impl Default for PublishSettings {
@@ -51,6 +53,7 @@ impl Default for PublishSettings {
             ack_timeout: Duration::from_secs(300),
             receipts_queue: "hub.receipts".into(),
             inbound_queue: None,
+            delivery_receipts_queue: "hub.delivery-receipts".into(),
         }
     }
 }
