@@ -18,6 +18,8 @@ pub mod audit;
 #[cfg(feature = "cli")]
 pub mod bench;
 #[cfg(feature = "cli")]
+pub mod bench_downstream;
+#[cfg(feature = "cli")]
 pub mod bench_queries;
 pub mod config;
 pub mod downstream;

@@ -105,6 +105,11 @@ enum Command {
         /// rate of that ordered backlog and of an unordered one of the same size.
         #[arg(long)]
         backlog_keys: Option<usize>,
+        /// `upstream` (third party -> core app, the default) or `downstream`: core messages
+        /// published to the inbound queue, delivered to a local HTTP sink, answered with
+        /// delivery receipts.
+        #[arg(long, default_value = "upstream")]
+        direction: String,
     },
     /// Seeds a scratch PostgreSQL database with N messages (four layers) and times a lineage
     /// lookup, a /metrics scrape and wait_settled's question, the old queries against the new.
@@ -270,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
             fresh,
             integrations_dir,
             backlog_keys,
+            direction,
         } => {
             use layer4_dispatch::{InProcessTransport, Transport};
             #[cfg(feature = "rabbitmq")]
@@ -303,6 +309,25 @@ async fn main() -> anyhow::Result<()> {
                 fresh,
                 integrations_dir: integrations_dir.clone(),
             };
+            match direction.as_str() {
+                "upstream" => {}
+                "downstream" => {
+                    let r = hub_worker::bench_downstream::run(&database_url, messages, batch_size, fresh, t).await?;
+                    println!(
+                        "hub bench direction=downstream n={} transport={transport} db={} batch={batch_size}",
+                        r.messages,
+                        database_url.split(':').next().unwrap_or("?")
+                    );
+                    println!(
+                        "  throughput: {:.0} deliveries/s ({:.2} s from first publish to last receipt)",
+                        r.rate, r.seconds
+                    );
+                    println!("  publish -> receipt: p50 {:>8.1} ms  p99 {:>8.1} ms", r.receipt_ms.0, r.receipt_ms.1);
+                    println!("  receipts: {} ({} acknowledged); requests the sink answered: {}", r.messages, r.acknowledged, r.requests);
+                    return Ok(());
+                }
+                other => bail!("unknown direction `{other}` (upstream, downstream)"),
+            }
             if let Some(keys) = backlog_keys {
                 let unordered = hub_worker::bench::drain(&cfg, t.clone(), 0).await?;
                 let ordered = hub_worker::bench::drain(&cfg, t, keys.max(1)).await?;

@@ -42,7 +42,19 @@ pub struct DeliverStage {
 
 impl DeliverStage {
     /// A stage over `db`, sending with `deliverer`.
+    /// The claim's lease is at least the slowest target's timeout plus a margin: a request
+    /// still in flight must not be claimed and sent again by another worker meanwhile (the
+    /// third party would see the same idempotency key twice at once).
     pub fn new(db: DatabaseConnection, down: Downstream, deliverer: Arc<Deliverer>, settings: StageSettings) -> Self {
+        let slowest = down
+            .outbound
+            .targets
+            .iter()
+            .map(|t| std::time::Duration::from_millis(t.spec.timeout_ms.unwrap_or(30_000)))
+            .max()
+            .unwrap_or_default();
+        let mut settings = settings;
+        settings.lease = settings.lease.max(slowest.mul_f64(1.2) + std::time::Duration::from_secs(1));
         Self { db, down, deliverer, settings }
     }
 }

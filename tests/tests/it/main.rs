@@ -6,6 +6,7 @@ mod audit_desk;
 mod brokers;
 mod concurrency;
 mod crash;
+mod downstream;
 mod files;
 mod front_door;
 mod ingest;
