@@ -7,6 +7,7 @@
 pub mod advance;
 pub mod attempt;
 pub mod db;
+pub mod deliver;
 pub mod entity;
 pub mod error;
 pub mod ids;

@@ -16,10 +16,10 @@
 //! They live here, not in a layer crate, because each writes rows of several layers in one
 //! transaction (as the fused upstream fast path does).
 
-// mod deliver;
+mod deliver;
 mod prepare;
 
-// pub use deliver::DeliverStage;
+pub use deliver::DeliverStage;
 pub use prepare::OutboundStage;
 
 use std::sync::Arc;

@@ -1,11 +1,13 @@
 //! End-to-end tests of the post office, each on SQLite and on a real PostgreSQL.
 
+mod scripted_http;
 mod util;
 
 mod audit_desk;
 mod brokers;
 mod concurrency;
 mod crash;
+mod delivery_client;
 mod downstream;
 mod files;
 mod front_door;
