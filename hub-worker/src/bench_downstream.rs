@@ -77,7 +77,11 @@ async fn sink(cancel: CancellationToken) -> Result<(std::net::SocketAddr, Arc<At
     let app = axum::Router::new().fallback(move || {
         let n = c.fetch_add(1, Ordering::Relaxed) + 1;
         async move {
-            (axum::http::StatusCode::CREATED, [("content-type", "application/json")], format!(r#"{{"id":{n}}}"#))
+            (
+                axum::http::StatusCode::CREATED,
+                [("content-type", "application/json")],
+                format!(r#"{{"id":{n}}}"#),
+            )
         }
     });
     tokio::spawn(async move {
@@ -158,7 +162,14 @@ pub async fn run(
         .await?;
     if fresh {
         let db = hub.db();
-        for t in ["delivery_receipts", "delivery_attempts", "layer4_dispatch", "layer3_translated", "layer2_normalized", "layer1_raw"] {
+        for t in [
+            "delivery_receipts",
+            "delivery_attempts",
+            "layer4_dispatch",
+            "layer3_translated",
+            "layer2_normalized",
+            "layer1_raw",
+        ] {
             db.execute_raw(Statement::from_string(db.get_database_backend(), format!("DELETE FROM {t}")))
                 .await?;
         }

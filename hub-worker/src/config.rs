@@ -579,7 +579,10 @@ impl Config {
     pub fn configured_queues(&self) -> Vec<(String, &str)> {
         let mut out = vec![("publish.receipts_queue".to_owned(), self.publish.receipts_queue.as_str())];
         out.extend(self.publish.inbound_queue.as_deref().map(|q| ("publish.inbound_queue".to_owned(), q)));
-        out.push(("publish.delivery_receipts_queue".to_owned(), self.publish.delivery_receipts_queue.as_str()));
+        out.push((
+            "publish.delivery_receipts_queue".to_owned(),
+            self.publish.delivery_receipts_queue.as_str(),
+        ));
         for (i, r) in self.routes.iter().enumerate() {
             out.extend(r.targets().map(|d| (format!("routes[{i}] destination"), d.as_str())));
         }

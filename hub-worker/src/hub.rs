@@ -354,7 +354,12 @@ fn downstream_problems(o: &crate::outbound::Outbound, s: &HubSettings) -> Vec<St
         .routes
         .iter()
         .filter(|r| o.target(&r.target).is_none())
-        .map(|r| format!("outbound route for `{}` names target `{}`, which is not declared", r.message_type, r.target))
+        .map(|r| {
+            format!(
+                "outbound route for `{}` names target `{}`, which is not declared",
+                r.message_type, r.target
+            )
+        })
         .collect();
     if s.publish.inbound_queue.is_none() {
         out.push(
@@ -689,7 +694,9 @@ impl Hub {
     /// Wakes every stage (after a replay, say).
     pub fn wake(&self) {
         let w = &self.inner.wake;
-        for x in [&w.normalize, &w.translate, &w.route, &w.publish, &w.outbound, &w.deliver, &w.delivery_receipts] {
+        for x in
+            [&w.normalize, &w.translate, &w.route, &w.publish, &w.outbound, &w.deliver, &w.delivery_receipts]
+        {
             x.wake();
         }
     }

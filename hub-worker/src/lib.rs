@@ -22,9 +22,9 @@ pub mod bench_downstream;
 #[cfg(feature = "cli")]
 pub mod bench_queries;
 pub mod config;
-pub mod downstream;
 #[cfg(feature = "cli")]
 pub mod demo;
+pub mod downstream;
 pub mod error;
 pub mod files;
 mod fused;

@@ -312,7 +312,8 @@ async fn main() -> anyhow::Result<()> {
             match direction.as_str() {
                 "upstream" => {}
                 "downstream" => {
-                    let r = hub_worker::bench_downstream::run(&database_url, messages, batch_size, fresh, t).await?;
+                    let r = hub_worker::bench_downstream::run(&database_url, messages, batch_size, fresh, t)
+                        .await?;
                     println!(
                         "hub bench direction=downstream n={} transport={transport} db={} batch={batch_size}",
                         r.messages,
@@ -322,8 +323,14 @@ async fn main() -> anyhow::Result<()> {
                         "  throughput: {:.0} deliveries/s ({:.2} s from first publish to last receipt)",
                         r.rate, r.seconds
                     );
-                    println!("  publish -> receipt: p50 {:>8.1} ms  p99 {:>8.1} ms", r.receipt_ms.0, r.receipt_ms.1);
-                    println!("  receipts: {} ({} acknowledged); requests the sink answered: {}", r.messages, r.acknowledged, r.requests);
+                    println!(
+                        "  publish -> receipt: p50 {:>8.1} ms  p99 {:>8.1} ms",
+                        r.receipt_ms.0, r.receipt_ms.1
+                    );
+                    println!(
+                        "  receipts: {} ({} acknowledged); requests the sink answered: {}",
+                        r.messages, r.acknowledged, r.requests
+                    );
                     return Ok(());
                 }
                 other => bail!("unknown direction `{other}` (upstream, downstream)"),

@@ -218,10 +218,13 @@ impl AuthSpec {
         use layer1_ingest::deliver::Auth;
         Ok(match self {
             AuthSpec::None => Auth::None,
-            AuthSpec::Bearer { token } => Auth::Bearer { token: token.read().map_err(|e| format!("auth.token: {e}"))? },
-            AuthSpec::ApiKey { header, key } => {
-                Auth::ApiKey { header: header.clone(), key: key.read().map_err(|e| format!("auth.key: {e}"))? }
+            AuthSpec::Bearer { token } => {
+                Auth::Bearer { token: token.read().map_err(|e| format!("auth.token: {e}"))? }
             }
+            AuthSpec::ApiKey { header, key } => Auth::ApiKey {
+                header: header.clone(),
+                key: key.read().map_err(|e| format!("auth.key: {e}"))?,
+            },
             AuthSpec::Basic { username, password } => Auth::Basic {
                 username: username.clone(),
                 password: password.read().map_err(|e| format!("auth.password: {e}"))?,

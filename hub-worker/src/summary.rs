@@ -147,7 +147,8 @@ const RECEIPT_PROBE: &str =
 /// and stops at the first non-null).
 pub async fn anything_open<C: ConnectionTrait>(conn: &C) -> Result<bool> {
     let backend = conn.get_database_backend();
-    let probes: Vec<String> = OPEN_PROBES.iter().chain([&QUEUED_PROBE, &RECEIPT_PROBE]).map(|p| format!("({p})")).collect();
+    let probes: Vec<String> =
+        OPEN_PROBES.iter().chain([&QUEUED_PROBE, &RECEIPT_PROBE]).map(|p| format!("({p})")).collect();
     let sql = format!("SELECT CAST(COALESCE({}, 0) AS INTEGER) AS open", probes.join(", "));
     let row = conn.query_one_raw(Statement::from_string(backend, sql)).await?;
     let open: i32 = match row {

@@ -148,8 +148,8 @@ pub async fn claim_leased_where<E: LayerTable>(
         .max(chrono::Duration::microseconds(1));
     let until = to_micros(now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC));
     let txn = db.begin().await?;
-    let rows =
-        claim_due_where::<E, _>(&txn, direction, &[Status::JustIn, Status::Failed], now, limit, extra).await?;
+    let rows = claim_due_where::<E, _>(&txn, direction, &[Status::JustIn, Status::Failed], now, limit, extra)
+        .await?;
     if rows.is_empty() {
         txn.commit().await?;
         return Ok(None);

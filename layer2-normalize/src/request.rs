@@ -81,7 +81,15 @@ impl RequestSpec {
         encoding: BodyEncoding,
         schema: Option<Arc<JsonSchema>>,
     ) -> Result<Self, String> {
-        Ok(Self { method: method.to_owned(), path: path.to_owned(), query, headers, body_at, encoding, schema })
+        Ok(Self {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query,
+            headers,
+            body_at,
+            encoding,
+            schema,
+        })
     }
 
     /// Builds the request for one translated message.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryTrait, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryTrait, TransactionTrait,
+};
 use uuid::Uuid;
 
 use layer1_ingest::deliver::{Attempt, Deliverer, OutgoingRequest, Verdict};
@@ -45,7 +47,12 @@ impl DeliverStage {
     /// The claim's lease is at least the slowest target's timeout plus a margin: a request
     /// still in flight must not be claimed and sent again by another worker meanwhile (the
     /// third party would see the same idempotency key twice at once).
-    pub fn new(db: DatabaseConnection, down: Downstream, deliverer: Arc<Deliverer>, settings: StageSettings) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        down: Downstream,
+        deliverer: Arc<Deliverer>,
+        settings: StageSettings,
+    ) -> Self {
         let slowest = down
             .outbound
             .targets
@@ -62,8 +69,8 @@ impl DeliverStage {
 /// The request a delivery row holds: its body, and its headers with the pseudo-headers
 /// `:method` and `:path` the outbound stage wrote.
 fn request_of(row: &Model) -> Result<OutgoingRequest, String> {
-    let headers: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&row.headers).map_err(|e| format!("the stored request's headers are unreadable: {e}"))?;
+    let headers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&row.headers)
+        .map_err(|e| format!("the stored request's headers are unreadable: {e}"))?;
     let text = |k: &str| headers.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let method = text(":method").ok_or("the stored request has no method")?;
     let path = text(":path").ok_or("the stored request has no path")?;
@@ -93,12 +100,19 @@ enum Next {
 }
 
 /// Reads the route's response fields from a JSON answer; notes what could not be read.
-fn response_fields(fields: &[(String, String)], body: &[u8], truncated: bool) -> (Vec<(String, Value)>, Option<String>) {
+fn response_fields(
+    fields: &[(String, String)],
+    body: &[u8],
+    truncated: bool,
+) -> (Vec<(String, Value)>, Option<String>) {
     if fields.is_empty() {
         return (Vec::new(), None);
     }
     if truncated {
-        return (Vec::new(), Some("the answer was longer than the target's max_response_bytes: fields not read".into()));
+        return (
+            Vec::new(),
+            Some("the answer was longer than the target's max_response_bytes: fields not read".into()),
+        );
     }
     let doc = match Value::parse(body) {
         Ok(d) => d,
@@ -117,11 +131,18 @@ fn response_fields(fields: &[(String, String)], body: &[u8], truncated: bool) ->
 }
 
 impl DeliverStage {
-    fn final_of(&self, row: &Model, status: &'static str, attempt: &Attempt, reason: Option<String>) -> Final {
+    fn final_of(
+        &self,
+        row: &Model,
+        status: &'static str,
+        attempt: &Attempt,
+        reason: Option<String>,
+    ) -> Final {
         let answer = attempt.answer.as_ref();
         let (fields, note) = match (status, answer) {
             ("acknowledged", Some(a)) => {
-                let route = row.message_type.as_deref().and_then(|t| self.down.outbound.route(&row.source, t));
+                let route =
+                    row.message_type.as_deref().and_then(|t| self.down.outbound.route(&row.source, t));
                 let wanted = route.map(|r| r.response_fields.as_slice()).unwrap_or(&[]);
                 response_fields(wanted, &a.body, a.truncated)
             }
@@ -145,8 +166,10 @@ impl DeliverStage {
     fn next(&self, row: &Model, attempt: &Attempt, now: DateTime<Utc>) -> Next {
         let target = self.down.outbound.target(&row.source);
         let max_attempts = target.and_then(|t| t.spec.max_attempts).unwrap_or(8).max(1) as i32;
-        let base = std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_base_ms).unwrap_or(1000));
-        let max = std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_max_ms).unwrap_or(300_000));
+        let base =
+            std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_base_ms).unwrap_or(1000));
+        let max =
+            std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_max_ms).unwrap_or(300_000));
         let tries = row.attempts + 1;
         match &attempt.verdict {
             Verdict::Delivered => Next::Final(
@@ -165,7 +188,8 @@ impl DeliverStage {
                 )
             }
             Verdict::Retry { reason, after } => {
-                let wait = layer1_ingest::deliver::backoff(tries as u32, base, max).max(after.unwrap_or_default());
+                let wait =
+                    layer1_ingest::deliver::backoff(tries as u32, base, max).max(after.unwrap_or_default());
                 let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(5));
                 Next::Retry(Transition::to(Status::Failed).counted().because(reason.clone()).due_at(at))
             }
@@ -179,14 +203,20 @@ impl DeliverStage {
     }
 
     /// The attempt's audit row, if anything went on the wire.
-    fn attempt_row(&self, row: &Model, req: &OutgoingRequest, attempt: &Attempt) -> Option<layer1_ingest::attempt::Model> {
+    fn attempt_row(
+        &self,
+        row: &Model,
+        req: &OutgoingRequest,
+        attempt: &Attempt,
+    ) -> Option<layer1_ingest::attempt::Model> {
         let verdict = match &attempt.verdict {
             Verdict::Delivered => "delivered",
             Verdict::Rejected { .. } => "rejected",
             Verdict::Retry { .. } => "retry",
             _ => return None,
         };
-        let base = self.down.outbound.target(&row.source).map(|t| t.spec.base_url.trim_end_matches('/').to_owned());
+        let base =
+            self.down.outbound.target(&row.source).map(|t| t.spec.base_url.trim_end_matches('/').to_owned());
         let answer = attempt.answer.as_ref();
         Some(layer1_ingest::attempt::Model {
             id: Uuid::now_v7(),
@@ -199,7 +229,8 @@ impl DeliverStage {
             started_at: attempt.started_at,
             duration_ms: i32::try_from(attempt.elapsed.as_millis()).unwrap_or(i32::MAX),
             http_status: answer.map(|a| i32::from(a.status)),
-            response_headers: answer.map(|a| serde_json::to_string(&a.headers).unwrap_or_else(|_| "[]".into())),
+            response_headers: answer
+                .map(|a| serde_json::to_string(&a.headers).unwrap_or_else(|_| "[]".into())),
             response_body: answer.map(|a| a.body.clone()),
             response_truncated: answer.is_some_and(|a| a.truncated),
             verdict: verdict.to_owned(),
@@ -287,7 +318,9 @@ impl Stage for DeliverStage {
                     // Not the third party's answer: our own record or config. Retried, then dead.
                     let tries = row.attempts + 1;
                     let t = if tries >= 8 {
-                        Transition::to(Status::Dead).counted().because(format!("{why} (gave up after {tries} attempts)"))
+                        Transition::to(Status::Dead)
+                            .counted()
+                            .because(format!("{why} (gave up after {tries} attempts)"))
                     } else {
                         Transition::to(Status::Failed)
                             .counted()
@@ -301,7 +334,9 @@ impl Stage for DeliverStage {
                         attempts.extend(self.attempt_row(row, req, attempt));
                     }
                     match self.next(row, attempt, now) {
-                        Next::Final(t, f) if t.to == Status::Acknowledged && t.reason.is_none() => acked.push((row.id, f)),
+                        Next::Final(t, f) if t.to == Status::Acknowledged && t.reason.is_none() => {
+                            acked.push((row.id, f))
+                        }
                         Next::Final(t, f) => singles.push((row.id, t, Some(f))),
                         Next::Retry(t) => singles.push((row.id, t, None)),
                         Next::Later(at) => later.push((row.id, at)),
@@ -313,7 +348,8 @@ impl Stage for DeliverStage {
         let txn = self.db.begin().await?;
         let mut finals = Vec::new();
         let ack_ids: Vec<Uuid> = acked.iter().map(|(id, _)| *id).collect();
-        let kept = apply(&txn, &ack_ids, &Transition::to(Status::Acknowledged).counted(), &lease, now).await?;
+        let kept =
+            apply(&txn, &ack_ids, &Transition::to(Status::Acknowledged).counted(), &lease, now).await?;
         finals.extend(acked.into_iter().filter(|(id, _)| kept.contains(id)).map(|(_, f)| f));
         let mut lost = ack_ids.len() - kept.len();
         for (id, t, f) in singles {
@@ -333,7 +369,10 @@ impl Stage for DeliverStage {
                 .await?;
         }
         if lost > 0 {
-            tracing::warn!(rows = lost, "delivery lease lost before the outcome was written; the attempts stay on record");
+            tracing::warn!(
+                rows = lost,
+                "delivery lease lost before the outcome was written; the attempts stay on record"
+            );
         }
         // Every attempt that went on the wire is on record, ours or not: it happened.
         insert_rows::<layer1_ingest::attempt::Entity, _>(&txn, attempts).await?;

@@ -38,15 +38,19 @@ impl OutboundStage {
 /// What became of one core message.
 enum Made {
     /// Translated and built: the layer 3, 2 and 1 rows.
-    Delivery(layer3_translate::entity::Model, layer2_normalize::entity::Model, layer1_ingest::entity::Model),
+    Delivery(
+        Box<(layer3_translate::entity::Model, layer2_normalize::entity::Model, layer1_ingest::entity::Model)>,
+    ),
     /// Translated, but the request could not be built: the layer 3 row, `rejected`.
-    Refused(layer3_translate::entity::Model, Rejection),
+    Refused(Box<layer3_translate::entity::Model>, Rejection),
 }
 
 /// Text a column of `max` bytes holds, or why not.
 fn fits(what: &str, v: &str, max: usize) -> Result<(), Failure> {
     if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(Rejection::whole("translation", format!("the {what} is not 1 to {max} bytes of text")).into());
+        return Err(
+            Rejection::whole("translation", format!("the {what} is not 1 to {max} bytes of text")).into()
+        );
     }
     Ok(())
 }
@@ -67,7 +71,9 @@ fn ordering_key(data: &Value, pointer: &str) -> Result<String, Failure> {
         }
     };
     if key.is_empty() || key.len() > 512 {
-        return Err(Rejection::field(pointer, "ordering_key", "the ordering key must be 1 to 512 bytes").into());
+        return Err(
+            Rejection::field(pointer, "ordering_key", "the ordering key must be 1 to 512 bytes").into()
+        );
     }
     Ok(key)
 }
@@ -121,7 +127,7 @@ async fn make(route: &OutboundRoute, row: &CoreRow, now: DateTime<Utc>) -> Resul
         Err(rejection) => {
             l3.status = Status::Rejected;
             l3.last_error = Some(rejection.to_string());
-            return Ok(Made::Refused(l3, rejection));
+            return Ok(Made::Refused(Box::new(l3), rejection));
         }
     };
     let record = serde_json::to_string(&req)
@@ -146,7 +152,7 @@ async fn make(route: &OutboundRoute, row: &CoreRow, now: DateTime<Utc>) -> Resul
         updated_at: now,
     };
     let l1 = delivery_row(&l2, &req, row, key, now)?;
-    Ok(Made::Delivery(l3, l2, l1))
+    Ok(Made::Delivery(Box::new((l3, l2, l1))))
 }
 
 /// The layer 1 row of a delivery: the body as it will be sent, the template's headers with
@@ -274,8 +280,12 @@ impl Stage for OutboundStage {
                 failed.push((row, why.into()));
                 continue;
             };
-            match layer1_ingest::advance::within_lease(deadline, self.settings.lease, make(route, row, lease.now))
-                .await
+            match layer1_ingest::advance::within_lease(
+                deadline,
+                self.settings.lease,
+                make(route, row, lease.now),
+            )
+            .await
             {
                 None => break,
                 Some(Ok(m)) => made.push((row, m)),
@@ -294,7 +304,8 @@ impl Stage for OutboundStage {
                 continue;
             }
             match m {
-                Made::Delivery(l3, l2, l1) => {
+                Made::Delivery(rows) => {
+                    let (l3, l2, l1) = *rows;
                     l3s.push(l3);
                     l2s.push(l2);
                     l1s.push(l1);
@@ -302,7 +313,7 @@ impl Stage for OutboundStage {
                 Made::Refused(l3, why) => {
                     tracing::info!(id = %row.id, target = %row.destination, reason = %why, "request not built");
                     finals.push(self.receipt(row, "rejected", why.to_string()));
-                    l3s.push(l3);
+                    l3s.push(*l3);
                 }
             }
         }

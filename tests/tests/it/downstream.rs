@@ -109,7 +109,13 @@ fn settings(inbound: &str) -> HubSettings {
     s
 }
 
-async fn hub(db: &TestDb, transport: Arc<dyn Transport>, inbound: &str, outbound: Outbound, s: Option<HubSettings>) -> Hub {
+async fn hub(
+    db: &TestDb,
+    transport: Arc<dyn Transport>,
+    inbound: &str,
+    outbound: Outbound,
+    s: Option<HubSettings>,
+) -> Hub {
     Hub::builder(db.url.clone())
         .settings(s.unwrap_or_else(|| settings(inbound)))
         .transport(transport)
@@ -125,7 +131,13 @@ async fn send(t: &dyn Transport, inbound: &str, target: &str, id: &str, body: &s
     h.insert(intake::CORE_MESSAGE_ID.into(), id.into());
     h.insert(intake::TARGET.into(), target.into());
     h.insert(wire::TYPE.into(), "member.updated".into());
-    let m = OutgoingMessage { queue: inbound.into(), dedup_id: id.into(), ordering_key: None, headers: h, body: body.as_bytes().to_vec() };
+    let m = OutgoingMessage {
+        queue: inbound.into(),
+        dedup_id: id.into(),
+        ordering_key: None,
+        headers: h,
+        body: body.as_bytes().to_vec(),
+    };
     for r in t.publish(&[m]).await {
         r.expect("published");
     }
@@ -166,7 +178,12 @@ async fn deliveries(db: &sea_orm::DatabaseConnection) -> Vec<layer1_ingest::enti
 
 async fn attempts_of(db: &sea_orm::DatabaseConnection, raw: Uuid) -> Vec<layer1_ingest::attempt::Model> {
     use layer1_ingest::attempt as a;
-    a::Entity::find().filter(a::Column::RawId.eq(raw)).order_by_asc(a::Column::Attempt).all(db).await.expect("attempts")
+    a::Entity::find()
+        .filter(a::Column::RawId.eq(raw))
+        .order_by_asc(a::Column::Attempt)
+        .all(db)
+        .await
+        .expect("attempts")
 }
 
 async fn delivered_once_with_receipt_and_lineage(backend: Backend) {
@@ -175,11 +192,26 @@ async fn delivered_once_with_receipt_and_lineage(backend: Backend) {
     server.script("/contacts/m-42", vec![Reply::json(200, r#"{"id":8812,"email":"ada@example.com"}"#)]);
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
-    send(t.as_ref(), &inbound, "crm", "core-1", r#"{"member_id":"m-42","email":"ada@example.com","name":"Ada","vip":12345678901234567890.10}"#).await;
+    send(
+        t.as_ref(),
+        &inbound,
+        "crm",
+        "core-1",
+        r#"{"member_id":"m-42","email":"ada@example.com","name":"Ada","vip":12345678901234567890.10}"#,
+    )
+    .await;
     // The same message again (the core app retried its publish): stored once, delivered once.
-    send(t.as_ref(), &inbound, "crm", "core-1", r#"{"member_id":"m-42","email":"ada@example.com","name":"Ada","vip":12345678901234567890.10}"#).await;
+    send(
+        t.as_ref(),
+        &inbound,
+        "crm",
+        "core-1",
+        r#"{"member_id":"m-42","email":"ada@example.com","name":"Ada","vip":12345678901234567890.10}"#,
+    )
+    .await;
     settle(&hub, 20).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 10).await;
     let r = &got["core-1"];
@@ -204,7 +236,11 @@ async fn delivered_once_with_receipt_and_lineage(backend: Backend) {
     let lineage = hub.lineage(rows[0].id).await.expect("lineage");
     let chain = lineage.chain(rows[0].id);
     let layers: Vec<Layer> = chain.iter().map(|e| e.layer).collect();
-    assert_eq!(layers, vec![Layer::Dispatch, Layer::Translated, Layer::Normalized, Layer::Raw], "{lineage:?}");
+    assert_eq!(
+        layers,
+        vec![Layer::Dispatch, Layer::Translated, Layer::Normalized, Layer::Raw],
+        "{lineage:?}"
+    );
     hub.shutdown().await;
     db.cleanup().await;
 }
@@ -235,7 +271,8 @@ async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
     );
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-1", r#"{"member_id":"m-1","email":"a@b.example"}"#).await;
     settle(&hub, 30).await;
@@ -268,7 +305,8 @@ async fn bad_request_is_rejected_with_the_answer_on_record() {
     server.script("/contacts/m-2", vec![Reply::json(400, r#"{"error":"email invalid"}"#)]);
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-2", r#"{"member_id":"m-2","email":"not-an-email"}"#).await;
     settle(&hub, 20).await;
@@ -322,7 +360,8 @@ async fn bad_input_each_has_its_reason_and_the_worker_keeps_going() {
     server.script("/contacts/fine", vec![Reply::json(200, r#"{"id":5}"#)]);
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "no-email", r#"{"member_id":"x1","name":"No Email"}"#).await;
     send(t.as_ref(), &inbound, "crm", "escape", r#"{"member_id":"..","email":"a@b.example"}"#).await;
@@ -336,7 +375,11 @@ async fn bad_input_each_has_its_reason_and_the_worker_keeps_going() {
     assert_eq!(got["no-email"]["status"], "rejected");
     assert!(reason("no-email").contains("email"), "{}", reason("no-email"));
     assert_eq!(got["escape"]["status"], "rejected");
-    assert!(reason("escape").contains("path_escape") || reason("escape").contains("escape"), "{}", reason("escape"));
+    assert!(
+        reason("escape").contains("path_escape") || reason("escape").contains("escape"),
+        "{}",
+        reason("escape")
+    );
     assert_eq!(got["big"]["status"], "acknowledged");
     assert!(reason("big").contains("max_response_bytes"), "{}", reason("big"));
     assert_eq!(got["text"]["status"], "acknowledged");
@@ -385,10 +428,24 @@ async fn open_circuit_stops_calls_while_another_target_delivers() {
     let hub = hub(&db, t.clone(), &inbound, outbound, None).await;
     hub.start();
     for i in 0..6 {
-        send(t.as_ref(), &inbound, "down", &format!("d{i}"), &format!(r#"{{"member_id":"d{i}","email":"a@b.example"}}"#)).await;
+        send(
+            t.as_ref(),
+            &inbound,
+            "down",
+            &format!("d{i}"),
+            &format!(r#"{{"member_id":"d{i}","email":"a@b.example"}}"#),
+        )
+        .await;
     }
     for i in 0..6 {
-        send(t.as_ref(), &inbound, "up", &format!("u{i}"), &format!(r#"{{"member_id":"u{i}","email":"a@b.example"}}"#)).await;
+        send(
+            t.as_ref(),
+            &inbound,
+            "up",
+            &format!("u{i}"),
+            &format!(r#"{{"member_id":"u{i}","email":"a@b.example"}}"#),
+        )
+        .await;
     }
     let got = receipts(t.as_ref(), "receipts-up", 6, 20).await;
     assert_eq!(got.len(), 6, "the other target delivered everything");
@@ -450,7 +507,10 @@ async fn idempotency_key_survives_a_worker_abort_mid_delivery() {
     let server = ScriptedServer::start().await;
     server.script(
         "/contacts/m-9",
-        vec![Reply::slow(Duration::from_secs(5), Reply::json(200, r#"{"id":9}"#)), Reply::json(200, r#"{"id":9}"#)],
+        vec![
+            Reply::slow(Duration::from_secs(5), Reply::json(200, r#"{"id":9}"#)),
+            Reply::json(200, r#"{"id":9}"#),
+        ],
     );
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
@@ -497,7 +557,14 @@ async fn receipts_over_broker(transport: Arc<dyn Transport>) {
     let hub = hub(&db, transport.clone(), &inbound, crm_outbound("crm", spec, None), Some(s)).await;
     hub.start();
     for i in 0..3 {
-        send(transport.as_ref(), &inbound, "crm", &format!("b{i}"), &format!(r#"{{"member_id":"b{i}","email":"a@b.example"}}"#)).await;
+        send(
+            transport.as_ref(),
+            &inbound,
+            "crm",
+            &format!("b{i}"),
+            &format!(r#"{{"member_id":"b{i}","email":"a@b.example"}}"#),
+        )
+        .await;
     }
     let got = receipts(transport.as_ref(), &format!("t-{tag}-delivery-receipts"), 3, 30).await;
     assert_eq!(got.len(), 3);
@@ -520,6 +587,7 @@ async fn delivery_receipts_over_rabbitmq() {
 
 #[tokio::test]
 async fn delivery_receipts_over_sqs() {
-    let t = layer4_dispatch::SqsTransport::new(layer4_dispatch::SqsConfig::local(crate::util::sqs_url())).await;
+    let t =
+        layer4_dispatch::SqsTransport::new(layer4_dispatch::SqsConfig::local(crate::util::sqs_url())).await;
     receipts_over_broker(Arc::new(t)).await;
 }
