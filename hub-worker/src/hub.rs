@@ -195,8 +195,10 @@ impl HubBuilder {
                     as Arc<dyn Router>)
             }
         };
+        let downstream_only =
+            !self.outbound.routes.is_empty() && self.normalizers.is_empty() && self.translators.is_empty();
         let problems =
-            consistency(&self.diagnostics, &self.normalizers, &self.translators, router.as_deref());
+            consistency(&self.diagnostics, &self.normalizers, &self.translators, router.as_deref(), downstream_only);
         if !problems.is_empty() {
             return Err(Error::Config(format!(
                 "the hub cannot run as set up ({} problem{}):\n{}",
@@ -297,9 +299,11 @@ fn consistency(
     normalizers: &Normalizers,
     translators: &Translators,
     router: Option<&dyn Router>,
+    downstream_only: bool,
 ) -> Vec<String> {
     let mut out = diagnostics.to_vec();
-    if router.is_none() {
+    // A hub that only delivers downstream (no sources) needs no upstream routes.
+    if router.is_none() && !downstream_only {
         out.push(
             "no routes: give HubBuilder::router, HubBuilder::routes, or an integrations_dir with [[routes]]"
                 .into(),

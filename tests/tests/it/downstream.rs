@@ -212,8 +212,8 @@ async fn delivered_once_with_receipt_and_lineage(backend: Backend) {
         r#"{"member_id":"m-42","email":"ada@example.com","name":"Ada","vip":12345678901234567890.10}"#,
     )
     .await;
+    let got = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     settle(&hub, 20).await;
-    let got = receipts(t.as_ref(), "receipts-crm", 1, 10).await;
     let r = &got["core-1"];
     assert_eq!(r["status"], "acknowledged", "{r}");
     assert_eq!(r["http_status"], 200);
@@ -275,6 +275,7 @@ async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
         hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-1", r#"{"member_id":"m-1","email":"a@b.example"}"#).await;
+    let got = receipts(t.as_ref(), "receipts-crm", 1, 30).await;
     settle(&hub, 30).await;
     let reqs = server.requests("/contacts/m-1");
     assert_eq!(reqs.len(), 3, "500, 429, 201");
@@ -291,7 +292,6 @@ async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
     let att = attempts_of(hub.db(), rows[0].id).await;
     let statuses: Vec<_> = att.iter().map(|a| a.http_status).collect();
     assert_eq!(statuses, vec![Some(500), Some(429), Some(201)]);
-    let got = receipts(t.as_ref(), "receipts-crm", 1, 10).await;
     assert_eq!(got["c-1"]["status"], "acknowledged");
     hub.shutdown().await;
     db.cleanup().await;
@@ -309,6 +309,7 @@ async fn bad_request_is_rejected_with_the_answer_on_record() {
         hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-2", r#"{"member_id":"m-2","email":"not-an-email"}"#).await;
+    let got = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     settle(&hub, 20).await;
     assert_eq!(server.requests("/contacts/m-2").len(), 1, "never retried");
     let rows = deliveries(hub.db()).await;
@@ -316,7 +317,6 @@ async fn bad_request_is_rejected_with_the_answer_on_record() {
     let att = attempts_of(hub.db(), rows[0].id).await;
     assert_eq!(att[0].http_status, Some(400));
     assert_eq!(att[0].response_body.as_deref(), Some(br#"{"error":"email invalid"}"#.as_slice()));
-    let got = receipts(t.as_ref(), "receipts-crm", 1, 10).await;
     let r = &got["c-2"];
     assert_eq!(r["status"], "rejected");
     assert_eq!(r["http_status"], 400);
@@ -338,10 +338,10 @@ async fn retries_run_out_dead_with_receipt() {
     let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", spec, None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-3", r#"{"member_id":"m-3","email":"a@b.example"}"#).await;
+    let got = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     settle(&hub, 20).await;
     assert_eq!(server.requests("/contacts/m-3").len(), 3);
     assert_eq!(deliveries(hub.db()).await[0].status, Status::Dead);
-    let got = receipts(t.as_ref(), "receipts-crm", 1, 10).await;
     assert_eq!(got["c-3"]["status"], "dead");
     assert_eq!(got["c-3"]["http_status"], 503);
     hub.shutdown().await;
@@ -368,8 +368,8 @@ async fn bad_input_each_has_its_reason_and_the_worker_keeps_going() {
     send(t.as_ref(), &inbound, "crm", "big", r#"{"member_id":"big","email":"a@b.example"}"#).await;
     send(t.as_ref(), &inbound, "crm", "text", r#"{"member_id":"text","email":"a@b.example"}"#).await;
     send(t.as_ref(), &inbound, "crm", "fine", r#"{"member_id":"fine","email":"a@b.example"}"#).await;
+    let got = receipts(t.as_ref(), "receipts-crm", 5, 20).await;
     settle(&hub, 20).await;
-    let got = receipts(t.as_ref(), "receipts-crm", 5, 10).await;
     assert_eq!(got.len(), 5, "{got:?}");
     let reason = |id: &str| got[id]["reason"].as_str().unwrap_or("").to_owned();
     assert_eq!(got["no-email"]["status"], "rejected");
@@ -480,6 +480,8 @@ async fn per_key_order_holds_with_two_workers_and_a_retry() {
             send(t.as_ref(), &inbound, "crm", &format!("k{k}-{i}"), &body).await;
         }
     }
+    let got = receipts(t.as_ref(), "receipts-crm", keys * per_key, 60).await;
+    assert_eq!(got.len(), keys * per_key);
     settle(&a, 60).await;
     for k in 0..keys {
         let names: Vec<String> = server
