@@ -77,6 +77,9 @@ pub struct HubBuilder {
     diagnostics: Vec<String>,
     settings: HubSettings,
     wait: Option<crate::startup::Wait>,
+    /// Targets and outbound routes (integration files' `[target]` and `[outbound]`).
+    #[allow(dead_code)] // read by the downstream stages (issue 11), written beside this
+    outbound: crate::outbound::Outbound,
 }
 
 impl HubBuilder {
@@ -140,6 +143,12 @@ impl HubBuilder {
         for i in loaded.integrations {
             self = i.register(self);
         }
+        self
+    }
+
+    /// Adds targets and outbound routes (the downstream direction: core app -> third parties).
+    pub fn outbound(mut self, o: crate::outbound::Outbound) -> Self {
+        self.outbound.extend(o);
         self
     }
 
@@ -382,6 +391,7 @@ impl Hub {
             diagnostics: Vec::new(),
             settings: HubSettings::default(),
             wait: None,
+            outbound: Default::default(),
         }
     }
 
