@@ -437,11 +437,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Check { config } => match hub_worker::config::prepare(&config) {
             Ok((cfg, files)) => {
                 println!(
-                    "{}: ok ({} built-in and {} file integration(s), {} route(s))",
+                    "{}: ok ({} built-in and {} file integration(s), {} route(s), {} outbound route(s))",
                     config.display(),
                     cfg.integrations.len(),
                     files.len(),
-                    cfg.routes.len() + files.iter().map(|f| f.routes.len()).sum::<usize>()
+                    cfg.routes.len() + files.iter().map(|f| f.routes.len()).sum::<usize>(),
+                    files.iter().filter_map(|f| f.outbound.as_ref()).map(|o| o.routes.len()).sum::<usize>()
                 );
             }
             Err(diags) => {

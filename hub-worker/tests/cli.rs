@@ -326,8 +326,9 @@ fn the_example_integrations_pass_the_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 file integration(s)"));
-    // With the HTTP server on, their front doors' secrets must be there: set, it passes.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 file integration(s)"));
+    // With the HTTP server on, their front doors' and targets' secrets must be there: set, it
+    // passes.
     let dir = std::env::temp_dir().join(format!("po-chk-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let ints = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/integrations"));
@@ -346,18 +347,24 @@ fn the_example_integrations_pass_the_check() {
         if secrets {
             c.env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
                 .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
-                .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789");
+                .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
+                .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+                .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+                .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         } else {
             c.env_remove("CRM_WEBHOOK_SECRET")
                 .env_remove("PAYMENTS_WEBHOOK_SECRET")
-                .env_remove("IOT_GATEWAY_KEYS");
+                .env_remove("IOT_GATEWAY_KEYS")
+                .env_remove("CRM_API_TOKEN")
+                .env_remove("PAYMENTS_API_KEY")
+                .env_remove("PARTNER_WEBHOOK_SECRET");
         }
         c.env("RUST_BACKTRACE", "0").output().expect("runs")
     };
     let out = run(false);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("3 problem(s)"),
+        String::from_utf8_lossy(&out.stderr).contains("6 problem(s)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -392,6 +399,9 @@ async fn run_serves_file_integrations_over_http() {
         .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
         .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
+        .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+        .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+        .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
@@ -477,6 +487,9 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
         .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
         .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
+        .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+        .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+        .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");

@@ -147,6 +147,9 @@ impl Worker {
             .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
             .env("IOT_GATEWAY_KEYS", GATEWAY_KEY)
+            .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+            .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+            .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .env_remove("HUB_LOG")
             .stderr(Stdio::piped())
             .spawn()
@@ -403,6 +406,9 @@ async fn ctrl_c_while_waiting_exits_cleanly_and_refusals_are_not_waited_for() {
         .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
         .env("IOT_GATEWAY_KEYS", GATEWAY_KEY)
+        .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+        .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+        .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .output()
         .expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);

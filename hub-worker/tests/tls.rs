@@ -46,6 +46,9 @@ fn with_secrets(c: &mut Command) -> &mut Command {
         .env("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("PAYMENTS_WEBHOOK_SECRET", "whsec_test_0123456789abcdef")
         .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
+        .env("CRM_API_TOKEN", "crm-api-token-0123456789")
+        .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
+        .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("RUST_BACKTRACE", "0")
 }
 

@@ -104,6 +104,87 @@ impl JsonSchema {
         out
     }
 
+    /// The leaves the schema declares, as pointers (array items written `*`): properties
+    /// followed into their own `properties` and `items`, through local `$ref`s and `allOf`,
+    /// `anyOf`, `oneOf`. A property with nothing declared below it (a scalar, an open object)
+    /// is a leaf. A `$ref` met again on its own path (a recursive schema) ends the path there.
+    /// What the schema leaves open (`additionalProperties`, `patternProperties`) has no
+    /// pointer here: this lists what every linter can know about, not all that may come.
+    pub fn declared_leaves(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let budget = std::cell::Cell::new(MAX_VISITS);
+        self.collect_leaves(&self.document, String::new(), &mut Vec::new(), &mut out, &budget);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn collect_leaves<'a>(
+        &'a self,
+        node: &'a Value,
+        at: String,
+        refs: &mut Vec<&'a str>,
+        out: &mut Vec<String>,
+        budget: &std::cell::Cell<usize>,
+    ) {
+        let mut kids: Vec<(String, &'a Value)> = Vec::new();
+        let mut entered = Vec::new();
+        let open = !self.children(node, refs, &mut entered, &mut kids, budget);
+        if kids.is_empty() || open {
+            if !at.is_empty() {
+                out.push(at);
+            }
+        } else {
+            for (tok, sub) in kids {
+                self.collect_leaves(sub, format!("{at}/{tok}"), refs, out, budget);
+            }
+        }
+        for _ in entered {
+            refs.pop();
+        }
+    }
+
+    /// Pushes the declared children of `node` (its combinators' too) onto `kids`; `false` when
+    /// the walk stopped (a recursive `$ref`, the visit budget spent): then the node counts as a
+    /// leaf. The `$ref`s followed are pushed on `refs` and listed in `entered` for the caller
+    /// to pop once the node's subtree is done.
+    fn children<'a>(
+        &'a self,
+        mut node: &'a Value,
+        refs: &mut Vec<&'a str>,
+        entered: &mut Vec<&'a str>,
+        kids: &mut Vec<(String, &'a Value)>,
+        budget: &std::cell::Cell<usize>,
+    ) -> bool {
+        if budget.get() == 0 || refs.len() > MAX_DEPTH {
+            return false;
+        }
+        budget.set(budget.get() - 1);
+        while let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            if refs.contains(&r) {
+                return false;
+            }
+            let Some(target) = r.strip_prefix('#').and_then(|p| self.document.pointer(p)) else { break };
+            refs.push(r);
+            entered.push(r);
+            node = target;
+        }
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            kids.extend(props.iter().map(|(k, v)| (escape_token(k), v)));
+        }
+        if let Some(items) = node.get("items").filter(|i| i.is_object()) {
+            kids.push(("*".to_owned(), items));
+        }
+        for key in ["allOf", "anyOf", "oneOf"] {
+            for sub in node.get(key).and_then(Value::as_array).into_iter().flatten() {
+                if !self.children(sub, refs, entered, kids, budget) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     fn resolve<'a>(&'a self, mut node: &'a Value, depth: usize) -> &'a Value {
         let mut d = depth;
         while let Some(r) = node.get("$ref").and_then(Value::as_str) {
@@ -290,5 +371,21 @@ mod tests {
         req.sort();
         assert_eq!(req, ["/address", "/address/city", "/email", "/id"]);
         assert!(JsonSchema::compile(json!({"type": "nonsense"})).is_err());
+    }
+
+    #[test]
+    fn declared_leaves_follow_refs_and_combinators_and_stop_at_recursion() {
+        assert_eq!(
+            contact().declared_leaves(),
+            ["/address/city", "/address/zip", "/age", "/email", "/id", "/meta", "/tags/*"]
+        );
+        let s = JsonSchema::compile(json!({
+            "allOf": [{"properties": {"a": {"type": "string"}}}],
+            "oneOf": [{"properties": {"b": {"items": {"properties": {"c": {}}}}}}, {"properties": {"d": {}}}],
+            "properties": {"tree": {"$ref": "#/$defs/node"}},
+            "$defs": {"node": {"properties": {"name": {}, "kids": {"items": {"$ref": "#/$defs/node"}}}}}
+        }))
+        .expect("compiles");
+        assert_eq!(s.declared_leaves(), ["/a", "/b/*/c", "/d", "/tree/kids/*", "/tree/name"]);
     }
 }

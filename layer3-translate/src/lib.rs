@@ -8,7 +8,8 @@ pub mod stage;
 pub mod translator;
 
 pub use mapping::{
-    Convert, FieldRule, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped, Precision,
+    Convert, FieldRule, LintSides, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped,
+    Precision,
 };
 pub use stage::{TranslateStage, Translators, translate};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

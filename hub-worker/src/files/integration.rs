@@ -11,14 +11,16 @@ use serde::Deserialize;
 use layer1_ingest::json::Condition;
 use layer2_normalize::declared::{DEFAULT_MAX_RECORDS, ENVELOPE_KEY};
 use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema};
-use layer3_translate::{Mapping, MappingSpec, MappingTranslator};
+use layer3_translate::{Mapping, MappingIssue, MappingSpec, MappingTranslator};
 use layer4_dispatch::Route;
 
+use super::outbound::{OutboundSpec, load_downstream};
 use super::{
     CORE_FILE, Catalogue, Diagnostic, FileDiags, Integration, Locator, is_pointer, load_schema, parse_toml,
     read_text, valid_name,
 };
 use crate::config::SourceConfig;
+use crate::outbound::TargetSpec;
 
 /// An integration file.
 #[derive(Debug, Deserialize)]
@@ -31,12 +33,20 @@ struct IntegrationFile {
     ingress: Option<SourceConfig>,
     #[serde(default)]
     payload: PayloadSpec,
+    /// The upstream side: record kinds (none for a file with only a downstream side).
+    #[serde(default)]
     kinds: BTreeMap<String, KindSpec>,
     #[serde(default)]
     routes: Vec<Route>,
+    /// The downstream side: the third party the source's name stands for...
+    #[serde(default)]
+    target: Option<TargetSpec>,
+    /// ...and, per core message type, how it is delivered there.
+    #[serde(default)]
+    outbound: BTreeMap<String, OutboundSpec>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct PayloadSpec {
     #[serde(default)]
@@ -96,8 +106,10 @@ pub(super) fn load_integration(
     }
     let base = file.parent().unwrap_or(dir);
     let envelope = check_payload(&mut d, &f.payload, base);
-    check_catch_all(&mut d, &f.kinds);
+    check_sides(&mut d, &f);
     let kinds = load_kinds(&mut d, &f, base, catalogue, envelope.as_ref());
+    let outbound =
+        load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, check_secrets);
     let routes = check_routes(&mut d, &f.source, f.routes, catalogue, &kinds.produced);
     if check_secrets && let Some(ing) = &f.ingress {
         check_ingress(&mut d, &f.source, ing);
@@ -124,6 +136,7 @@ pub(super) fn load_integration(
         translators: kinds.translators,
         routes,
         ingress: f.ingress,
+        outbound,
     })
 }
 
@@ -181,10 +194,32 @@ fn check_payload(d: &mut FileDiags<'_>, p: &PayloadSpec, base: &Path) -> Option<
     envelope
 }
 
-/// At least one kind, and at most one without `when` (the catch-all).
-fn check_catch_all(d: &mut FileDiags<'_>, kinds: &BTreeMap<String, KindSpec>) {
+/// A file has an upstream side (record kinds), a downstream side (`[outbound]`), or both; what
+/// only the upstream side uses (`[ingress]`, `[payload]`, `[[routes]]`) needs kinds. At most
+/// one kind lacks `when` (the catch-all).
+fn check_sides(d: &mut FileDiags<'_>, f: &IntegrationFile) {
+    let kinds = &f.kinds;
     if kinds.is_empty() {
-        d.at(&["kinds"], "declare at least one record kind under [kinds.<name>]");
+        if f.outbound.is_empty() && f.target.is_none() {
+            d.at(
+                &["kinds"],
+                "declare at least one record kind under [kinds.<name>] (webhooks in) or a [target] with \
+                 [outbound.\"<core type>\"] (deliveries out)",
+            );
+        }
+        let upstream_only = [
+            ("ingress", f.ingress.is_some()),
+            ("payload", f.payload != PayloadSpec::default()),
+            ("routes", !f.routes.is_empty()),
+        ];
+        for (key, given) in upstream_only {
+            if given {
+                d.at(
+                    &[key],
+                    format!("[{key}] is for webhooks in, and this file declares no [kinds] to read them"),
+                );
+            }
+        }
     }
     let catch_all: Vec<&String> = kinds.iter().filter(|(_, k)| k.when.is_none()).map(|(n, _)| n).collect();
     if kinds.len() > 1 && catch_all.len() > 1 {
@@ -196,6 +231,27 @@ fn check_catch_all(d: &mut FileDiags<'_>, kinds: &BTreeMap<String, KindSpec>) {
             ),
         );
     }
+}
+
+/// Compiles a mapping and checks it with `lint` (against its input and output schemas),
+/// reporting every issue at its key below `at` (the mapping's table). Returns the mapping and
+/// whether it compiled: a mapping with compile problems is never run, but the schema checks
+/// still run on what could be built, so one pass reports everything.
+pub(super) fn check_mapping(
+    d: &mut FileDiags<'_>,
+    at: &[String],
+    spec: &MappingSpec,
+    lint: impl FnOnce(&Mapping) -> Vec<MappingIssue>,
+) -> (Mapping, bool) {
+    let (mapping, issues) = Mapping::compile_all(spec.clone());
+    let compiled = issues.is_empty();
+    let lint_issues = lint(&mapping);
+    for i in issues.into_iter().chain(lint_issues) {
+        let mut p = at.to_vec();
+        p.extend(i.at);
+        d.at_path(&p, i.message);
+    }
+    (mapping, compiled)
 }
 
 /// Every `[kinds.<name>]`, in the order the file lists them (a TOML table has no order of its
@@ -276,33 +332,25 @@ fn load_kind(
         );
     }
     kinds.produced.push(type_key);
-    let (mapping, issues) = Mapping::compile_all(k.mapping.clone());
-    let compiled = issues.is_empty();
-    for i in issues {
-        let mut p = at(&["mapping"]);
-        p.extend(i.at);
-        d.at_path(&p, i.message);
-    }
-    if let Some(s) = &schema {
-        // A record as layer 3 sees it: the kind's schema, plus the carried envelope.
-        let carry = &f.payload.carry;
-        let env_key = format!("/{ENVELOPE_KEY}");
-        let can_exist = |p: &str| match p.strip_prefix(env_key.as_str()) {
-            None => s.can_exist(p),
-            Some("") => !carry.is_empty(),
-            Some(rest) if rest.starts_with('/') => {
-                carry.iter().any(|c| {
-                    rest == c || rest.starts_with(&format!("{c}/")) || c.starts_with(&format!("{rest}/"))
-                }) && envelope.is_none_or(|e| e.can_exist(rest))
-            }
-            Some(_) => s.can_exist(p),
-        };
-        for i in mapping.lint(&can_exist, core.as_deref()) {
-            let mut p = at(&["mapping"]);
-            p.extend(i.at);
-            d.at_path(&p, i.message);
+    let (mapping, compiled) = match &schema {
+        None => check_mapping(d, &at(&["mapping"]), &k.mapping, |_| Vec::new()),
+        Some(s) => {
+            // A record as layer 3 sees it: the kind's schema, plus the carried envelope.
+            let carry = &f.payload.carry;
+            let env_key = format!("/{ENVELOPE_KEY}");
+            let can_exist = |p: &str| match p.strip_prefix(env_key.as_str()) {
+                None => s.can_exist(p),
+                Some("") => !carry.is_empty(),
+                Some(rest) if rest.starts_with('/') => {
+                    carry.iter().any(|c| {
+                        rest == c || rest.starts_with(&format!("{c}/")) || c.starts_with(&format!("{rest}/"))
+                    }) && envelope.is_none_or(|e| e.can_exist(rest))
+                }
+                Some(_) => s.can_exist(p),
+            };
+            check_mapping(d, &at(&["mapping"]), &k.mapping, |m| m.lint(&can_exist, core.as_deref()))
         }
-    }
+    };
     if let (true, Some(s)) = (compiled, schema) {
         kinds.translators.push(MappingTranslator::new(f.source.clone(), name.to_owned(), mapping, core));
         kinds.declared.push(DeclaredKind {

@@ -1,6 +1,8 @@
 //! Integrations as files: a directory with `core.toml` (the core app's destinations and message
-//! types, each with a JSON Schema) and one TOML file per source (its front door, where records
-//! sit in a payload, its record kinds with their schemas and mappings, and its routes).
+//! types, each with a JSON Schema) and one TOML file per source: upstream, its front door, where
+//! records sit in a payload, its record kinds with their schemas and mappings, and its routes;
+//! downstream, the third party it delivers to (`[target]`) and, per core message type, the
+//! mapping into the third party's terms and the request made of it (`[outbound."<type>"]`).
 //!
 //! Loading checks everything it can before anything runs and reports each problem with its file
 //! and line; `hub-worker check` prints them and `run` refuses to start while any remain.
@@ -20,6 +22,10 @@ use layer4_dispatch::Route;
 use crate::config::SourceConfig;
 
 mod integration;
+mod outbound;
+#[cfg(test)]
+mod outbound_tests;
+mod target;
 
 use integration::load_integration;
 
@@ -151,7 +157,7 @@ pub struct Integration {
     pub description: Option<String>,
     /// The file it came from.
     pub file: PathBuf,
-    /// Layer 2.
+    /// Layer 2 (without kinds, and not registered, for a file with only a downstream side).
     pub normalizer: DeclaredNormalizer,
     /// Layer 3, one per record kind.
     pub translators: Vec<MappingTranslator>,
@@ -159,15 +165,26 @@ pub struct Integration {
     pub routes: Vec<Route>,
     /// The front door, if the source takes webhooks.
     pub ingress: Option<SourceConfig>,
+    /// The downstream side: the file's `[target]` (named after the source) and its
+    /// `[outbound."<core type>"]` routes, when it delivers to the third party.
+    pub outbound: Option<crate::outbound::Outbound>,
 }
 
 impl Integration {
     /// Registers the integration on `builder`: its normalizer, its translators and its routes
-    /// (added with [`crate::HubBuilder::routes`], so they are asked beside any router).
+    /// (added with [`crate::HubBuilder::routes`], so they are asked beside any router), and its
+    /// target and outbound routes.
     pub fn register(self, mut builder: crate::HubBuilder) -> crate::HubBuilder {
-        builder = builder.normalizer(Arc::new(self.normalizer)).routes(self.routes);
+        // A file with only a downstream side has no record kinds: a normalizer for it would
+        // take the source's payloads only to reject every one.
+        if !self.translators.is_empty() {
+            builder = builder.normalizer(Arc::new(self.normalizer)).routes(self.routes);
+        }
         for t in self.translators {
             builder = builder.translator(Arc::new(t));
+        }
+        if let Some(o) = self.outbound {
+            builder = builder.outbound(o);
         }
         builder
     }

@@ -283,25 +283,55 @@ impl Mapping {
     /// `record` answers whether a pointer can exist in a record (its schema's
     /// [`JsonSchema::can_exist`], plus whatever the normalizer adds, such as a carried envelope).
     pub fn lint(&self, record: &dyn Fn(&str) -> bool, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
+        let t = format!("{} v{}", self.spec.message_type, self.spec.type_version);
+        let core_type = format!("core type {t}");
+        self.lint_sides(&LintSides {
+            input: record,
+            input_leaves: None,
+            input_is: "a record",
+            input_schema_is: "the record schema",
+            output: core,
+            output_at: "",
+            output_field_is: "core field",
+            output_required_by: &t,
+            output_is: &core_type,
+        })
+    }
+
+    /// [`Mapping::lint`] for either direction: the input and output as `sides` describes them,
+    /// and, when `sides.input_leaves` is given and `on_unmapped` is `reject`, every declared
+    /// input leaf a rule reads or `ignore` lists (otherwise every message having it would be
+    /// refused).
+    pub fn lint_sides(&self, sides: &LintSides<'_>) -> Vec<MappingIssue> {
         let mut issues = Vec::new();
         let mut produced = Vec::new();
-        lint_fields(&self.fields, record, "", &["fields".to_owned()], "", &mut produced, &mut issues);
+        let mut reads = Vec::new();
+        let mut walk = LintWalk { sides, produced: &mut produced, reads: &mut reads, issues: &mut issues };
+        walk.fields(&self.fields, "", &["fields".to_owned()], "");
         for (i, p) in self.spec.ignore.iter().enumerate() {
-            if !record(p) {
+            if !(sides.input)(p) {
                 issues.push(issue(
                     &["ignore".into()],
                     "",
                     format!(
-                        "ignore[{i}] `{p}` cannot exist in a record: the record schema does not allow it"
+                        "ignore[{i}] `{p}` cannot exist in {}: {} does not allow it",
+                        sides.input_is, sides.input_schema_is
                     ),
                 ));
             }
         }
+        if let Some(leaves) = sides.input_leaves
+            && self.spec.on_unmapped == OnUnmapped::Reject
+        {
+            self.lint_unread(leaves, &reads, sides, &mut issues);
+        }
         if self.spec.on_unmapped == OnUnmapped::KeepInExtras {
             produced.push(self.spec.extras_at.clone());
         }
-        let Some(core) = core else { return issues };
-        for req in core.required_pointers() {
+        let Some(out) = sides.output else { return issues };
+        let at = sides.output_at;
+        for req in out.required_pointers() {
+            let req = format!("{at}{req}");
             let covered = produced.iter().any(|p| {
                 let p = p.as_str();
                 p == req || req.starts_with(&format!("{p}/")) || p.starts_with(&format!("{req}/"))
@@ -311,68 +341,147 @@ impl Mapping {
                     &["fields".into()],
                     "",
                     format!(
-                        "core field `{req}` is required by {} v{} but no rule produces it",
-                        self.spec.message_type, self.spec.type_version
+                        "{} `{req}` is required by {} but no rule produces it",
+                        sides.output_field_is, sides.output_required_by
                     ),
                 ));
             }
         }
         for p in &produced {
-            if !core.can_exist(p) {
+            // Only what lies below `output_at` is the schema's; the rest of the output is for
+            // other uses (a request's path or headers, say).
+            let inside = if at.is_empty() { Some(p.as_str()) } else { p.strip_prefix(at) };
+            if let Some(rel) = inside.filter(|r| r.starts_with('/'))
+                && !out.can_exist(rel)
+            {
                 issues.push(issue(
                     &["fields".into()],
                     p,
-                    format!(
-                        "core type {} v{} has no field `{p}`",
-                        self.spec.message_type, self.spec.type_version
-                    ),
+                    format!("{} has no field `{rel}`", sides.output_is),
                 ));
             }
         }
         issues
     }
-}
 
-pub(super) fn lint_fields(
-    fields: &[Field],
-    record: &dyn Fn(&str) -> bool,
-    rec_at: &str,
-    at: &[String],
-    out_at: &str,
-    produced: &mut Vec<String>,
-    issues: &mut Vec<MappingIssue>,
-) {
-    for f in fields {
-        let here: Vec<String> = at.iter().cloned().chain([f.out.clone()]).collect();
-        produced.push(format!("{out_at}{}", f.out));
-        let mut check = |p: &str, key: &str| {
-            let full = format!("{rec_at}{p}");
-            if !record(&full) {
+    /// Every output pointer the mapping's rules write (`*` for the elements of an `each`), and
+    /// `extras_at` under `keep-in-extras`: what a translated message can hold.
+    pub fn outputs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        output_pointers(&self.fields, "", &mut out);
+        if self.spec.on_unmapped == OnUnmapped::KeepInExtras {
+            out.push(self.spec.extras_at.clone());
+        }
+        out
+    }
+
+    /// Declared input leaves no rule reads and `ignore` does not list.
+    fn lint_unread(
+        &self,
+        leaves: &[String],
+        reads: &[String],
+        sides: &LintSides<'_>,
+        issues: &mut Vec<MappingIssue>,
+    ) {
+        let reads: Vec<Vec<String>> = reads.iter().filter_map(|r| tokens(r)).collect();
+        for leaf in leaves {
+            let Some(l) = tokens(leaf) else { continue };
+            // A rule reading the leaf or an object above it takes it whole; one reading inside
+            // a leaf the schema leaves open takes what it names (and the fidelity check at
+            // run time answers for the rest).
+            let read = reads.iter().any(|r| r.iter().zip(&l).all(|(a, b)| a == b || a == "*" || b == "*"));
+            let ignored = self.ignore.iter().any(|p| fidelity::matches_ignore(&l, p));
+            if !read && !ignored {
                 issues.push(issue(
-                    &here,
-                    key,
-                    format!("`{full}` cannot exist in a record: the record schema does not allow it"),
+                    &["on_unmapped".into()],
+                    "",
+                    format!(
+                        "`{leaf}` of {} is neither read by a rule nor listed in `ignore`: with \
+                         on_unmapped = \"reject\" every message that has it would be refused",
+                        sides.input_is
+                    ),
                 ));
             }
-        };
-        match &f.source {
-            Source::From(p) => check(p, "from"),
-            Source::Concat(parts, _) => parts.iter().for_each(|p| check(p, "concat")),
-            Source::Const(_) => {}
-            Source::Each(p, inner) => {
-                check(p, "each");
-                let mut inner_at = here.clone();
-                inner_at.push("fields".into());
-                lint_fields(
-                    inner,
-                    record,
-                    &format!("{rec_at}{p}/*"),
-                    &inner_at,
-                    &format!("{out_at}{}/*", f.out),
-                    produced,
-                    issues,
-                );
+        }
+    }
+}
+
+/// What [`Mapping::lint_sides`] checks a mapping against, and the words its findings use: a
+/// mapping runs both ways, a record to a core message upstream, a core message to a third
+/// party's request downstream.
+pub struct LintSides<'a> {
+    /// Whether a pointer can exist in the input.
+    pub input: &'a dyn Fn(&str) -> bool,
+    /// Every leaf the input's schema declares ([`JsonSchema::declared_leaves`]), to check
+    /// that each is read or ignored; `None` skips that check.
+    pub input_leaves: Option<&'a [String]>,
+    /// The input, in findings: `a record`, `core message member.updated v1`.
+    pub input_is: &'a str,
+    /// The input's schema, in findings: `the record schema`.
+    pub input_schema_is: &'a str,
+    /// The output's schema, if any.
+    pub output: Option<&'a JsonSchema>,
+    /// Where in the output the schema applies (`""`: the whole output; `/properties`: a request
+    /// body at that pointer).
+    pub output_at: &'a str,
+    /// An output field, in findings: `core field`.
+    pub output_field_is: &'a str,
+    /// What requires output fields, in findings: `member.upsert v1`.
+    pub output_required_by: &'a str,
+    /// The output's schema, in findings about fields it lacks: `core type member.upsert v1`.
+    pub output_is: &'a str,
+}
+
+/// Walks the rules for [`Mapping::lint_sides`], collecting what they produce and read.
+struct LintWalk<'s, 'o> {
+    sides: &'o LintSides<'s>,
+    produced: &'o mut Vec<String>,
+    reads: &'o mut Vec<String>,
+    issues: &'o mut Vec<MappingIssue>,
+}
+
+impl LintWalk<'_, '_> {
+    fn fields(&mut self, fields: &[Field], rec_at: &str, at: &[String], out_at: &str) {
+        for f in fields {
+            let here: Vec<String> = at.iter().cloned().chain([f.out.clone()]).collect();
+            self.produced.push(format!("{out_at}{}", f.out));
+            let check = |this: &mut Self, p: &str, key: &str| {
+                let full = format!("{rec_at}{p}");
+                if !(this.sides.input)(&full) {
+                    this.issues.push(issue(
+                        &here,
+                        key,
+                        format!(
+                            "`{full}` cannot exist in {}: {} does not allow it",
+                            this.sides.input_is, this.sides.input_schema_is
+                        ),
+                    ));
+                }
+                this.reads.push(full);
+            };
+            match &f.source {
+                Source::From(p) => check(self, p, "from"),
+                Source::Concat(parts, _) => parts.iter().for_each(|p| check(self, p, "concat")),
+                Source::Const(_) => {}
+                Source::Each(p, inner) => {
+                    check(self, p, "each");
+                    // The array itself is read only through its elements' rules.
+                    self.reads.pop();
+                    let mut inner_at = here.clone();
+                    inner_at.push("fields".into());
+                    self.fields(inner, &format!("{rec_at}{p}/*"), &inner_at, &format!("{out_at}{}/*", f.out));
+                }
             }
         }
+    }
+}
+
+fn output_pointers(fields: &[Field], out_at: &str, out: &mut Vec<String>) {
+    for f in fields {
+        let here = format!("{out_at}{}", f.out);
+        if let Source::Each(_, inner) = &f.source {
+            output_pointers(inner, &format!("{here}/*"), out);
+        }
+        out.push(here);
     }
 }

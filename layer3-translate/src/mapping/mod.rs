@@ -28,6 +28,7 @@ mod eval;
 mod fidelity;
 mod spec;
 
+pub use compile::LintSides;
 use eval::*;
 pub use spec::{Convert, FieldRule, Loss, MappingIssue, MappingSpec, OnUnmapped, Precision};
 
@@ -318,5 +319,52 @@ mod tests {
         assert!(text.iter().any(|t| t.contains("`/lines/*/skuu` cannot exist")));
         assert!(text.iter().any(|t| t.contains("`/total` is required")));
         assert!(text.iter().any(|t| t.contains("no field `/color`")));
+    }
+
+    /// Downstream: the input is a core message whose schema is fully declared (every leaf must
+    /// be read or ignored under `reject`), and the request schema covers only the body.
+    #[test]
+    fn lint_sides_downstream_checks_unread_leaves_and_only_the_body() {
+        let core = JsonSchema::compile(serde_json::json!({"type": "object", "properties": {
+            "id": {"type": "string"}, "email": {}, "note": {},
+            "lines": {"type": "array", "items": {"properties": {"sku": {}, "qty": {}}}}}}))
+        .expect("core schema");
+        let body = JsonSchema::compile(serde_json::json!({"type": "object", "required": ["email"],
+            "additionalProperties": false, "properties": {"email": {}, "items": {}}}))
+        .expect("request schema");
+        let m = Mapping::compile(spec(json!({"name": "m", "version": "1", "message_type": "crm.patch",
+            "type_version": "1", "ignore": ["/note"], "fields": {
+                "/id": {"from": "/id"},
+                "/body/mail": {"from": "/email"},
+                "/body/items": {"each": "/lines", "fields": {"/sku": {"from": "/sku"}}}}})))
+        .expect("compiles");
+        assert_eq!(m.outputs(), ["/body/items/*/sku", "/body/items", "/body/mail", "/id"]);
+        let leaves = core.declared_leaves();
+        let sides = LintSides {
+            input: &|p| core.can_exist(p),
+            input_leaves: Some(&leaves),
+            input_is: "core message t v1",
+            input_schema_is: "its schema",
+            output: Some(&body),
+            output_at: "/body",
+            output_field_is: "request field",
+            output_required_by: "the request schema",
+            output_is: "the request schema",
+        };
+        let text: Vec<String> =
+            m.lint_sides(&sides).iter().map(|i| format!("{:?}: {}", i.at, i.message)).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("[\"on_unmapped\"]: `/lines/*/qty` of core message t v1 is neither read")
+        );
+        assert!(
+            text.iter().any(|t| t.contains("request field `/body/email` is required by the request schema"))
+        );
+        assert!(text.iter().any(|t| t.contains("the request schema has no field `/mail`")));
+        // Under `ignore`, unread leaves are the fidelity report's, not the linter's.
+        let mut lenient = m.spec().clone();
+        lenient.on_unmapped = OnUnmapped::Ignore;
+        let lenient = Mapping::compile(lenient).expect("compiles");
+        assert_eq!(lenient.lint_sides(&sides).len(), 2);
     }
 }
