@@ -1,6 +1,8 @@
 //! `hub-worker demo`: the whole post office in one process on a SQLite file and the in-process
 //! transport, with a core-app receiver that acknowledges. Ingests the sample payloads (valid
-//! ones, a duplicate and an invalid one), waits until all are settled, and reports.
+//! ones, a duplicate and an invalid one), waits until all are settled, and reports. Then the
+//! other way: the core app sends one `member.updated`, the hub delivers it to a CRM endpoint
+//! the demo starts on localhost, and the core app gets its delivery receipt.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,8 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use layer1_ingest::{Layer, Status};
-use layer4_dispatch::{Handled, Handler, InProcessTransport, InboundMessage, Receiver};
+use layer1_ingest::{Direction, Failure, Layer, Status};
+use layer2_normalize::request::{BodyEncoding, RequestSpec};
+use layer3_translate::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
+use layer4_dispatch::{
+    Handled, Handler, Headers, InProcessTransport, InboundMessage, OutgoingMessage, Receiver, Transport, intake, wire,
+};
+
+use crate::outbound::{Outbound, OutboundRoute, Target, TargetSpec};
 
 use crate::error::Result;
 use crate::hub::{Hub, HubSettings, IngestMeta};
@@ -58,10 +66,14 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     let transport = Arc::new(InProcessTransport::default());
     let mut settings = HubSettings::default();
     settings.stage.poll_interval = Duration::from_millis(200);
+    settings.publish.inbound_queue = Some(INBOUND.into());
+    let cancel = CancellationToken::new();
+    let crm = crm_endpoint(cancel.clone()).await?;
     let mut builder = Hub::builder(url)
         .settings(settings)
         .transport(transport.clone())
-        .router(Arc::new(integrations::demo_routes()));
+        .router(Arc::new(integrations::demo_routes()))
+        .outbound(crm_outbound(crm)?);
     for name in integrations::BUILT_IN {
         builder = integrations::register(builder, name).unwrap_or_else(|| unreachable!("built-in"));
     }
@@ -69,7 +81,6 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     hub.start();
 
     let core = Arc::new(CoreApp::default());
-    let cancel = CancellationToken::new();
     let mut receivers = Vec::new();
     for queue in ["core.members", "core.payments"] {
         let r = Receiver::new(transport.clone(), queue, core.clone());
@@ -123,15 +134,20 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     text.push_str("\nthe invalid payment:\n");
     text.push_str(&report::lineage_text(&rejected));
 
-    let dispatch_total: i64 = counts.iter().filter(|c| c.layer == Layer::Dispatch).map(|c| c.count).sum();
+    let up = |c: &&crate::hub::StatusCount| c.direction == Direction::Upstream;
+    let dispatch_total: i64 = counts.iter().filter(up).filter(|c| c.layer == Layer::Dispatch).map(|c| c.count).sum();
     let acknowledged: i64 = counts
         .iter()
+        .filter(up)
         .filter(|c| c.layer == Layer::Dispatch && c.status == Status::Acknowledged)
         .map(|c| c.count)
         .sum();
-    let raw_rows: i64 = counts.iter().filter(|c| c.layer == Layer::Raw).map(|c| c.count).sum();
+    let raw_rows: i64 = counts.iter().filter(up).filter(|c| c.layer == Layer::Raw).map(|c| c.count).sum();
     let rejected_ok = rejected.entries.iter().any(|e| e.status == Status::Rejected && e.last_error.is_some());
-    let ok = settled
+    let (down_text, down_ok) = downstream(&hub, transport.as_ref()).await?;
+    text.push_str(&down_text);
+    let ok = down_ok
+        && settled
         && dispatch_total == 5
         && acknowledged == dispatch_total
         && raw_rows == 4
@@ -149,4 +165,138 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     }
     hub.shutdown().await;
     Ok(DemoReport { text, ok })
+}
+
+/// The hub's inbound queue in the demo: where the core app sends downstream messages.
+const INBOUND: &str = "hub.inbound";
+
+/// A stand-in CRM on localhost: `PATCH /contacts/{id}` answers 200 with the CRM's own id.
+async fn crm_endpoint(cancel: CancellationToken) -> Result<std::net::SocketAddr> {
+    use axum::extract::Path as UrlPath;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| crate::error::Error::Config(format!("demo CRM endpoint: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| crate::error::Error::Config(format!("demo CRM endpoint: {e}")))?;
+    let app = axum::Router::new().route(
+        "/contacts/{id}",
+        axum::routing::patch(|UrlPath(id): UrlPath<String>| async move {
+            let body = serde_json::json!({"id": 8812, "external_id": id, "updated": true});
+            (axum::http::StatusCode::OK, axum::Json(body))
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    });
+    Ok(addr)
+}
+
+/// `member.updated` in the CRM's terms: its field names, the member id as the contact's
+/// external id.
+struct MemberToContact;
+
+#[async_trait]
+impl Translator for MemberToContact {
+    fn source(&self) -> &str {
+        "crm"
+    }
+    fn record_kind(&self) -> &str {
+        "member.updated"
+    }
+    async fn translate(&self, r: &RecordInput<'_>) -> std::result::Result<Translation, Failure> {
+        let mut fidelity = Fidelity::default();
+        let mut map = layer1_ingest::json::Map::new();
+        for (from, to) in [("/member_id", "external_id"), ("/email", "email"), ("/display_name", "name")] {
+            match r.data.pointer(from) {
+                Some(v) => {
+                    map.insert(to.to_owned(), v.clone());
+                    fidelity.mapped.push(from.to_owned());
+                }
+                None => {
+                    return Err(layer1_ingest::Rejection::field(from, "required", "the CRM needs it").into());
+                }
+            }
+        }
+        Ok(Translation {
+            message: CoreMessage {
+                message_type: "crm.contact.patch".into(),
+                type_version: "1".into(),
+                body: layer1_ingest::json::Value::Object(map),
+            },
+            mapping_name: "demo-member-to-contact".into(),
+            mapping_version: "1".into(),
+            fidelity,
+        })
+    }
+}
+
+fn crm_outbound(addr: std::net::SocketAddr) -> Result<Outbound> {
+    let request = RequestSpec::compile(
+        "PATCH",
+        "/contacts/{/external_id}",
+        Vec::new(),
+        Vec::new(),
+        None,
+        BodyEncoding::Json,
+        None,
+    )
+    .map_err(crate::error::Error::Config)?;
+    let spec = TargetSpec {
+        base_url: format!("http://{addr}"),
+        connect_timeout_ms: None,
+        timeout_ms: Some(5_000),
+        max_response_bytes: None,
+        concurrency: None,
+        rate_per_sec: None,
+        circuit_failures: None,
+        circuit_open_secs: None,
+        idempotency_header: None,
+        max_attempts: None,
+        retry_base_ms: None,
+        retry_max_ms: None,
+        receipts_to: None,
+        auth: Default::default(),
+    };
+    Ok(Outbound {
+        targets: vec![Target { name: "crm".into(), spec }],
+        routes: vec![OutboundRoute {
+            target: "crm".into(),
+            message_type: "member.updated".into(),
+            translator: Arc::new(MemberToContact),
+            request: Arc::new(request),
+            ordering_key: Some("/member_id".into()),
+            response_fields: vec![("crm_id".into(), "/id".into())],
+        }],
+    })
+}
+
+/// The downstream half: one `member.updated` from the core app, delivered, with its receipt.
+async fn downstream(hub: &Hub, transport: &dyn Transport) -> Result<(String, bool)> {
+    let receipts = crate::downstream::DEFAULT_RECEIPTS_QUEUE;
+    let mut sub = transport.subscribe(receipts, 10).await?;
+    let mut headers = Headers::new();
+    headers.insert(intake::CORE_MESSAGE_ID.into(), "core-msg-0001".into());
+    headers.insert(intake::TARGET.into(), "crm".into());
+    headers.insert(wire::TYPE.into(), "member.updated".into());
+    let body = br#"{"member_id":"m-42","email":"ada@example.com","display_name":"Ada Lovelace"}"#.to_vec();
+    let sent = OutgoingMessage { queue: INBOUND.into(), dedup_id: "core-msg-0001".into(), ordering_key: None, headers, body };
+    for r in transport.publish(&[sent]).await {
+        r?;
+    }
+    let mut text = String::from("\ndownstream: the core app sent member.updated core-msg-0001 to target crm\n");
+    let receipt = match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+        Ok(Ok(d)) => {
+            let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or_default();
+            let _ = d.ack().await;
+            v
+        }
+        _ => serde_json::Value::Null,
+    };
+    text.push_str(&format!("the core app's delivery receipt:\n  {receipt}\n"));
+    let ok = receipt["status"] == "acknowledged" && receipt["response"]["crm_id"] == 8812;
+    if let Some(id) = receipt["hub_message_id"].as_str().and_then(|s| s.parse::<uuid::Uuid>().ok()) {
+        let view = crate::audit::message(hub.db(), id, crate::audit::RawAccess::Shown).await?;
+        text.push('\n');
+        text.push_str(&report::lineage_text(&view.lineage));
+    }
+    Ok((text, ok))
 }

@@ -217,8 +217,16 @@ impl HubBuilder {
         };
         let downstream = if self.outbound.routes.is_empty() {
             None
+        } else if self.settings.publish.inbound_queue.is_none() {
+            // Not an error: an embedding may load integration files for their upstream side
+            // only (and then need not hold the targets' secrets).
+            tracing::warn!(
+                routes = self.outbound.routes.len(),
+                "outbound routes are declared but publish.inbound_queue is not set: no core message will arrive, nothing is delivered"
+            );
+            None
         } else {
-            let problems = downstream_problems(&self.outbound, &self.settings);
+            let problems = downstream_problems(&self.outbound);
             if !problems.is_empty() {
                 return Err(Error::Config(format!(
                     "the hub cannot deliver downstream as set up:\n{}",
@@ -351,9 +359,8 @@ fn consistency(
     out
 }
 
-/// What makes a downstream setup unable to work: an outbound route to a target not declared,
-/// and no inbound queue to take core messages from.
-fn downstream_problems(o: &crate::outbound::Outbound, s: &HubSettings) -> Vec<String> {
+/// What makes a downstream setup unable to work: an outbound route to a target not declared.
+fn downstream_problems(o: &crate::outbound::Outbound) -> Vec<String> {
     let mut out: Vec<String> = o
         .routes
         .iter()
@@ -365,12 +372,6 @@ fn downstream_problems(o: &crate::outbound::Outbound, s: &HubSettings) -> Vec<St
             )
         })
         .collect();
-    if s.publish.inbound_queue.is_none() {
-        out.push(
-            "outbound routes are declared but `publish.inbound_queue` is not set: no core message would arrive"
-                .into(),
-        );
-    }
     out
 }
 

@@ -177,7 +177,7 @@ impl Target {
             if CONNECTION_HEADERS.contains(&name.as_str()) {
                 return Err(format!("header `{name}` is set by the HTTP client, not by the request"));
             }
-            let mut value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_bytes(value.as_bytes())
                 .map_err(|_| format!("the value of header `{name}` is not valid"))?;
             // Layer 2 should not put secrets here; if one does, keep it out of the audit.
             if [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].contains(&name) {
