@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod delivery_client;
 mod downstream;
+mod downstream_audit;
 mod files;
 mod front_door;
 mod ingest;
