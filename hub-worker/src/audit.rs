@@ -22,6 +22,12 @@ use crate::error::{Error, Result};
 use crate::hub::StatusCount;
 use crate::lineage::{Lineage, lineage};
 
+mod downstream;
+
+pub use downstream::{
+    DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, trace,
+};
+
 /// The raw bytes of a message, re-checked against their stored hash: a third party's payload
 /// (layer 1), or a core app's downstream message whose body was kept as bytes because it was
 /// not UTF-8 text without NUL (layer 4, `raw_body`).
@@ -70,8 +76,24 @@ pub struct MessageView {
     #[serde(flatten)]
     pub lineage: Lineage,
     /// The raw bytes of every layer 1 row of the flow (one, or more after replays), and of a
-    /// downstream layer 4 row whose body is kept as bytes.
+    /// downstream layer 4 row whose body is kept as bytes. Downstream, a layer 1 row is the
+    /// request as delivered: its body, and its headers with the pseudo-headers `:method` and
+    /// `:path`.
     pub raw: Vec<RawBody>,
+    /// Downstream: every HTTP attempt of the flow's deliveries (its layer 1 rows), by delivery
+    /// then attempt, with the third party's answers. Always present: empty for an upstream flow
+    /// and for a message not delivered yet.
+    pub deliveries: Vec<DeliveryAttemptView>,
+    /// Downstream: the delivery receipts written for the core app about this message (one
+    /// once it is final). Always present: empty upstream and while the message is moving.
+    pub receipts: Vec<ReceiptView>,
+}
+
+/// Every flow a core app's `core-message-id` names: one per target it was sent to.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CoreMessageViews {
+    /// Each flow's story, as `GET /v1/messages/{id}` tells it from its layer 4 row.
+    pub items: Vec<MessageView>,
 }
 
 /// One message from any layer's id, with or without what the third party (or, downstream, the
@@ -133,7 +155,24 @@ pub async fn message(db: &DatabaseConnection, id: Uuid, access: RawAccess) -> Re
             })
         }));
     }
-    Ok(MessageView { lineage, raw })
+    // Downstream only: an upstream flow has neither attempts nor receipts, and is asked for
+    // nothing more. The attempts are read by `(raw_id, attempt)`, the receipts by
+    // `dispatch_id`, the flow's origin (the core message's layer 4 row).
+    let delivered: Vec<Uuid> = lineage
+        .entries
+        .iter()
+        .filter(|e| e.layer == Layer::Raw && e.direction == Direction::Downstream)
+        .map(|e| e.id)
+        .collect();
+    let (deliveries, receipts) = if lineage.entries.iter().any(|e| e.direction == Direction::Downstream) {
+        tokio::try_join!(
+            downstream::attempts_of(db, delivered, access),
+            downstream::receipts_of(db, lineage.origin_id),
+        )?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(MessageView { lineage, raw, deliveries, receipts })
 }
 
 /// A listing's filters. Ordered by id (UUIDv7: creation order); `cursor` is the last id of the
@@ -244,6 +283,13 @@ pub struct Stats {
     pub counts: Vec<StatusCount>,
     /// Upstream destinations.
     pub destinations: Vec<DestinationStats>,
+    /// Downstream: deliveries (layer 1 rows) per target and status. A core message refused
+    /// before a delivery was made (no route, translation, request building) is counted in
+    /// `counts` at the layer that refused it, not here.
+    pub deliveries: Vec<DeliveryStats>,
+    /// Delivery receipts written and not yet confirmed by the broker (to alert on when it
+    /// keeps growing: the core app is not hearing what became of its messages).
+    pub receipts_unsent: i64,
 }
 
 /// The stats, for the audit desk's `/v1/stats` and `/metrics`. Nothing here grows with the
@@ -276,7 +322,17 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
     let oldest = |d: &str| oldest.get(d).copied();
     let overdue = |d: &str| overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n);
     let destinations = destination_stats(&per, oldest, overdue);
-    Ok(Stats { counts, destinations })
+    // Downstream: a delivery's layer 1 row has `source` = its target, so the summary's layer 1
+    // downstream counts are the deliveries per target and status.
+    let per_target: Vec<(&str, Status, i64)> = summary
+        .iter()
+        .filter(|r| r.layer == Layer::Raw && r.direction == Direction::Downstream)
+        .map(|r| (r.source.as_str(), r.status, r.count))
+        .collect();
+    let open = downstream::oldest_open_deliveries(db).await?;
+    let deliveries = downstream::delivery_stats(&per_target, |t| open.get(t).copied());
+    let receipts_unsent = downstream::receipts_unsent(db).await?;
+    Ok(Stats { counts, destinations, deliveries, receipts_unsent })
 }
 
 /// Each destination's health from its counts per status (`per`), its oldest open row and its
@@ -379,7 +435,10 @@ pub async fn stats_by_scan(db: &DatabaseConnection) -> Result<Stats> {
     let oldest = |d: &str| oldest.iter().find(|(x, _)| x == d).and_then(|(_, t)| *t);
     let overdue = |d: &str| overdue.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n);
     let destinations = destination_stats(&per, oldest, overdue);
-    Ok(Stats { counts, destinations })
+    let deliveries = downstream::deliveries_by_scan(db).await?;
+    // Already bounded by its partial index: there is no slower way worth keeping.
+    let receipts_unsent = downstream::receipts_unsent(db).await?;
+    Ok(Stats { counts, destinations, deliveries, receipts_unsent })
 }
 
 /// Why a replay was refused.

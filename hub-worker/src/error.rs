@@ -24,6 +24,11 @@ pub enum Error {
     /// No row in any layer has this id.
     #[error("no message with id {0} in any layer")]
     NotFound(Uuid),
+    /// No downstream message carries this `core-message-id` (the core app's own id).
+    #[error(
+        "no downstream message with core-message-id `{0}`: the hub has not taken in a core message with that id"
+    )]
+    UnknownCoreMessage(String),
     /// A request's parameters are unusable (the text names the parameter).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -51,7 +56,7 @@ impl Error {
             Error::Db(_) => "database",
             Error::Transport(_) => "transport",
             Error::UnknownSource(_) => "unknown-source",
-            Error::NotFound(_) => "not-found",
+            Error::NotFound(_) | Error::UnknownCoreMessage(_) => "not-found",
             Error::BadRequest(_) => "bad-request",
             Error::Conflict(_) => "conflict",
             Error::Config(_) => "configuration",

@@ -60,15 +60,21 @@ enum Command {
         #[arg(long, default_value = "post-office-demo.sqlite")]
         db: PathBuf,
     },
-    /// Prints a message's lineage from any layer's id.
+    /// Prints a message's story from any layer's id, or from the core app's id of a message it
+    /// sent downstream (every target's flow): its rows and, downstream, each delivery attempt
+    /// with the answer and the receipts.
     Trace {
-        /// A layer 1, 2, 3 or 4 id.
-        id: uuid::Uuid,
+        /// A layer 1, 2, 3 or 4 id, or a `core-message-id`.
+        id: String,
         #[command(flatten)]
         db: DbArgs,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text (the audit desk's answer for the message).
         #[arg(long)]
         json: bool,
+        /// With --json: include the raw bytes (payloads, requests delivered, the third party's
+        /// answers) in base64, as a token with scope `raw` sees them.
+        #[arg(long, requires = "json")]
+        raw: bool,
     },
     /// Pushes N messages through all four layers and prints throughput and latencies.
     Bench {
@@ -230,13 +236,25 @@ async fn main() -> anyhow::Result<()> {
                 bail!("the demo did not end as expected");
             }
         }
-        Command::Trace { id, db, json } => {
+        Command::Trace { id, db, json, raw } => {
+            use hub_worker::audit::{RawAccess, trace};
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
-            let l = hub_worker::lineage(&conn, id).await?;
+            let access = if raw { RawAccess::Shown } else { RawAccess::Withheld };
+            let mut views = trace(&conn, &id, access).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&l)?);
+                // One message as `GET /v1/messages/{id}` answers it; a core id's flows as
+                // `GET /v1/core-messages/{id}` does.
+                if views.len() == 1
+                    && id.trim().parse::<uuid::Uuid>().is_ok_and(|u| views[0].lineage.focus == u)
+                {
+                    println!("{}", serde_json::to_string_pretty(&views.remove(0))?);
+                } else {
+                    let all = hub_worker::audit::CoreMessageViews { items: views };
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                }
             } else {
-                print!("{}", report::lineage_text(&l));
+                let texts: Vec<String> = views.iter().map(report::message_text).collect();
+                print!("{}", texts.join("\n"));
             }
         }
         Command::BenchQueries { database_url, messages, runs, fresh } => {

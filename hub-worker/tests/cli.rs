@@ -88,6 +88,25 @@ fn demo_then_migrate_and_trace_on_its_database() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no message with id"));
+    // Anything that is not a UUID is a core app's id of a downstream message.
+    let out = hub_worker().args(["trace", "m-none", "--database-url", &url]).output().expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no downstream message with core-message-id `m-none`"), "{err}");
+    // JSON: the audit desk's answer, the bytes only when asked for.
+    for (raw, shown) in [(false, false), (true, true)] {
+        let mut args = vec!["trace", l4.as_str(), "--json", "--database-url", &url];
+        if raw {
+            args.push("--raw");
+        }
+        let out = hub_worker().args(&args).output().expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json message");
+        assert_eq!(m["focus"].as_str(), Some(l4.as_str()), "{m}");
+        assert_eq!(m["entries"].as_array().map(Vec::len), Some(4), "{m}");
+        assert_eq!((&m["deliveries"], &m["receipts"]), (&serde_json::json!([]), &serde_json::json!([])));
+        assert_eq!(m["raw"][0]["body_base64"].is_string(), shown, "{m}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -16,6 +16,7 @@ use super::problem::Problem;
 use crate::audit::{self, ListQuery, RawAccess};
 use crate::error::Error;
 use crate::hub::Hub;
+use layer1_ingest::Status;
 
 /// What the audit handlers share.
 #[derive(Clone)]
@@ -49,6 +50,12 @@ fn problem(e: Error) -> Response {
             "not-found",
             "No such message",
             format!("no message with id {id}"),
+        ),
+        Error::UnknownCoreMessage(core_id) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such message",
+            format!("no downstream message with core-message-id `{core_id}`"),
         ),
         Error::BadRequest(d) => Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", d),
         Error::Conflict(d) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", d),
@@ -94,6 +101,34 @@ pub async fn message(
 ) -> Response {
     let access = if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld };
     answer(audit::message(s.hub.db(), id, access).await)
+}
+
+/// `GET /v1/core-messages/{core_message_id}`
+#[utoipa::path(
+    get,
+    path = "/v1/core-messages/{core_message_id}",
+    tag = "audit",
+    security(("token" = ["read"])),
+    params(("core_message_id" = String, Path, description = "The core app's own id of a message it sent downstream (its `core-message-id` header)")),
+    responses(
+        (status = 200, description = "One story per target the core app sent the message to, each as `GET /v1/messages/{id}` tells it from its layer 4 row: the rows, the request delivered, every attempt with the answer, the receipts; the bytes (request, answers) only for a token with scope `raw`", body = crate::audit::CoreMessageViews),
+        (status = 404, description = "No downstream message with that id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn core_message(
+    State(s): State<AuditState>,
+    Extension(caller): Extension<Caller>,
+    Path(core_id): Path<String>,
+) -> Response {
+    let access = if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld };
+    answer(
+        audit::core_message(s.hub.db(), &core_id, access)
+            .await
+            .map(|items| audit::CoreMessageViews { items }),
+    )
 }
 
 /// `GET /v1/messages`
@@ -289,6 +324,35 @@ pub fn render_metrics(stats: &audit::Stats) -> String {
         "Published messages with no receipt within max_attempts ack timeouts (alert on > 0).",
         stats.destinations.iter().map(|d| (d.destination.as_str(), Some(d.receipts_overdue))),
     );
+    let _ = writeln!(
+        out,
+        "# HELP post_office_deliveries Downstream deliveries (layer 1 rows) per target and status: \
+         just_in waiting, failed retrying, acknowledged, rejected, dead."
+    );
+    let _ = writeln!(out, "# TYPE post_office_deliveries gauge");
+    for d in &stats.deliveries {
+        // Every status of every target, zeros included: a series that appears only once it is
+        // non-zero cannot be alerted on by its increase.
+        for (status, n) in [
+            (Status::JustIn, d.waiting),
+            (Status::Failed, d.retrying),
+            (Status::Acknowledged, d.acknowledged),
+            (Status::Rejected, d.rejected),
+            (Status::Dead, d.dead),
+        ] {
+            let _ = writeln!(
+                out,
+                "post_office_deliveries{{target=\"{}\",status=\"{status}\"}} {n}",
+                escape(&d.target)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP post_office_delivery_receipts_unsent Delivery receipts to the core app not yet confirmed by the broker."
+    );
+    let _ = writeln!(out, "# TYPE post_office_delivery_receipts_unsent gauge");
+    let _ = writeln!(out, "post_office_delivery_receipts_unsent {}", stats.receipts_unsent);
     out.push_str(&layer1_ingest::metrics::render());
     out
 }

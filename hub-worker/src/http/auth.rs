@@ -4,7 +4,8 @@
 //!
 //! Scopes:
 //! - `read`: lineage, listings, stats; the raw bytes' SHA-256 re-check;
-//! - `raw`: with `read`, the raw bytes and stored headers in the lineage answer;
+//! - `raw`: with `read`, the raw bytes and stored headers in the lineage answer (downstream,
+//!   also the bodies of the third party's answers);
 //! - `operate`: replay (and later, any state change);
 //! - `metrics`: `/metrics` only, for a scraper.
 

@@ -63,6 +63,13 @@ pub fn endpoints(ingest: ingest::IngestState, audit: audit::AuditState) -> Vec<E
         Endpoint::new(Method::GET, "/v1/messages", scope(Scope::Read), audit::list, audit.clone()),
         Endpoint::new(Method::GET, "/v1/messages/{id}", scope(Scope::Read), audit::message, audit.clone()),
         Endpoint::new(
+            Method::GET,
+            "/v1/core-messages/{core_message_id}",
+            scope(Scope::Read),
+            audit::core_message,
+            audit.clone(),
+        ),
+        Endpoint::new(
             Method::POST,
             "/v1/messages/{id}/replay",
             scope(Scope::Operate),
@@ -97,7 +104,7 @@ async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "post office", description = "Webhook intake and the audit desk of the post office."),
-    paths(ingest::ingest, audit::message, audit::list, audit::stats, audit::replay, audit::ready, audit::metrics, audit::health),
+    paths(ingest::ingest, audit::message, audit::core_message, audit::list, audit::stats, audit::replay, audit::ready, audit::metrics, audit::health),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

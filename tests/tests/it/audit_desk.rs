@@ -232,6 +232,7 @@ async fn openapi_document_validates_and_matches_the_server() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/core-messages/{core_message_id}",
             "/v1/ingest/{source}",
             "/v1/messages",
             "/v1/messages/{id}",
@@ -247,6 +248,7 @@ async fn openapi_document_validates_and_matches_the_server() {
         ("/v1/stats", "get", "/v1/stats".into()),
         ("/v1/messages", "get", "/v1/messages?layer=1".into()),
         ("/v1/messages/{id}", "get", format!("/v1/messages/{id}")),
+        ("/v1/core-messages/{core_message_id}", "get", "/v1/core-messages/m-none".into()),
         ("/v1/messages/{id}/replay", "post", format!("/v1/messages/{id}/replay?from_layer=1")),
         ("/v1/ingest/{source}", "post", "/v1/ingest/key".into()),
     ];
@@ -460,6 +462,8 @@ async fn every_route_declares_its_scope() {
         .await
         .expect("ingest")
         .id;
+    // A downstream message, so that the core app's id finds one.
+    crate::downstream_audit::seed(s.hub.db()).await;
     let routes: Vec<(String, &'static str, Access)> = hub_worker::http::endpoints(
         hub_worker::http::ingest::IngestState::new(s.hub.clone(), Default::default()),
         hub_worker::http::audit::AuditState::new(s.hub.clone(), ADMIN.to_owned()),
@@ -494,7 +498,9 @@ async fn every_route_declares_its_scope() {
             serde_json::json!([{ "token": [scope.as_str()] }]),
             "{method} {path}: the document names another scope"
         );
-        let url = path.replace("{id}", &id.to_string());
+        let url = path
+            .replace("{id}", &id.to_string())
+            .replace("{core_message_id}", crate::downstream_audit::CORE_ID);
         let url = if method == "POST" { format!("{url}?from_layer=9") } else { url };
         let (status, _, problem) = call(&s, method, &url, Some(&format!("all-but-{scope}-0123456789"))).await;
         assert_eq!(status, 403, "{method} {path} without {scope}: {problem}");

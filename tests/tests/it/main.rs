@@ -10,6 +10,7 @@ mod crash;
 mod delivery_client;
 mod downstream;
 mod downstream_examples;
+mod downstream_audit;
 mod files;
 mod front_door;
 mod ingest;
