@@ -15,7 +15,8 @@ use layer1_ingest::{Direction, Failure, Layer, Status};
 use layer2_normalize::request::{BodyEncoding, RequestSpec};
 use layer3_translate::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
 use layer4_dispatch::{
-    Handled, Handler, Headers, InProcessTransport, InboundMessage, OutgoingMessage, Receiver, Transport, intake, wire,
+    Handled, Handler, Headers, InProcessTransport, InboundMessage, OutgoingMessage, Receiver, Transport,
+    intake, wire,
 };
 
 use crate::outbound::{Outbound, OutboundRoute, Target, TargetSpec};
@@ -135,7 +136,8 @@ pub async fn run(db_path: &Path) -> Result<DemoReport> {
     text.push_str(&report::lineage_text(&rejected));
 
     let up = |c: &&crate::hub::StatusCount| c.direction == Direction::Upstream;
-    let dispatch_total: i64 = counts.iter().filter(up).filter(|c| c.layer == Layer::Dispatch).map(|c| c.count).sum();
+    let dispatch_total: i64 =
+        counts.iter().filter(up).filter(|c| c.layer == Layer::Dispatch).map(|c| c.count).sum();
     let acknowledged: i64 = counts
         .iter()
         .filter(up)
@@ -176,7 +178,8 @@ async fn crm_endpoint(cancel: CancellationToken) -> Result<std::net::SocketAddr>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| crate::error::Error::Config(format!("demo CRM endpoint: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| crate::error::Error::Config(format!("demo CRM endpoint: {e}")))?;
+    let addr =
+        listener.local_addr().map_err(|e| crate::error::Error::Config(format!("demo CRM endpoint: {e}")))?;
     let app = axum::Router::new().route(
         "/contacts/{id}",
         axum::routing::patch(|UrlPath(id): UrlPath<String>| async move {
@@ -278,11 +281,18 @@ async fn downstream(hub: &Hub, transport: &dyn Transport) -> Result<(String, boo
     headers.insert(intake::TARGET.into(), "crm".into());
     headers.insert(wire::TYPE.into(), "member.updated".into());
     let body = br#"{"member_id":"m-42","email":"ada@example.com","display_name":"Ada Lovelace"}"#.to_vec();
-    let sent = OutgoingMessage { queue: INBOUND.into(), dedup_id: "core-msg-0001".into(), ordering_key: None, headers, body };
+    let sent = OutgoingMessage {
+        queue: INBOUND.into(),
+        dedup_id: "core-msg-0001".into(),
+        ordering_key: None,
+        headers,
+        body,
+    };
     for r in transport.publish(&[sent]).await {
         r?;
     }
-    let mut text = String::from("\ndownstream: the core app sent member.updated core-msg-0001 to target crm\n");
+    let mut text =
+        String::from("\ndownstream: the core app sent member.updated core-msg-0001 to target crm\n");
     let receipt = match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
         Ok(Ok(d)) => {
             let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or_default();

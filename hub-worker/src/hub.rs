@@ -197,8 +197,13 @@ impl HubBuilder {
         };
         let downstream_only =
             !self.outbound.routes.is_empty() && self.normalizers.is_empty() && self.translators.is_empty();
-        let problems =
-            consistency(&self.diagnostics, &self.normalizers, &self.translators, router.as_deref(), downstream_only);
+        let problems = consistency(
+            &self.diagnostics,
+            &self.normalizers,
+            &self.translators,
+            router.as_deref(),
+            downstream_only,
+        );
         if !problems.is_empty() {
             return Err(Error::Config(format!(
                 "the hub cannot run as set up ({} problem{}):\n{}",
@@ -361,7 +366,7 @@ fn consistency(
 
 /// What makes a downstream setup unable to work: an outbound route to a target not declared.
 fn downstream_problems(o: &crate::outbound::Outbound) -> Vec<String> {
-    let mut out: Vec<String> = o
+    let out: Vec<String> = o
         .routes
         .iter()
         .filter(|r| o.target(&r.target).is_none())

@@ -32,7 +32,11 @@ fn examples_for(base: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/integrations");
     let dst = std::env::temp_dir().join(format!("po-examples-{}", Uuid::now_v7().simple()));
     copy_dir(&src, &dst);
-    let secrets = [("CRM_API_TOKEN", CRM_TOKEN), ("PAYMENTS_API_KEY", PAYMENTS_KEY), ("PARTNER_WEBHOOK_SECRET", PARTNER_SECRET)];
+    let secrets = [
+        ("CRM_API_TOKEN", CRM_TOKEN),
+        ("PAYMENTS_API_KEY", PAYMENTS_KEY),
+        ("PARTNER_WEBHOOK_SECRET", PARTNER_SECRET),
+    ];
     for (var, value) in secrets {
         std::fs::write(dst.join(format!("{var}.secret")), value).expect("secret file");
     }
@@ -47,7 +51,8 @@ fn examples_for(base: &str) -> PathBuf {
         let path_part = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
         text = text.replace(url, &format!("{base}{path_part}"));
         for (var, _) in secrets {
-            let file_ref = format!("{{ file = {:?} }}", dst.join(format!("{var}.secret")).display().to_string());
+            let file_ref =
+                format!("{{ file = {:?} }}", dst.join(format!("{var}.secret")).display().to_string());
             text = text.replace(&format!("{{ env = \"{var}\" }}"), &file_ref);
         }
         std::fs::write(&path, text).expect("write example");
@@ -73,7 +78,13 @@ async fn send(t: &dyn Transport, inbound: &str, target: &str, ty: &str, id: &str
     h.insert(intake::CORE_MESSAGE_ID.into(), id.into());
     h.insert(intake::TARGET.into(), target.into());
     h.insert(wire::TYPE.into(), ty.into());
-    let m = OutgoingMessage { queue: inbound.into(), dedup_id: id.into(), ordering_key: None, headers: h, body: body.as_bytes().to_vec() };
+    let m = OutgoingMessage {
+        queue: inbound.into(),
+        dedup_id: id.into(),
+        ordering_key: None,
+        headers: h,
+        body: body.as_bytes().to_vec(),
+    };
     for r in t.publish(&[m]).await {
         r.expect("published");
     }
@@ -95,8 +106,14 @@ fn expected_signature(id: &str, timestamp: &str, body: &[u8]) -> String {
 async fn the_three_examples_deliver_as_their_third_parties_expect() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = ScriptedServer::start().await;
-    server.script("/v3/contacts/c-1001", vec![Reply::json(200, r#"{"id":"8812","properties":{"email":"ada@example.com"}}"#)]);
-    server.script("/v1/refunds", vec![Reply::json(200, r#"{"id":"re_3QxR7s","object":"refund","amount":1234,"status":"succeeded"}"#)]);
+    server.script(
+        "/v3/contacts/c-1001",
+        vec![Reply::json(200, r#"{"id":"8812","properties":{"email":"ada@example.com"}}"#)],
+    );
+    server.script(
+        "/v1/refunds",
+        vec![Reply::json(200, r#"{"id":"re_3QxR7s","object":"refund","amount":1234,"status":"succeeded"}"#)],
+    );
     server.script("/webhooks/shipments", vec![Reply::status(204)]);
     let dir = examples_for(&server.url());
     let t = Arc::new(InProcessTransport::default());
