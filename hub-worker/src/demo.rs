@@ -304,9 +304,9 @@ async fn downstream(hub: &Hub, transport: &dyn Transport) -> Result<(String, boo
     text.push_str(&format!("the core app's delivery receipt:\n  {receipt}\n"));
     let ok = receipt["status"] == "acknowledged" && receipt["response"]["crm_id"] == 8812;
     if let Some(id) = receipt["hub_message_id"].as_str().and_then(|s| s.parse::<uuid::Uuid>().ok()) {
-        let view = crate::audit::message(hub.db(), id, crate::audit::RawAccess::Shown).await?;
+        let view = crate::audit::message(hub.db(), id, crate::audit::RawAccess::Withheld).await?;
         text.push('\n');
-        text.push_str(&report::lineage_text(&view.lineage));
+        text.push_str(&report::message_text(&view));
     }
     Ok((text, ok))
 }
