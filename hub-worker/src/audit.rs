@@ -465,6 +465,17 @@ pub fn copied_layer(from_layer: u8) -> Result<u8> {
 pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8, by: &str) -> Result<Vec<Uuid>> {
     let layer = copied_layer(from_layer)?;
     let lin = lineage(db, id).await?;
+    // Downstream, only the delivery is done again (a new layer 1 row: a new delivery with its
+    // own idempotency key, and a new receipt when it ends); the translation and the request are
+    // made by one stage from the core message, which has no stage to take a copied layer 2 or
+    // 3 row. A core app that wants a new translation sends the message again.
+    if from_layer > 2 && lin.entries.iter().any(|e| e.direction == Direction::Downstream) {
+        return Err(not_replayable(
+            id,
+            "a downstream message is replayed from layer 1 (delivered again); to translate it again, \
+             the core app sends it again under a new core-message-id",
+        ));
+    }
     // The newest copy of each row only: a row replayed before has a same-layer child (its
     // copy), and replaying both would send the message twice more.
     fn newest<'a>(entries: &'a [LineageEntry], mut e: &'a LineageEntry) -> &'a LineageEntry {
@@ -552,6 +563,8 @@ where
         .column(l1::Column::Id)
         .filter(l1::Column::Source.eq(source))
         .filter(l1::Column::CreatedAt.gte(since))
+        // What a source sent: a downstream target's deliveries are replayed one by one.
+        .filter(l1::Column::Direction.eq(Direction::Upstream))
         .into_query();
     // A row with a same-layer child has been replayed: its newest copy stands for it. The
     // children are read from the partial index that holds only them (`E::successors`).

@@ -593,3 +593,41 @@ async fn delivery_receipts_over_sqs() {
         layer4_dispatch::SqsTransport::new(layer4_dispatch::SqsConfig::local(crate::util::sqs_url())).await;
     receipts_over_broker(Arc::new(t)).await;
 }
+
+/// A rejected delivery replayed from layer 1 is delivered again as a new delivery (its own
+/// idempotency key) with a second receipt; a replay from layer 3 is refused downstream.
+#[tokio::test]
+async fn rejected_delivery_replayed_from_layer_1() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = ScriptedServer::start().await;
+    server.script(
+        "/contacts/m-5",
+        vec![Reply::json(400, r#"{"error":"try later"}"#), Reply::json(201, r#"{"id":55}"#)],
+    );
+    let t = Arc::new(InProcessTransport::default());
+    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    hub.start();
+    send(t.as_ref(), &inbound, "crm", "c-5", r#"{"member_id":"m-5","email":"a@b.example"}"#).await;
+    let first = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
+    assert_eq!(first["c-5"]["status"], "rejected");
+    let rejected = deliveries(hub.db()).await.remove(0);
+    let refused = hub_worker::audit::replay(hub.db(), rejected.id, 3, "test").await;
+    assert!(matches!(refused, Err(hub_worker::Error::Conflict(_))), "{refused:?}");
+    let copies = hub_worker::audit::replay(hub.db(), rejected.id, 1, "test").await.expect("replay");
+    assert_eq!(copies.len(), 1);
+    hub.wake();
+    let second = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
+    assert_eq!(second["c-5"]["status"], "acknowledged", "{second:?}");
+    assert_eq!(second["c-5"]["delivery_id"], copies[0].to_string());
+    let reqs = server.requests("/contacts/m-5");
+    assert_eq!(reqs.len(), 2);
+    assert_ne!(
+        reqs[0].header("idempotency-key"),
+        reqs[1].header("idempotency-key"),
+        "a replay is a new delivery"
+    );
+    hub.shutdown().await;
+    db.cleanup().await;
+}
