@@ -118,20 +118,9 @@ pub async fn run(
     settings.publish.inbound_queue = Some(inbound.clone());
     settings.publish.delivery_receipts_queue = receipts.clone();
     let spec = TargetSpec {
-        base_url: format!("http://{addr}"),
-        connect_timeout_ms: None,
         timeout_ms: Some(10_000),
-        max_response_bytes: None,
         concurrency: Some(64),
-        rate_per_sec: None,
-        circuit_failures: None,
-        circuit_open_secs: None,
-        idempotency_header: None,
-        max_attempts: None,
-        retry_base_ms: None,
-        retry_max_ms: None,
-        receipts_to: None,
-        auth: Default::default(),
+        ..TargetSpec::new(format!("http://{addr}"))
     };
     let request = RequestSpec::compile(
         "POST",

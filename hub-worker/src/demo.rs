@@ -243,22 +243,7 @@ fn crm_outbound(addr: std::net::SocketAddr) -> Result<Outbound> {
         None,
     )
     .map_err(crate::error::Error::Config)?;
-    let spec = TargetSpec {
-        base_url: format!("http://{addr}"),
-        connect_timeout_ms: None,
-        timeout_ms: Some(5_000),
-        max_response_bytes: None,
-        concurrency: None,
-        rate_per_sec: None,
-        circuit_failures: None,
-        circuit_open_secs: None,
-        idempotency_header: None,
-        max_attempts: None,
-        retry_base_ms: None,
-        retry_max_ms: None,
-        receipts_to: None,
-        auth: Default::default(),
-    };
+    let spec = TargetSpec { timeout_ms: Some(5_000), ..TargetSpec::new(format!("http://{addr}")) };
     Ok(Outbound {
         targets: vec![Target { name: "crm".into(), spec }],
         routes: vec![OutboundRoute {

@@ -121,6 +121,28 @@ pub struct TargetSpec {
     pub auth: AuthSpec,
 }
 
+impl TargetSpec {
+    /// A target at `base_url` with every other setting at its default (no authentication).
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            connect_timeout_ms: None,
+            timeout_ms: None,
+            max_response_bytes: None,
+            concurrency: None,
+            rate_per_sec: None,
+            circuit_failures: None,
+            circuit_open_secs: None,
+            idempotency_header: None,
+            max_attempts: None,
+            retry_base_ms: None,
+            retry_max_ms: None,
+            receipts_to: None,
+            auth: AuthSpec::None,
+        }
+    }
+}
+
 /// A target by name.
 #[derive(Debug, Clone)]
 pub struct Target {

@@ -61,20 +61,17 @@ fn crm_schema() -> Arc<JsonSchema> {
 
 fn target(name: &str, base_url: String) -> TargetSpec {
     TargetSpec {
-        base_url,
         connect_timeout_ms: Some(1000),
         timeout_ms: Some(1500),
         max_response_bytes: Some(4096),
         concurrency: Some(4),
-        rate_per_sec: None,
         circuit_failures: Some(50),
         circuit_open_secs: Some(60),
-        idempotency_header: None,
         max_attempts: Some(5),
         retry_base_ms: Some(100),
         retry_max_ms: Some(400),
         receipts_to: Some(format!("receipts-{name}")),
-        auth: Default::default(),
+        ..TargetSpec::new(base_url)
     }
 }
 
@@ -125,12 +122,24 @@ async fn hub(
         .expect("hub builds")
 }
 
-/// Publishes one core message as the core app does.
+/// Publishes one `member.updated` as the core app does.
 async fn send(t: &dyn Transport, inbound: &str, target: &str, id: &str, body: &str) {
+    send_typed(t, inbound, target, "member.updated", id, body).await;
+}
+
+/// Publishes one core message of type `ty` as the core app does.
+pub(crate) async fn send_typed(
+    t: &dyn Transport,
+    inbound: &str,
+    target: &str,
+    ty: &str,
+    id: &str,
+    body: &str,
+) {
     let mut h = Headers::new();
     h.insert(intake::CORE_MESSAGE_ID.into(), id.into());
     h.insert(intake::TARGET.into(), target.into());
-    h.insert(wire::TYPE.into(), "member.updated".into());
+    h.insert(wire::TYPE.into(), ty.into());
     let m = OutgoingMessage {
         queue: inbound.into(),
         dedup_id: id.into(),

@@ -16,7 +16,9 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use hub_worker::Hub;
-use layer4_dispatch::{Headers, InProcessTransport, OutgoingMessage, Transport, intake, wire};
+use layer4_dispatch::{InProcessTransport, Transport};
+
+use crate::downstream::send_typed;
 
 use crate::scripted_http::{Reply, ScriptedServer};
 use crate::util::{Backend, TestDb};
@@ -73,23 +75,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-async fn send(t: &dyn Transport, inbound: &str, target: &str, ty: &str, id: &str, body: &str) {
-    let mut h = Headers::new();
-    h.insert(intake::CORE_MESSAGE_ID.into(), id.into());
-    h.insert(intake::TARGET.into(), target.into());
-    h.insert(wire::TYPE.into(), ty.into());
-    let m = OutgoingMessage {
-        queue: inbound.into(),
-        dedup_id: id.into(),
-        ordering_key: None,
-        headers: h,
-        body: body.as_bytes().to_vec(),
-    };
-    for r in t.publish(&[m]).await {
-        r.expect("published");
-    }
-}
-
 /// The Standard Webhooks signature as the specification defines it, written here without the
 /// hub's code: HMAC-SHA256 over `{id}.{timestamp}.{body}` with the base64-decoded secret.
 fn expected_signature(id: &str, timestamp: &str, body: &[u8]) -> String {
@@ -132,17 +117,17 @@ async fn the_three_examples_deliver_as_their_third_parties_expect() {
     hub.start();
     let mut sub = t.subscribe(&receipts_q, 10).await.expect("subscribe");
 
-    send(t.as_ref(), &inbound, "crm", "member.updated", "core-m-1",
+    send_typed(t.as_ref(), &inbound, "crm", "member.updated", "core-m-1",
         r#"{"member_id": "c-1001", "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
             "phone": null, "address": {"line1": "12 St James's Square", "line2": null, "city": "London",
             "postal_code": "SW1Y 4JH", "region": null, "country": "GB"}, "lifecycle": "active",
             "marketing_opt_in": false, "lifetime_value": {"amount": "12345678901234567.89", "currency": "GBP"},
             "tags": ["vip"], "changed_fields": ["email"], "updated_at": "2026-11-20T14:05:41.873+01:00"}"#).await;
-    send(t.as_ref(), &inbound, "payments-refunds", "refund.requested", "core-r-1",
+    send_typed(t.as_ref(), &inbound, "payments-refunds", "refund.requested", "core-r-1",
         r#"{"refund_request_id": "rr_77", "order_id": "ord 2026/11-0042", "payment_ref": "pi_3QxR7sLkdIwHu7ix1XyZ",
             "amount": {"minor_units": "1234", "currency": "EUR"}, "reason": "customer_request",
             "requested_by": "agent@example.com", "requested_at": "2026-11-20T14:05:41Z", "note": null}"#).await;
-    send(t.as_ref(), &inbound, "partner-shipments", "shipment.dispatched", "core-s-1",
+    send_typed(t.as_ref(), &inbound, "partner-shipments", "shipment.dispatched", "core-s-1",
         r#"{"shipment_id": "shp_1", "order_id": "ord-42", "partner_order_ref": "PO-9", "carrier": "dhl",
             "service_level": "express", "tracking_number": "JD0146", "dispatched_at": "2026-11-20T14:05:41Z",
             "recipient": {"name": "Ada Lovelace", "email": "ada@example.com"},
