@@ -831,8 +831,11 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
     let Some(dir) = cfg.integrations_path() else {
         return if out.is_empty() { Ok((cfg, Vec::new())) } else { Err(out) };
     };
-    // Front doors (and their secrets) are only used with the HTTP server on.
-    let mut loaded = files::load_dir(&dir, cfg.http.is_some());
+    // Front doors (and their secrets) are only used with the HTTP server on; targets' secrets
+    // only when deliveries run (an inbound queue to take core messages from).
+    let secrets =
+        files::Secrets { ingress: cfg.http.is_some(), targets: cfg.publish.inbound_queue.is_some() };
+    let mut loaded = files::load_dir_with(&dir, secrets);
     out.append(&mut loaded.diagnostics);
     // The core app's destinations on the configured transport, beside the config's own queues
     // (which `Config::validate` checked alone).

@@ -355,11 +355,14 @@ fn the_example_integrations_pass_the_check() {
     std::fs::write(
         &cfg,
         format!(
-            "integrations_dir = {:?}\n[database]\nurl = \"sqlite::memory:\"\n{IN_PROCESS_TRIAL}[http]\nlisten = \"127.0.0.1:0\"\n",
+            "integrations_dir = {:?}\n[database]\nurl = \"sqlite::memory:\"\n{IN_PROCESS_TRIAL}[http]\nlisten = \"127.0.0.1:0\"\n\
+             [publish]\ninbound_queue = \"hub.inbound\"\n",
             ints.display().to_string()
         ),
     )
     .expect("write");
+    // The front doors' secrets are checked because the HTTP server is on, the targets' because
+    // deliveries run (an inbound queue): six in all.
     let run = |secrets: bool| {
         let mut c = hub_worker();
         c.args(["check", "--config"]).arg(&cfg).env("HUB_ADMIN_TOKEN", "0123456789abcdef-admin");

@@ -88,7 +88,7 @@ pub(super) fn load_integration(
     file: &Path,
     dir: &Path,
     catalogue: &Catalogue,
-    check_secrets: bool,
+    secrets: super::Secrets,
     out: &mut Vec<Diagnostic>,
 ) -> Option<Integration> {
     let text = match read_text(file) {
@@ -109,9 +109,11 @@ pub(super) fn load_integration(
     check_sides(&mut d, &f);
     let kinds = load_kinds(&mut d, &f, base, catalogue, envelope.as_ref());
     let outbound =
-        load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, check_secrets);
+        load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, secrets.targets);
     let routes = check_routes(&mut d, &f.source, f.routes, catalogue, &kinds.produced);
-    if check_secrets && let Some(ing) = &f.ingress {
+    if secrets.ingress
+        && let Some(ing) = &f.ingress
+    {
         check_ingress(&mut d, &f.source, ing);
     }
     if d.out.len() > before {

@@ -244,9 +244,23 @@ fn valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
-/// Loads `dir`. With `check_secrets`, a front door whose secret is not available is an error
-/// (what `check` and `run` want; tests of the files alone may skip it).
+/// Loads `dir`. With `check_secrets`, a secret that is not available (a front door's, a
+/// target's) is an error (what `check` and `run` want; tests of the files alone may skip it).
 pub fn load_dir(dir: &Path, check_secrets: bool) -> Loaded {
+    load_dir_with(dir, Secrets { ingress: check_secrets, targets: check_secrets })
+}
+
+/// Which secrets [`load_dir_with`] requires to be available.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Secrets {
+    /// Front doors' (`[ingress]`): needed when the HTTP server runs.
+    pub ingress: bool,
+    /// Targets' (`[target.auth]`): needed when deliveries run (`publish.inbound_queue` set).
+    pub targets: bool,
+}
+
+/// [`load_dir`], saying which secrets must be available.
+pub fn load_dir_with(dir: &Path, secrets: Secrets) -> Loaded {
     let mut loaded = Loaded::default();
     let core_path = dir.join(CORE_FILE);
     load_core(&core_path, dir, &mut loaded);
@@ -269,9 +283,7 @@ pub fn load_dir(dir: &Path, check_secrets: bool) -> Loaded {
     files.sort();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        if let Some(i) =
-            load_integration(&file, dir, &loaded.catalogue, check_secrets, &mut loaded.diagnostics)
-        {
+        if let Some(i) = load_integration(&file, dir, &loaded.catalogue, secrets, &mut loaded.diagnostics) {
             if let Some(first) = seen.get(&i.source) {
                 let loc = Locator::new(&read_text(&file).unwrap_or_default());
                 loaded.diagnostics.push(Diagnostic {
