@@ -640,3 +640,67 @@ async fn rejected_delivery_replayed_from_layer_1() {
     hub.shutdown().await;
     db.cleanup().await;
 }
+
+/// A reset connection and an answer slower than the target's timeout are retried, each attempt
+/// on record with its error; a 422 then ends the delivery `rejected`.
+#[tokio::test]
+async fn reset_and_timeout_retried_then_422_rejected() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = ScriptedServer::start().await;
+    server.script(
+        "/contacts/m-7",
+        vec![
+            Reply::Reset,
+            Reply::slow(Duration::from_secs(3), Reply::json(200, r#"{"id":7}"#)),
+            Reply::json(422, r#"{"errors":[{"field":"email","code":"invalid"}]}"#),
+        ],
+    );
+    let t = Arc::new(InProcessTransport::default());
+    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
+    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    hub.start();
+    send(t.as_ref(), &inbound, "crm", "c-7", r#"{"member_id":"m-7","email":"a@b.example"}"#).await;
+    let got = receipts(t.as_ref(), "receipts-crm", 1, 30).await;
+    settle(&hub, 20).await;
+    assert_eq!(got["c-7"]["status"], "rejected", "{got:?}");
+    assert_eq!(got["c-7"]["http_status"], 422);
+    let rows = deliveries(hub.db()).await;
+    let att = attempts_of(hub.db(), rows[0].id).await;
+    let seen: Vec<_> = att.iter().map(|a| (a.http_status, a.verdict.as_str(), a.error.is_some())).collect();
+    assert_eq!(seen, vec![(None, "retry", true), (None, "retry", true), (Some(422), "rejected", false)], "{att:?}");
+    assert!(att[1].duration_ms >= 1400, "the slow answer was cut at the 1.5 s timeout: {} ms", att[1].duration_ms);
+    hub.shutdown().await;
+    db.cleanup().await;
+}
+
+/// Two workers on one database: every message reaches the third party exactly once.
+#[tokio::test]
+async fn two_workers_deliver_each_message_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = ScriptedServer::start().await;
+    let n = 60;
+    for i in 0..n {
+        server.script(&format!("/contacts/w{i}"), vec![Reply::json(201, r#"{"id":1}"#)]);
+    }
+    let t = Arc::new(InProcessTransport::default());
+    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
+    let spec = target("crm", server.url());
+    let mut s = settings(&inbound);
+    s.stage.batch_size = 7; // many small claims, so the workers interleave
+    let a = hub(&db, t.clone(), &inbound, crm_outbound("crm", spec.clone(), None), Some(s.clone())).await;
+    let b = hub(&db, t.clone(), &inbound, crm_outbound("crm", spec, None), Some(s)).await;
+    a.start();
+    b.start();
+    for i in 0..n {
+        send(t.as_ref(), &inbound, "crm", &format!("w{i}"), &format!(r#"{{"member_id":"w{i}","email":"a@b.example"}}"#)).await;
+    }
+    let got = receipts(t.as_ref(), "receipts-crm", n, 30).await;
+    assert_eq!(got.len(), n);
+    settle(&a, 20).await;
+    for i in 0..n {
+        assert_eq!(server.requests(&format!("/contacts/w{i}")).len(), 1, "w{i} delivered once");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    db.cleanup().await;
+}
