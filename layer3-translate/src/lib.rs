@@ -11,5 +11,5 @@ pub use mapping::{
     Convert, FieldRule, LintSides, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped,
     Precision,
 };
-pub use stage::{TranslateStage, Translators, translate};
+pub use stage::{Parent, TranslateStage, Translators, translate, translation_row};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

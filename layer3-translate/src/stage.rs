@@ -58,7 +58,38 @@ pub async fn translate(
         data,
     };
     let tr: Translation = guarded(t.translate(&input)).await?;
-    // Checked here, not by the database: an oversized value would fail the whole batch's insert.
+    let from = Parent {
+        id: row.id,
+        origin_id: row.origin_id,
+        source: &row.source,
+        source_ref: row.source_ref.as_deref(),
+    };
+    let model = translation_row(&tr, &from, Direction::Upstream, now)?;
+    Ok((model, tr.message.body))
+}
+
+/// The row a layer 3 row descends from.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent<'a> {
+    /// Its id (`parent_id`).
+    pub id: Uuid,
+    /// The flow's origin.
+    pub origin_id: Uuid,
+    /// The integration (upstream: the source; downstream: the target).
+    pub source: &'a str,
+    /// The third party's (upstream) or the core app's (downstream) id of the message.
+    pub source_ref: Option<&'a str>,
+}
+
+/// The `just_in` layer 3 row of a translation: its names checked against their columns (here,
+/// not by the database: an oversized value would fail the whole batch's insert), its body and
+/// fidelity report as JSON text. Shared by both directions.
+pub fn translation_row(
+    tr: &Translation,
+    from: &Parent<'_>,
+    direction: Direction,
+    now: chrono::DateTime<Utc>,
+) -> Result<entity::Model, Failure> {
     for (what, v, max) in [
         ("message_type", &tr.message.message_type, 128),
         ("type_version", &tr.message.type_version, 32),
@@ -77,28 +108,27 @@ pub async fn translate(
         .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
     let fidelity = serde_json::to_string(&tr.fidelity)
         .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
-    let model = entity::Model {
+    Ok(entity::Model {
         id: Uuid::now_v7(),
-        direction: Direction::Upstream,
+        direction,
         status: Status::JustIn,
         attempts: 0,
         last_error: None,
         next_attempt_at: Some(now),
-        parent_id: Some(row.id),
-        origin_id: row.origin_id,
-        source: row.source.clone(),
-        source_ref: row.source_ref.clone(),
-        message_type: tr.message.message_type,
-        type_version: tr.message.type_version,
+        parent_id: Some(from.id),
+        origin_id: from.origin_id,
+        source: from.source.to_owned(),
+        source_ref: from.source_ref.map(str::to_owned),
+        message_type: tr.message.message_type.clone(),
+        type_version: tr.message.type_version.clone(),
         body,
-        mapping_name: tr.mapping_name,
-        mapping_version: tr.mapping_version,
+        mapping_name: tr.mapping_name.clone(),
+        mapping_version: tr.mapping_version.clone(),
         fidelity,
         replayed_by: None,
         created_at: now,
         updated_at: now,
-    };
-    Ok((model, tr.message.body))
+    })
 }
 
 async fn translate_stored(

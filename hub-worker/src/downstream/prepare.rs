@@ -12,7 +12,7 @@ use layer1_ingest::table::{
 };
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
 use layer2_normalize::request::BuiltRequest;
-use layer3_translate::RecordInput;
+use layer3_translate::{Parent, RecordInput, translation_row};
 use layer4_dispatch::delivery_receipts::{self, Final};
 
 use super::Downstream;
@@ -43,16 +43,6 @@ enum Made {
     ),
     /// Translated, but the request could not be built: the layer 3 row, `rejected`.
     Refused(Box<layer3_translate::entity::Model>, Rejection),
-}
-
-/// Text a column of `max` bytes holds, or why not.
-fn fits(what: &str, v: &str, max: usize) -> Result<(), Failure> {
-    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(
-            Rejection::whole("translation", format!("the {what} is not 1 to {max} bytes of text")).into()
-        );
-    }
-    Ok(())
 }
 
 /// The ordering key's value at `pointer` of the core message: a scalar, as text.
@@ -94,34 +84,16 @@ async fn make(route: &OutboundRoute, row: &CoreRow, now: DateTime<Utc>) -> Resul
         data: &data,
     };
     let tr = guarded(route.translator.translate(&input)).await?;
-    fits("message type", &tr.message.message_type, 128)?;
-    fits("type version", &tr.message.type_version, 32)?;
-    fits("mapping name", &tr.mapping_name, 128)?;
-    fits("mapping version", &tr.mapping_version, 64)?;
-    let body = tr.message.body.to_json();
-    let fidelity = serde_json::to_string(&tr.fidelity)
-        .map_err(|e| Failure::Rejected(Rejection::whole("serialize", e.to_string())))?;
-    let mut l3 = layer3_translate::entity::Model {
-        id: Uuid::now_v7(),
-        direction: Direction::Downstream,
-        status: Status::Forwarded,
-        attempts: 0,
-        last_error: None,
-        next_attempt_at: None,
-        parent_id: Some(row.id),
+    let from = Parent {
+        id: row.id,
         origin_id: row.origin_id,
-        source: row.destination.clone(),
-        source_ref: row.source_ref.clone(),
-        message_type: tr.message.message_type,
-        type_version: tr.message.type_version,
-        body,
-        mapping_name: tr.mapping_name,
-        mapping_version: tr.mapping_version,
-        fidelity,
-        replayed_by: None,
-        created_at: now,
-        updated_at: now,
+        source: &row.destination,
+        source_ref: row.source_ref.as_deref(),
     };
+    // Written `forwarded` at once: this stage also makes its layer 2 row.
+    let mut l3 = translation_row(&tr, &from, Direction::Downstream, now)?;
+    l3.status = Status::Forwarded;
+    l3.next_attempt_at = None;
     let req = match route.request.build(&tr.message.body) {
         Ok(r) => r,
         Err(rejection) => {

@@ -657,7 +657,8 @@ async fn reset_and_timeout_retried_then_422_rejected() {
     );
     let t = Arc::new(InProcessTransport::default());
     let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
+    let hub =
+        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
     hub.start();
     send(t.as_ref(), &inbound, "crm", "c-7", r#"{"member_id":"m-7","email":"a@b.example"}"#).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 30).await;
@@ -667,8 +668,16 @@ async fn reset_and_timeout_retried_then_422_rejected() {
     let rows = deliveries(hub.db()).await;
     let att = attempts_of(hub.db(), rows[0].id).await;
     let seen: Vec<_> = att.iter().map(|a| (a.http_status, a.verdict.as_str(), a.error.is_some())).collect();
-    assert_eq!(seen, vec![(None, "retry", true), (None, "retry", true), (Some(422), "rejected", false)], "{att:?}");
-    assert!(att[1].duration_ms >= 1400, "the slow answer was cut at the 1.5 s timeout: {} ms", att[1].duration_ms);
+    assert_eq!(
+        seen,
+        vec![(None, "retry", true), (None, "retry", true), (Some(422), "rejected", false)],
+        "{att:?}"
+    );
+    assert!(
+        att[1].duration_ms >= 1400,
+        "the slow answer was cut at the 1.5 s timeout: {} ms",
+        att[1].duration_ms
+    );
     hub.shutdown().await;
     db.cleanup().await;
 }
@@ -692,7 +701,14 @@ async fn two_workers_deliver_each_message_once() {
     a.start();
     b.start();
     for i in 0..n {
-        send(t.as_ref(), &inbound, "crm", &format!("w{i}"), &format!(r#"{{"member_id":"w{i}","email":"a@b.example"}}"#)).await;
+        send(
+            t.as_ref(),
+            &inbound,
+            "crm",
+            &format!("w{i}"),
+            &format!(r#"{{"member_id":"w{i}","email":"a@b.example"}}"#),
+        )
+        .await;
     }
     let got = receipts(t.as_ref(), "receipts-crm", n, 30).await;
     assert_eq!(got.len(), n);
