@@ -793,6 +793,42 @@ const NO_CONSUMER: &str = "a standalone worker's in-process queues have no consu
      or embed the hub in the core app as a library (hub_worker::Hub) to use in-process queues; to try the \
      worker without a broker anyway: accept_without_consumer = true";
 
+/// A target's `receipts_to` must be a queue the transport can name, and not a queue the hub
+/// consumes itself (the receipts or the inbound queue): the hub would take the delivery receipts
+/// meant for the core app, and drop them as malformed.
+fn receipts_to_problems(
+    cfg: &Config,
+    names: &layer4_dispatch::QueueNames,
+    integrations: &[Integration],
+) -> Vec<Diagnostic> {
+    let consumed: Vec<&str> = std::iter::once(cfg.publish.receipts_queue.as_str())
+        .chain(cfg.publish.inbound_queue.as_deref())
+        .collect();
+    let mut out = Vec::new();
+    for i in integrations {
+        for q in i.outbound.iter().flat_map(|o| &o.targets).filter_map(|t| t.spec.receipts_to.as_deref()) {
+            let line = std::fs::read_to_string(&i.file).ok().and_then(|text| {
+                files::Locator::new(&text).line_of(&["target".into(), "receipts_to".into()])
+            });
+            let problem = if consumed.contains(&q) {
+                Some(format!(
+                    "the hub consumes `{q}` itself (publish.receipts_queue or publish.inbound_queue)"
+                ))
+            } else {
+                names.check(&[q]).into_iter().next().map(|(_, why)| why)
+            };
+            if let Some(why) = problem {
+                out.push(Diagnostic {
+                    file: i.file.clone(),
+                    line,
+                    message: format!("target.receipts_to `{q}` on {}: {why}", names.rule().transport()),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Loads the config at `path` and its integrations directory and checks them together: what
 /// `hub-worker check` reports and what `run` refuses to start on. Problems come with file and
 /// line where they have one.
@@ -842,6 +878,7 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
     if let Ok(names) = cfg.transport.queue_names() {
         let configured: Vec<&str> = cfg.configured_queues().into_iter().map(|(_, q)| q).collect();
         out.extend(files::check_queue_names(&dir, &names, &configured));
+        out.extend(receipts_to_problems(&cfg, &names, &loaded.integrations));
     }
     for i in &loaded.integrations {
         if cfg.integrations.contains(&i.source) {
@@ -912,5 +949,50 @@ mod tests {
         let err = toml::from_str::<super::Config>(text).expect_err("unknown scheme").to_string();
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("`standard-webhooks`, `github`, `stripe`, `api-key`, `bearer`"), "{err}");
+    }
+
+    /// A target whose receipts would go to a queue the hub consumes itself is refused, at the
+    /// line of its `receipts_to`.
+    #[test]
+    fn receipts_to_a_queue_the_hub_consumes_is_refused_at_its_line() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/integrations");
+        let dir = std::env::temp_dir().join(format!("po-rcpt-{}", uuid::Uuid::now_v7().simple()));
+        let ints = dir.join("integrations");
+        for sub in ["", "core", "schemas"] {
+            std::fs::create_dir_all(ints.join(sub)).expect("dir");
+            for e in std::fs::read_dir(src.join(sub)).expect("examples").flatten() {
+                if e.path().is_file() {
+                    std::fs::copy(e.path(), ints.join(sub).join(e.file_name())).expect("copy");
+                }
+            }
+        }
+        let crm = ints.join("crm.toml");
+        let text = std::fs::read_to_string(&crm).expect("crm.toml");
+        let text = text.replacen("[target]\n", "[target]\nreceipts_to = \"hub.receipts\"\n", 1);
+        // Its secret present (a file): only a file without errors yields its target.
+        let token = dir.join("crm.token");
+        std::fs::write(&token, "crm-token-0123456789").expect("token");
+        let text = text.replace(
+            "{ env = \"CRM_API_TOKEN\" }",
+            &format!("{{ file = {:?} }}", token.display().to_string()),
+        );
+        let line = text.lines().position(|l| l.starts_with("receipts_to")).expect("inserted") + 1;
+        std::fs::write(&crm, text).expect("write");
+        let cfg = dir.join("hub.toml");
+        std::fs::write(
+            &cfg,
+            "integrations_dir = \"integrations\"\n[database]\nurl = \"sqlite::memory:\"\n\
+             [transport]\nkind = \"in-process\"\naccept_without_consumer = true\n\
+             [publish]\ninbound_queue = \"hub.inbound\"\n",
+        )
+        .expect("write");
+        let Err(problems) = super::prepare(&cfg) else { panic!("the config was accepted") };
+        let found = problems
+            .iter()
+            .find(|d| d.message.contains("receipts_to `hub.receipts`"))
+            .unwrap_or_else(|| panic!("{problems:#?}"));
+        assert!(found.message.contains("consumes"), "{}", found.message);
+        assert_eq!((found.file.as_path(), found.line), (crm.as_path(), Some(line)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

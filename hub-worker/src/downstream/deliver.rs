@@ -194,7 +194,9 @@ impl DeliverStage {
                 Next::Retry(Transition::to(Status::Failed).counted().because(reason.clone()).due_at(at))
             }
             Verdict::NotSent { until, .. } => {
-                let wait = until.unwrap_or(std::time::Duration::from_millis(200));
+                // No time given: a half-open probe is in flight. A second is about what the
+                // probe takes to settle the circuit; sooner would only claim the rows again.
+                let wait = until.unwrap_or(std::time::Duration::from_secs(1));
                 Next::Later(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(30)))
             }
             #[allow(unreachable_patterns)]
