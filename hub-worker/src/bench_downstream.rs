@@ -18,6 +18,7 @@ use layer2_normalize::request::{BodyEncoding, RequestSpec};
 use layer3_translate::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
 use layer4_dispatch::{Headers, OutgoingMessage, Transport, intake, wire};
 
+use crate::bench::percentile;
 use crate::error::{Error, Result};
 use crate::hub::{Hub, HubSettings};
 use crate::outbound::{Outbound, OutboundRoute, Target, TargetSpec};
@@ -88,14 +89,6 @@ async fn sink(cancel: CancellationToken) -> Result<(std::net::SocketAddr, Arc<At
         let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
     });
     Ok((addr, count))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Runs the downstream benchmark on `transport`.

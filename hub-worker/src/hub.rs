@@ -636,7 +636,7 @@ impl Hub {
                 Arc::new(layer4_dispatch::delivery_receipts::ReceiptSender::new(
                     i.db.clone(),
                     i.transport.clone(),
-                    s.stage.batch_size,
+                    s.stage.clone(),
                     s.publish.lease,
                 )),
                 w.delivery_receipts.clone(),

@@ -143,6 +143,22 @@ impl TargetSpec {
     }
 }
 
+impl TargetSpec {
+    /// Deliveries tried at most this many times (`max_attempts`, default 8).
+    pub fn attempts_allowed(&self) -> i32 {
+        i32::try_from(self.max_attempts.unwrap_or(8).max(1)).unwrap_or(i32::MAX)
+    }
+
+    /// The first retry's delay and the longest (`retry_base_ms`, default 1 s; `retry_max_ms`,
+    /// default 5 minutes).
+    pub fn retry_delays(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_millis(self.retry_base_ms.unwrap_or(1000)),
+            std::time::Duration::from_millis(self.retry_max_ms.unwrap_or(300_000)),
+        )
+    }
+}
+
 /// A target by name.
 #[derive(Debug, Clone)]
 pub struct Target {

@@ -189,30 +189,13 @@ pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
     settings: &crate::stage::StageSettings,
 ) -> Result<std::collections::HashSet<Uuid>> {
     let now = Utc::now();
-    let ours = Condition::all().add(E::NEXT_ATTEMPT_AT.eq(lease.until)).add(Expr::cust(format!(
-        "status IN ('{}', '{}')",
-        Status::JustIn.as_str(),
-        Status::Failed.as_str()
-    )));
-    let mut kept = std::collections::HashSet::with_capacity(forwarded.len());
-    if !forwarded.is_empty() {
-        // One statement for the batch; RETURNING tells which rows were still ours
-        // (PostgreSQL, and SQLite since 3.35).
-        let mut update = transition_update::<E>(&Transition::to(Status::Forwarded), now)
-            .filter(E::ID.is_in(forwarded.iter().copied()))
-            .filter(ours.clone())
-            .into_query();
-        update.returning_col(E::ID);
-        for row in conn.query_all(&update).await? {
-            kept.insert(row.try_get_by_index::<Uuid>(0)?);
-        }
-    }
+    let kept =
+        transition_leased::<E, C>(conn, lease.until, forwarded, &Transition::to(Status::Forwarded), now)
+            .await?;
     let mut lost = forwarded.len() - kept.len();
     for (id, attempts, failure) in failed {
         let t = failure_transition(*attempts, failure, settings, now);
-        let res =
-            transition_update::<E>(&t, now).filter(E::ID.eq(*id)).filter(ours.clone()).exec(conn).await?;
-        if res.rows_affected == 1 {
+        if !transition_leased::<E, C>(conn, lease.until, &[*id], &t, now).await?.is_empty() {
             tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
         } else {
             lost += 1;
@@ -226,6 +209,41 @@ pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
             rows = lost,
             "lease lost before the result was written; result dropped"
         );
+    }
+    Ok(kept)
+}
+
+/// The rows a worker still leases under the stamp `until` (see [`claim_leased`]): still
+/// `just_in`/`failed` and `next_attempt_at` still `until`. A row whose lease ended and that
+/// another worker claimed (a new stamp) or finished matches no more.
+pub fn still_leased<E: LayerTable>(until: DateTime<Utc>) -> Condition {
+    Condition::all().add(E::NEXT_ATTEMPT_AT.eq(until)).add(Expr::cust(format!(
+        "status IN ('{}', '{}')",
+        Status::JustIn.as_str(),
+        Status::Failed.as_str()
+    )))
+}
+
+/// Makes `t` of those of `ids` this worker still leases ([`still_leased`]), in one statement;
+/// returns the ids it changed (RETURNING: PostgreSQL, and SQLite since 3.35).
+pub async fn transition_leased<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    until: DateTime<Utc>,
+    ids: &[Uuid],
+    t: &Transition,
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<Uuid>> {
+    let mut kept = std::collections::HashSet::with_capacity(ids.len());
+    if ids.is_empty() {
+        return Ok(kept);
+    }
+    let mut update = transition_update::<E>(t, now)
+        .filter(E::ID.is_in(ids.iter().copied()))
+        .filter(still_leased::<E>(until))
+        .into_query();
+    update.returning_col(E::ID);
+    for row in conn.query_all(&update).await? {
+        kept.insert(row.try_get_by_index::<Uuid>(0)?);
     }
     Ok(kept)
 }
@@ -305,7 +323,7 @@ impl Transition {
 /// The update that applies `t` (without a row filter).
 /// The guarded update that makes `t` of a row: filtered on the statuses that may become `t.to`;
 /// the caller adds which rows.
-pub fn transition_update<E: LayerTable>(t: &Transition, now: DateTime<Utc>) -> sea_orm::UpdateMany<E> {
+fn transition_update<E: LayerTable>(t: &Transition, now: DateTime<Utc>) -> sea_orm::UpdateMany<E> {
     let mut update = E::update_many()
         .col_expr(E::STATUS, Expr::value(t.to.as_str()))
         .col_expr(E::UPDATED_AT, Expr::value(now))

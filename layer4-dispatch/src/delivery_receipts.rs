@@ -19,7 +19,7 @@ use sea_orm::{DatabaseConnection, QueryOrder, QuerySelect, TransactionTrait};
 use serde::Serialize;
 
 use layer1_ingest::json::Value as Json;
-use layer1_ingest::{Error, Stage};
+use layer1_ingest::{Error, Stage, StageSettings};
 
 use crate::transport::{Headers, OutgoingMessage, Transport};
 use crate::wire;
@@ -87,8 +87,8 @@ pub struct Final {
     pub message_type: String,
     /// The receipt's queue.
     pub receipt_to: String,
-    /// `acknowledged`, `rejected` or `dead`.
-    pub status: &'static str,
+    /// `Acknowledged`, `Rejected` or `Dead`: the final status that made the receipt.
+    pub status: layer1_ingest::Status,
     /// The third party's HTTP status, if any.
     pub http_status: Option<u16>,
     /// Fields mapped from the answer.
@@ -117,7 +117,7 @@ pub fn new_receipt(f: Final, now: DateTime<Utc>) -> Model {
         target: f.target,
         message_type: f.message_type,
         receipt_to: f.receipt_to,
-        status: f.status.to_owned(),
+        status: f.status.as_str().to_owned(),
         http_status: f.http_status.map(i32::from),
         fields,
         reason: f.reason,
@@ -191,20 +191,21 @@ pub fn message(row: &Model) -> OutgoingMessage {
 pub struct ReceiptSender {
     db: DatabaseConnection,
     transport: Arc<dyn Transport>,
-    batch: u64,
+    settings: StageSettings,
     lease: Duration,
 }
 
 impl ReceiptSender {
-    /// A sender of up to `batch` receipts per claim; a claimed receipt is this worker's for `lease`.
-    pub fn new(db: DatabaseConnection, transport: Arc<dyn Transport>, batch: u64, lease: Duration) -> Self {
-        Self { db, transport, batch: Ord::max(batch, 1), lease }
+    /// A sender of up to `settings.batch_size` receipts per claim, retrying a failed publish
+    /// with `settings`' backoff (never giving up); a claimed receipt is this worker's for `lease`.
+    pub fn new(
+        db: DatabaseConnection,
+        transport: Arc<dyn Transport>,
+        settings: StageSettings,
+        lease: Duration,
+    ) -> Self {
+        Self { db, transport, settings, lease }
     }
-}
-
-/// The delay before publish attempt `attempts + 1`: 1 s doubling, at most 5 minutes.
-fn backoff(attempts: i32) -> chrono::Duration {
-    chrono::Duration::seconds(1i64 << attempts.clamp(0, 9)).min(chrono::Duration::minutes(5))
 }
 
 #[async_trait]
@@ -222,7 +223,7 @@ impl Stage for ReceiptSender {
             .filter(Column::NextAttemptAt.lte(now))
             .order_by_asc(Column::NextAttemptAt)
             .order_by_asc(Column::Id)
-            .limit(self.batch)
+            .limit(Ord::max(self.settings.batch_size, 1))
             .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
             .all(&txn)
             .await?;
@@ -256,7 +257,7 @@ impl Stage for ReceiptSender {
                     let (attempts, pause) = if outage {
                         (row.attempts, chrono::Duration::seconds(2))
                     } else {
-                        (row.attempts + 1, backoff(row.attempts + 1))
+                        (row.attempts + 1, self.settings.backoff(row.attempts + 1))
                     };
                     tracing::warn!(receipt = %row.id, queue = %row.receipt_to, error = %e, "delivery receipt not published; will retry");
                     Entity::update_many()

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryTrait, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use layer1_ingest::deliver::{Attempt, Deliverer, OutgoingRequest, Verdict};
 use layer1_ingest::entity::{Column, Entity, Model};
 use layer1_ingest::json::Value;
-use layer1_ingest::table::{Leased, Transition, claim_leased_where, insert_rows, transition_update};
-use layer1_ingest::{Direction, Stage, StageSettings, Status};
+use layer1_ingest::table::{
+    Transition, claim_leased_where, failure_transition, insert_rows, still_leased, transition_leased,
+};
+use layer1_ingest::{Direction, Failure, Stage, StageSettings, Status};
 use layer4_dispatch::delivery_receipts::{self, Final};
 
 use super::Downstream;
@@ -53,15 +53,9 @@ impl DeliverStage {
         deliverer: Arc<Deliverer>,
         settings: StageSettings,
     ) -> Self {
-        let slowest = down
-            .outbound
-            .targets
-            .iter()
-            .map(|t| std::time::Duration::from_millis(t.spec.timeout_ms.unwrap_or(30_000)))
-            .max()
-            .unwrap_or_default();
         let mut settings = settings;
-        settings.lease = settings.lease.max(slowest.mul_f64(1.2) + std::time::Duration::from_secs(1));
+        settings.lease =
+            settings.lease.max(deliverer.longest_timeout().mul_f64(1.2) + std::time::Duration::from_secs(1));
         Self { db, down, deliverer, settings }
     }
 }
@@ -91,8 +85,8 @@ fn request_of(row: &Model) -> Result<OutgoingRequest, String> {
 
 /// How a delivery is left after its attempt.
 enum Next {
-    /// A final status, with the receipt.
-    Final(Transition, Final),
+    /// A final status (the receipt is made of it).
+    Final(Transition),
     /// Retried later.
     Retry(Transition),
     /// Not sent (circuit open, no permit in time): due again at this time, attempt not counted.
@@ -131,16 +125,11 @@ fn response_fields(
 }
 
 impl DeliverStage {
-    fn final_of(
-        &self,
-        row: &Model,
-        status: &'static str,
-        attempt: &Attempt,
-        reason: Option<String>,
-    ) -> Final {
-        let answer = attempt.answer.as_ref();
-        let (fields, note) = match (status, answer) {
-            ("acknowledged", Some(a)) => {
+    /// The receipt of `row` ending `status`, with what `attempt` (if any) got back.
+    fn final_of(&self, row: &Model, end: &Transition, attempt: Option<&Attempt>) -> Final {
+        let answer = attempt.and_then(|a| a.answer.as_ref());
+        let (fields, note) = match (end.to, answer) {
+            (Status::Acknowledged, Some(a)) => {
                 let route =
                     row.message_type.as_deref().and_then(|t| self.down.outbound.route(&row.source, t));
                 let wanted = route.map(|r| r.response_fields.as_slice()).unwrap_or(&[]);
@@ -155,38 +144,33 @@ impl DeliverStage {
             target: row.source.clone(),
             message_type: row.message_type.clone().unwrap_or_default(),
             receipt_to: self.down.receipt_to(&row.source),
-            status,
+            status: end.to,
             http_status: answer.map(|a| a.status),
             fields,
-            reason: reason.or(note),
+            reason: end.reason.clone().or(note),
         }
     }
 
     /// What `attempt` makes of `row`.
     fn next(&self, row: &Model, attempt: &Attempt, now: DateTime<Utc>) -> Next {
-        let target = self.down.outbound.target(&row.source);
-        let max_attempts = target.and_then(|t| t.spec.max_attempts).unwrap_or(8).max(1) as i32;
-        let base =
-            std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_base_ms).unwrap_or(1000));
-        let max =
-            std::time::Duration::from_millis(target.and_then(|t| t.spec.retry_max_ms).unwrap_or(300_000));
+        let (max_attempts, (base, max)) = match self.down.outbound.target(&row.source) {
+            Some(t) => (t.spec.attempts_allowed(), t.spec.retry_delays()),
+            None => {
+                let d = crate::outbound::TargetSpec::new(String::new());
+                (d.attempts_allowed(), d.retry_delays())
+            }
+        };
         let tries = row.attempts + 1;
         match &attempt.verdict {
-            Verdict::Delivered => Next::Final(
-                Transition::to(Status::Acknowledged).counted(),
-                self.final_of(row, "acknowledged", attempt, None),
-            ),
-            Verdict::Rejected { reason } => Next::Final(
-                Transition::to(Status::Rejected).counted().because(reason.clone()),
-                self.final_of(row, "rejected", attempt, Some(reason.clone())),
-            ),
-            Verdict::Retry { reason, .. } if tries >= max_attempts => {
-                let why = format!("{reason} (gave up after {tries} attempts)");
-                Next::Final(
-                    Transition::to(Status::Dead).counted().because(why.clone()),
-                    self.final_of(row, "dead", attempt, Some(why)),
-                )
+            Verdict::Delivered => Next::Final(Transition::to(Status::Acknowledged).counted()),
+            Verdict::Rejected { reason } => {
+                Next::Final(Transition::to(Status::Rejected).counted().because(reason.clone()))
             }
+            Verdict::Retry { reason, .. } if tries >= max_attempts => Next::Final(
+                Transition::to(Status::Dead)
+                    .counted()
+                    .because(format!("{reason} (gave up after {tries} attempts)")),
+            ),
             Verdict::Retry { reason, after } => {
                 let wait =
                     layer1_ingest::deliver::backoff(tries as u32, base, max).max(after.unwrap_or_default());
@@ -241,35 +225,6 @@ impl DeliverStage {
     }
 }
 
-/// The rows of `ids` still leased by us under `lease`.
-fn ours(lease_until: DateTime<Utc>) -> Condition {
-    Condition::all()
-        .add(Column::NextAttemptAt.eq(lease_until))
-        .add(Expr::cust("status IN ('just_in', 'failed')"))
-}
-
-async fn apply<C: ConnectionTrait>(
-    conn: &C,
-    ids: &[Uuid],
-    t: &Transition,
-    lease: &Leased<Model>,
-    now: DateTime<Utc>,
-) -> layer1_ingest::Result<std::collections::HashSet<Uuid>> {
-    let mut kept = std::collections::HashSet::new();
-    if ids.is_empty() {
-        return Ok(kept);
-    }
-    let mut update = transition_update::<Entity>(t, now)
-        .filter(Column::Id.is_in(ids.iter().copied()))
-        .filter(ours(lease.until))
-        .into_query();
-    update.returning_col(Column::Id);
-    for r in conn.query_all(&update).await? {
-        kept.insert(r.try_get_by_index::<Uuid>(0)?);
-    }
-    Ok(kept)
-}
-
 #[async_trait]
 impl Stage for DeliverStage {
     fn name(&self) -> &'static str {
@@ -317,29 +272,30 @@ impl Stage for DeliverStage {
         for (row, req, res) in &results {
             match res {
                 Err(why) => {
-                    // Not the third party's answer: our own record or config. Retried, then dead.
-                    let tries = row.attempts + 1;
-                    let t = if tries >= 8 {
-                        Transition::to(Status::Dead)
-                            .counted()
-                            .because(format!("{why} (gave up after {tries} attempts)"))
-                    } else {
-                        Transition::to(Status::Failed)
-                            .counted()
-                            .because(why.clone())
-                            .due_at(now + self.settings.backoff(tries))
-                    };
-                    singles.push((row.id, t, None));
+                    // Not the third party's answer: our own record or config. Retried as any
+                    // stage's transient failure, then dead, with its receipt.
+                    let t = failure_transition(
+                        row.attempts,
+                        &Failure::Transient(why.clone()),
+                        &self.settings,
+                        now,
+                    );
+                    let receipt = (t.to == Status::Dead).then(|| self.final_of(row, &t, None));
+                    singles.push((row.id, t, receipt));
                 }
                 Ok(attempt) => {
                     if let Some(req) = req {
                         attempts.extend(self.attempt_row(row, req, attempt));
                     }
                     match self.next(row, attempt, now) {
-                        Next::Final(t, f) if t.to == Status::Acknowledged && t.reason.is_none() => {
-                            acked.push((row.id, f))
+                        Next::Final(t) => {
+                            let f = self.final_of(row, &t, Some(attempt));
+                            if t.to == Status::Acknowledged {
+                                acked.push((row.id, f));
+                            } else {
+                                singles.push((row.id, t, Some(f)));
+                            }
                         }
-                        Next::Final(t, f) => singles.push((row.id, t, Some(f))),
                         Next::Retry(t) => singles.push((row.id, t, None)),
                         Next::Later(at) => later.push((row.id, at)),
                     }
@@ -350,12 +306,18 @@ impl Stage for DeliverStage {
         let txn = self.db.begin().await?;
         let mut finals = Vec::new();
         let ack_ids: Vec<Uuid> = acked.iter().map(|(id, _)| *id).collect();
-        let kept =
-            apply(&txn, &ack_ids, &Transition::to(Status::Acknowledged).counted(), &lease, now).await?;
+        let kept = transition_leased::<Entity, _>(
+            &txn,
+            lease.until,
+            &ack_ids,
+            &Transition::to(Status::Acknowledged).counted(),
+            now,
+        )
+        .await?;
         finals.extend(acked.into_iter().filter(|(id, _)| kept.contains(id)).map(|(_, f)| f));
         let mut lost = ack_ids.len() - kept.len();
         for (id, t, f) in singles {
-            if apply(&txn, &[id], &t, &lease, now).await?.is_empty() {
+            if transition_leased::<Entity, _>(&txn, lease.until, &[id], &t, now).await?.is_empty() {
                 lost += 1;
                 continue;
             }
@@ -366,7 +328,7 @@ impl Stage for DeliverStage {
             Entity::update_many()
                 .col_expr(Column::NextAttemptAt, Expr::value(at))
                 .filter(Column::Id.eq(id))
-                .filter(ours(lease.until))
+                .filter(still_leased::<Entity>(lease.until))
                 .exec(&txn)
                 .await?;
         }

@@ -2,13 +2,13 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ColumnTrait, DatabaseConnection, QueryFilter, TransactionTrait};
+use sea_orm::sea_query::Condition;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
 use layer1_ingest::json::Value;
 use layer1_ingest::table::{
-    Leased, claim_leased_where, failure_transition, insert_rows, settle_leased, transition_update,
+    Leased, claim_leased_where, failure_transition, insert_rows, settle_leased, transition_leased,
 };
 use layer1_ingest::{Direction, Failure, Rejection, Stage, StageSettings, Status, guarded};
 use layer2_normalize::request::BuiltRequest;
@@ -169,7 +169,7 @@ fn delivery_row(
 }
 
 impl OutboundStage {
-    fn receipt(&self, row: &CoreRow, status: &'static str, reason: String) -> Final {
+    fn receipt(&self, row: &CoreRow, status: Status, reason: String) -> Final {
         Final {
             dispatch_id: row.origin_id,
             raw_id: None,
@@ -196,20 +196,13 @@ impl OutboundStage {
         let mut finals = Vec::new();
         for (row, failure) in failed {
             let t = failure_transition(row.attempts, &failure, &self.settings, now);
-            let res = transition_update::<CoreTable>(&t, now)
-                .filter(layer4_dispatch::entity::Column::Id.eq(row.id))
-                .filter(layer4_dispatch::entity::Column::NextAttemptAt.eq(lease.until))
-                .filter(Condition::all().add(Expr::cust("status IN ('just_in', 'failed')")))
-                .exec(txn)
-                .await?;
-            if res.rows_affected != 1 {
+            if transition_leased::<CoreTable, C>(txn, lease.until, &[row.id], &t, now).await?.is_empty() {
                 continue; // our lease ended and another worker has the row
             }
             let reason = t.reason.clone().unwrap_or_default();
             tracing::info!(id = %row.id, target = %row.destination, status = %t.to, %reason, "core message not delivered");
             match t.to {
-                Status::Rejected => finals.push(self.receipt(row, "rejected", reason)),
-                Status::Dead => finals.push(self.receipt(row, "dead", reason)),
+                Status::Rejected | Status::Dead => finals.push(self.receipt(row, t.to, reason)),
                 _ => {}
             }
         }
@@ -284,7 +277,7 @@ impl Stage for OutboundStage {
                 }
                 Made::Refused(l3, why) => {
                     tracing::info!(id = %row.id, target = %row.destination, reason = %why, "request not built");
-                    finals.push(self.receipt(row, "rejected", why.to_string()));
+                    finals.push(self.receipt(row, Status::Rejected, why.to_string()));
                     l3s.push(*l3);
                 }
             }

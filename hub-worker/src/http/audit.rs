@@ -79,6 +79,11 @@ fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
     }
 }
 
+/// What of a message's bytes `caller` may see.
+fn raw_access(caller: &Caller) -> RawAccess {
+    if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld }
+}
+
 /// `GET /v1/messages/{id}`
 #[utoipa::path(
     get,
@@ -99,7 +104,7 @@ pub async fn message(
     Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let access = if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld };
+    let access = raw_access(&caller);
     answer(audit::message(s.hub.db(), id, access).await)
 }
 
@@ -123,7 +128,7 @@ pub async fn core_message(
     Extension(caller): Extension<Caller>,
     Path(core_id): Path<String>,
 ) -> Response {
-    let access = if caller.has(Scope::Raw) { RawAccess::Shown } else { RawAccess::Withheld };
+    let access = raw_access(&caller);
     answer(
         audit::core_message(s.hub.db(), &core_id, access)
             .await

@@ -49,6 +49,12 @@ impl Deliverer {
         self.targets.contains_key(name)
     }
 
+    /// The longest whole-request timeout of the targets (zero without targets): how long a
+    /// request may be in flight, which a claim's lease must outlast.
+    pub fn longest_timeout(&self) -> std::time::Duration {
+        self.targets.values().map(|t| t.settings.timeout).max().unwrap_or_default()
+    }
+
     /// Targets whose circuit is open right now and not yet due for a half-open probe: callers
     /// skip claiming their rows.
     pub fn open_circuits(&self) -> Vec<String> {
