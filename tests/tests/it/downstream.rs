@@ -122,6 +122,24 @@ async fn hub(
         .expect("hub builds")
 }
 
+/// A started hub delivering `member.updated` to the target `crm` (`spec`), on a fresh
+/// database and an in-process transport.
+struct Crm {
+    db: TestDb,
+    t: Arc<InProcessTransport>,
+    inbound: String,
+    hub: Hub,
+}
+
+async fn crm(backend: Backend, spec: TargetSpec) -> Crm {
+    let db = TestDb::new(backend).await;
+    let t = Arc::new(InProcessTransport::default());
+    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
+    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", spec, None), None).await;
+    hub.start();
+    Crm { db, t, inbound, hub }
+}
+
 /// Publishes one `member.updated` as the core app does.
 async fn send(t: &dyn Transport, inbound: &str, target: &str, id: &str, body: &str) {
     send_typed(t, inbound, target, "member.updated", id, body).await;
@@ -268,7 +286,6 @@ async fn postgres_delivered_once_with_receipt_and_lineage() {
 /// second after the backoff, the third no sooner than the `Retry-After` said.
 #[tokio::test]
 async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
-    let db = TestDb::new(Backend::Postgres).await;
     let server = ScriptedServer::start().await;
     server.script(
         "/contacts/m-1",
@@ -278,11 +295,7 @@ async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
             Reply::json(201, r#"{"id":1}"#),
         ],
     );
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub =
-        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Postgres, target("crm", server.url())).await;
     send(t.as_ref(), &inbound, "crm", "c-1", r#"{"member_id":"m-1","email":"a@b.example"}"#).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 30).await;
     settle(&hub, 30).await;
@@ -309,14 +322,9 @@ async fn retries_follow_backoff_and_retry_after_with_one_idempotency_key() {
 /// A 400 is final: `rejected`, the third party's body on record and in the reason.
 #[tokio::test]
 async fn bad_request_is_rejected_with_the_answer_on_record() {
-    let db = TestDb::new(Backend::Sqlite).await;
     let server = ScriptedServer::start().await;
     server.script("/contacts/m-2", vec![Reply::json(400, r#"{"error":"email invalid"}"#)]);
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub =
-        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Sqlite, target("crm", server.url())).await;
     send(t.as_ref(), &inbound, "crm", "c-2", r#"{"member_id":"m-2","email":"not-an-email"}"#).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     settle(&hub, 20).await;
@@ -337,15 +345,11 @@ async fn bad_request_is_rejected_with_the_answer_on_record() {
 /// Retries run out: `dead`, one receipt saying so.
 #[tokio::test]
 async fn retries_run_out_dead_with_receipt() {
-    let db = TestDb::new(Backend::Sqlite).await;
     let server = ScriptedServer::start().await;
     server.script("/contacts/m-3", vec![Reply::status(503)]);
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
     let mut spec = target("crm", server.url());
     spec.max_attempts = Some(3);
-    let hub = hub(&db, t.clone(), &inbound, crm_outbound("crm", spec, None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Sqlite, spec).await;
     send(t.as_ref(), &inbound, "crm", "c-3", r#"{"member_id":"m-3","email":"a@b.example"}"#).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     settle(&hub, 20).await;
@@ -362,16 +366,11 @@ async fn retries_run_out_dead_with_receipt() {
 /// answer over the bound, an answer that is not JSON.
 #[tokio::test]
 async fn bad_input_each_has_its_reason_and_the_worker_keeps_going() {
-    let db = TestDb::new(Backend::Postgres).await;
     let server = ScriptedServer::start().await;
     server.script("/contacts/big", vec![Reply::bytes(200, vec![b'x'; 10_000])]);
     server.script("/contacts/text", vec![Reply::bytes(200, b"OK thanks".to_vec())]);
     server.script("/contacts/fine", vec![Reply::json(200, r#"{"id":5}"#)]);
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub =
-        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Postgres, target("crm", server.url())).await;
     send(t.as_ref(), &inbound, "crm", "no-email", r#"{"member_id":"x1","name":"No Email"}"#).await;
     send(t.as_ref(), &inbound, "crm", "escape", r#"{"member_id":"..","email":"a@b.example"}"#).await;
     send(t.as_ref(), &inbound, "crm", "big", r#"{"member_id":"big","email":"a@b.example"}"#).await;
@@ -607,17 +606,12 @@ async fn delivery_receipts_over_sqs() {
 /// idempotency key) with a second receipt; a replay from layer 3 is refused downstream.
 #[tokio::test]
 async fn rejected_delivery_replayed_from_layer_1() {
-    let db = TestDb::new(Backend::Sqlite).await;
     let server = ScriptedServer::start().await;
     server.script(
         "/contacts/m-5",
         vec![Reply::json(400, r#"{"error":"try later"}"#), Reply::json(201, r#"{"id":55}"#)],
     );
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub =
-        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Sqlite, target("crm", server.url())).await;
     send(t.as_ref(), &inbound, "crm", "c-5", r#"{"member_id":"m-5","email":"a@b.example"}"#).await;
     let first = receipts(t.as_ref(), "receipts-crm", 1, 20).await;
     assert_eq!(first["c-5"]["status"], "rejected");
@@ -645,7 +639,6 @@ async fn rejected_delivery_replayed_from_layer_1() {
 /// on record with its error; a 422 then ends the delivery `rejected`.
 #[tokio::test]
 async fn reset_and_timeout_retried_then_422_rejected() {
-    let db = TestDb::new(Backend::Postgres).await;
     let server = ScriptedServer::start().await;
     server.script(
         "/contacts/m-7",
@@ -655,11 +648,7 @@ async fn reset_and_timeout_retried_then_422_rejected() {
             Reply::json(422, r#"{"errors":[{"field":"email","code":"invalid"}]}"#),
         ],
     );
-    let t = Arc::new(InProcessTransport::default());
-    let inbound = format!("inbound-{}", Uuid::now_v7().simple());
-    let hub =
-        hub(&db, t.clone(), &inbound, crm_outbound("crm", target("crm", server.url()), None), None).await;
-    hub.start();
+    let Crm { db, t, inbound, hub } = crm(Backend::Postgres, target("crm", server.url())).await;
     send(t.as_ref(), &inbound, "crm", "c-7", r#"{"member_id":"m-7","email":"a@b.example"}"#).await;
     let got = receipts(t.as_ref(), "receipts-crm", 1, 30).await;
     settle(&hub, 20).await;
