@@ -8,8 +8,8 @@ pub mod stage;
 pub mod translator;
 
 pub use mapping::{
-    Convert, FieldRule, LintSides, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator, OnUnmapped,
-    Precision,
+    Case, Convert, FieldRule, LintSides, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator,
+    MoneyConvert, OffsetOut, OnNull, OnUnmapped, Precision,
 };
 pub use stage::{Parent, TranslateStage, Translators, translate, translation_row};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

@@ -72,6 +72,18 @@ pub(super) fn compile_rule(
     at: &[String],
     issues: &mut Vec<MappingIssue>,
 ) -> Option<Field> {
+    // Placeholders until each option is implemented: a rule using one is refused, never ignored.
+    for (given, key) in [
+        (rule.on_null.is_some(), "on_null"),
+        (rule.money.is_some() || rule.currency.is_some(), "money"),
+        (rule.case.is_some(), "case"),
+        (rule.offset.is_some(), "offset"),
+        (rule.expr.is_some(), "expr"),
+    ] {
+        if given {
+            issues.push(issue(at, key, format!("`{key}` is not supported yet")));
+        }
+    }
     let sources = [rule.from.is_some(), rule.constant.is_some(), rule.concat.is_some(), rule.each.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
         issues.push(issue(at, "", "give exactly one of `from`, `const`, `concat`, `each`"));

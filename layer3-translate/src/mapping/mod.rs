@@ -30,7 +30,10 @@ mod spec;
 
 pub use compile::LintSides;
 use eval::*;
-pub use spec::{Convert, FieldRule, Loss, MappingIssue, MappingSpec, OnUnmapped, Precision};
+pub use spec::{
+    Case, Convert, FieldRule, Loss, MappingIssue, MappingSpec, MoneyConvert, OffsetOut, OnNull, OnUnmapped,
+    Precision,
+};
 
 #[derive(Debug, Clone)]
 enum TimeFormat {
@@ -261,7 +264,7 @@ mod tests {
         assert!(rule(r#"{"from": "/a", "convert": "numbr"}"#).contains("`string`, `number`, `integer`"));
         assert!(rule(r#"{"from": "/a", "precision": "ms"}"#).contains("`seconds`, `millis`, `micros`"));
         let loss = rule(r#"{"from": "/a", "lossy": "truncate"}"#);
-        assert!(loss.contains("`truncate-timestamp`, `truncate-text`, `merge-enum`"), "{loss}");
+        assert!(loss.contains("`truncate-timestamp`, `truncate-text`, `merge-enum`, `case-fold`"), "{loss}");
     }
 
     #[test]

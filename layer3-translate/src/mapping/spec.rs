@@ -91,9 +91,81 @@ pub struct FieldRule {
     /// Truncates text to this many characters (lossy: `truncate-text`).
     #[serde(default)]
     pub max_length: Option<usize>,
-    /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`.
+    /// What a `null` source gives (`keep`, the default: the core field is `null`; `omit`: the
+    /// core field is left out). A `null` object on the way to the source (`/milestone/title`
+    /// when `milestone` is `null`) counts as a `null` source.
+    #[serde(default)]
+    pub on_null: Option<OnNull>,
+    /// Money: `to-decimal` turns integer minor units (Stripe's `2000`) into the exact decimal
+    /// text of the major unit by the currency's ISO 4217 exponent (`"20.00"` in EUR, `"2000"`
+    /// in JPY, `"2.000"` in KWD); `to-minor-units` is the way back (downstream), refusing a
+    /// value with more fraction digits than the currency has.
+    #[serde(default)]
+    pub money: Option<MoneyConvert>,
+    /// The currency of a `money` rule: a pointer to the currency code beside the amount
+    /// (`/currency`, read case-insensitively) or an ISO 4217 code (`EUR`).
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Case folding of text (`upper`, `lower`): lossy, named `case-fold`.
+    #[serde(default)]
+    pub case: Option<Case>,
+    /// What a timestamp rule keeps of the source's offset: `keep` (the default: the offset as
+    /// written), `split` (`{"instant": <UTC>, "offset": "-07:00"}`), or `utc` (the instant in
+    /// UTC: lossy, named `drop-offset`, when the source can carry an offset).
+    #[serde(default)]
+    pub offset: Option<OffsetOut>,
+    /// An expression computing the value (the escape hatch for what the declarative rules
+    /// cannot say): see the mapping module's documentation.
+    #[serde(default)]
+    pub expr: Option<String>,
+    /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`,
+    /// `case-fold`, `drop-offset`.
     #[serde(default)]
     pub lossy: Option<Loss>,
+}
+
+/// What a `null` source gives (`on_null`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNull {
+    /// The core field is `null`.
+    #[default]
+    Keep,
+    /// The core field is left out.
+    Omit,
+}
+
+/// A money conversion (`money`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoneyConvert {
+    /// Integer minor units to the exact decimal text of the major unit.
+    ToDecimal,
+    /// A decimal amount (text or number) to integer minor units.
+    ToMinorUnits,
+}
+
+/// Case folding (`case`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Case {
+    /// `usd` -> `USD`.
+    Upper,
+    /// `USD` -> `usd`.
+    Lower,
+}
+
+/// What a timestamp rule keeps of the offset (`offset`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetOut {
+    /// The offset as written.
+    #[default]
+    Keep,
+    /// An object: `instant` (UTC) and `offset` (as written).
+    Split,
+    /// UTC only.
+    Utc,
 }
 
 /// A problem with a mapping, at a key path inside the mapping's table (`["fields", "/email",
@@ -130,6 +202,10 @@ pub enum Loss {
     TruncateText,
     /// An `enum` table maps two source values to one core value.
     MergeEnum,
+    /// `case` folds text (`usd` and `USD` become one).
+    CaseFold,
+    /// `offset = "utc"` drops the source's offset.
+    DropOffset,
 }
 
 impl Loss {
@@ -139,6 +215,8 @@ impl Loss {
             Loss::TruncateTimestamp => "truncate-timestamp",
             Loss::TruncateText => "truncate-text",
             Loss::MergeEnum => "merge-enum",
+            Loss::CaseFold => "case-fold",
+            Loss::DropOffset => "drop-offset",
         }
     }
 }
