@@ -26,10 +26,15 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 mod compile;
 mod eval;
 mod fidelity;
+mod paths;
 mod spec;
+#[cfg(test)]
+mod tests_paths;
 
 pub use compile::LintSides;
 use eval::*;
+use fidelity::IgnoreTok;
+use paths::*;
 pub use spec::{
     Case, Convert, FieldRule, Loss, MappingIssue, MappingSpec, MoneyConvert, OffsetOut, OnNull, OnUnmapped,
     Precision,
@@ -65,6 +70,7 @@ struct Field {
     out_tokens: Vec<String>,
     source: Source,
     default: Option<Value>,
+    on_null: OnNull,
     transforms: Transforms,
 }
 
@@ -73,7 +79,7 @@ struct Field {
 pub struct Mapping {
     spec: MappingSpec,
     fields: Vec<Field>,
-    ignore: Vec<Vec<String>>,
+    ignore: Vec<Vec<IgnoreTok>>,
 }
 
 /// A [`Translator`] running a declarative [`Mapping`], checking its output against the core
