@@ -107,7 +107,11 @@ pub(super) fn eval_field(
                     Got::Value(Value::Array(out))
                 }
                 Found::Value(v) => {
-                    return Err(reject(&at, "type", format!("`each` needs an array; `{at}` is {}", kind_of(v))));
+                    return Err(reject(
+                        &at,
+                        "type",
+                        format!("`each` needs an array; `{at}` is {}", kind_of(v)),
+                    ));
                 }
             }
         }

@@ -116,7 +116,8 @@ fn a_projected_element_without_the_field_rejects_unless_defaulted() {
     assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/issue/labels/1/color"), "projection"));
     assert!(r.message.contains("`/issue/labels/1` has no `color`"), "{}", r.message);
 
-    let m = mapping(json!({"/colors": {"from": "/issue/labels/*/color", "default": "ededed"}})).expect("compiles");
+    let m = mapping(json!({"/colors": {"from": "/issue/labels/*/color", "default": "ededed"}}))
+        .expect("compiles");
     let (body, fid) = m.apply(&rec).expect("defaulted");
     assert_eq!(text(&body["colors"]), r#"["f29513","ededed"]"#);
     assert_eq!(fid.defaulted, ["/colors/1"]);
@@ -163,7 +164,8 @@ fn star_works_in_from_inside_each_but_not_in_concat_or_each_pointers() {
     assert_eq!(text(&body), r#"{"orders":[{"id":"1296269","skus":["A","B"]},{"id":"2","skus":[]}]}"#);
     assert!(fid.mapped.contains(&"/orders/0/lines/1/sku".to_owned()));
 
-    let err = mapping(json!({"/t": {"concat": ["/issue/labels/*/name"], "separator": ","}})).expect_err("concat");
+    let err =
+        mapping(json!({"/t": {"concat": ["/issue/labels/*/name"], "separator": ","}})).expect_err("concat");
     assert_eq!(err[0].at, ["fields", "/t", "concat"]);
     assert!(err[0].message.contains("`from = \"/issue/labels/*/name\"`"), "{err:?}");
     let err = mapping(json!({"/t": {"each": "/orders/*/lines", "fields": {"/s": {"from": "/sku"}}}}))
@@ -195,7 +197,9 @@ fn a_path_into_an_array_by_name_is_refused_at_check_and_at_run() {
     let r = m.apply(&issue(false)).expect_err("silent no more");
     assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/issue/labels"), "path"));
     assert!(
-        r.message.contains("`from` pointer `/issue/labels/name`: `/issue/labels` is an array: use `/issue/labels/*/name`"),
+        r.message.contains(
+            "`from` pointer `/issue/labels/name`: `/issue/labels` is an array: use `/issue/labels/*/name`"
+        ),
         "{}",
         r.message
     );
@@ -236,7 +240,8 @@ fn a_null_object_on_the_way_is_a_null_source() {
     assert!(fid.mapped.contains(&"/issue/milestone".to_owned()), "{:?}", fid.mapped);
     assert!(!fid.ignored.contains(&"/issue/milestone".to_owned()));
 
-    let (body, _) = m(json!({"from": "/issue/milestone/title", "on_null": "omit"})).apply(&rec).expect("omit");
+    let (body, _) =
+        m(json!({"from": "/issue/milestone/title", "on_null": "omit"})).apply(&rec).expect("omit");
     assert_eq!(text(&body), r#"{"due":null}"#);
     let (body, fid) =
         m(json!({"from": "/issue/milestone/title", "default": "backlog"})).apply(&rec).expect("default");
@@ -295,14 +300,18 @@ fn pattern(p: &str) -> Vec<fidelity::IgnoreTok> {
 #[test]
 fn ignore_patterns_match_deep_and_glob_tokens() {
     let hit = |p: &str, leaf: &str| matches_ignore(&tokens(leaf).expect("leaf"), &pattern(p));
-    assert!(hit("/**/url", "/url") && hit("/**/url", "/issue/user/url") && hit("/**/url", "/issue/labels/0/url"));
+    assert!(
+        hit("/**/url", "/url") && hit("/**/url", "/issue/user/url") && hit("/**/url", "/issue/labels/0/url")
+    );
     assert!(!hit("/**/url", "/issue/user/html_url") && !hit("/**/url", "/issue/urls"));
     assert!(hit("/**/*_url", "/issue/user/avatar_url") && hit("/**/*_url", "/_url"));
     assert!(!hit("/**/*_url", "/issue/user/url") && !hit("/**/*_url", "/issue/user/url_"));
     assert!(hit("/issue/**", "/issue/milestone/creator/id") && hit("/issue/**", "/issue"));
     assert!(!hit("/issue/**", "/repository/id"));
     assert!(hit("/**/avatar_*", "/sender/avatar_url") && !hit("/**/avatar_*", "/sender/gravatar_id"));
-    assert!(hit("/a*b*c", "/abc") && hit("/a*b*c", "/a-b-b-c") && !hit("/a*b*c", "/acb") && !hit("/a*a", "/a"));
+    assert!(
+        hit("/a*b*c", "/abc") && hit("/a*b*c", "/a-b-b-c") && !hit("/a*b*c", "/acb") && !hit("/a*a", "/a")
+    );
     // `*` alone stays one token; a pattern still covers what is below what it names.
     assert!(hit("/issue/labels/*/url", "/issue/labels/1/url") && !hit("/*/url", "/issue/user/url"));
     assert!(hit("/**/labels/*", "/issue/labels/0/id") && hit("/**/user/**/id", "/issue/user/id"));
@@ -315,10 +324,27 @@ fn url_leaves_of_a_github_issue_are_ignored_by_two_patterns() {
     let m = mapping_with(
         json!({"/number": {"from": "/issue/number"}, "/title": {"from": "/issue/title"},
             "/labels": {"from": "/issue/labels/*/name"}, "/milestone": {"from": "/issue/milestone/title"}}),
-        json!(["/**/url", "/**/*_url", "/action", "/repository/id", "/repository/full_name",
-            "/**/owner/*", "/sender", "/issue/user", "/issue/labels/*/*", "/issue/milestone/*",
-            "/issue/id", "/issue/node_id", "/issue/state", "/issue/locked", "/issue/assignee",
-            "/issue/comments", "/issue/created_at", "/issue/closed_at", "/issue/author_association"]),
+        json!([
+            "/**/url",
+            "/**/*_url",
+            "/action",
+            "/repository/id",
+            "/repository/full_name",
+            "/**/owner/*",
+            "/sender",
+            "/issue/user",
+            "/issue/labels/*/*",
+            "/issue/milestone/*",
+            "/issue/id",
+            "/issue/node_id",
+            "/issue/state",
+            "/issue/locked",
+            "/issue/assignee",
+            "/issue/comments",
+            "/issue/created_at",
+            "/issue/closed_at",
+            "/issue/author_association"
+        ]),
         "reject",
     )
     .expect("compiles");
@@ -336,12 +362,18 @@ fn url_leaves_of_a_github_issue_are_ignored_by_two_patterns() {
         text(&body),
         r#"{"labels":["bug","good first issue"],"milestone":"v1.0","number":1347,"title":"Crash when a label is named ünïcødé 🐛"}"#
     );
-    assert!(!fid.ignored.contains(&"/issue/number".to_owned()) && fid.mapped.contains(&"/issue/number".to_owned()));
+    assert!(
+        !fid.ignored.contains(&"/issue/number".to_owned())
+            && fid.mapped.contains(&"/issue/number".to_owned())
+    );
 
     // The two URL patterns alone: every URL leaf is ignored, every other leaf is left over.
-    let only_urls =
-        mapping_with(json!({"/n": {"from": "/issue/number"}}), json!(["/**/url", "/**/*_url"]), "keep-in-extras")
-            .expect("compiles");
+    let only_urls = mapping_with(
+        json!({"/n": {"from": "/issue/number"}}),
+        json!(["/**/url", "/**/*_url"]),
+        "keep-in-extras",
+    )
+    .expect("compiles");
     let rec = issue(true);
     let (_, fid) = only_urls.apply(&rec).expect("maps");
     let mut all = Vec::new();
@@ -350,7 +382,9 @@ fn url_leaves_of_a_github_issue_are_ignored_by_two_patterns() {
     assert_eq!(urls.len(), 31, "{urls:#?}");
     assert_eq!(fid.ignored.iter().collect::<Vec<_>>(), urls);
     assert_eq!(fid.extras.len() + fid.ignored.len() + 1, all.len());
-    for other in ["/issue/user/gravatar_id", "/issue/labels/0/color", "/issue/milestone/creator/login", "/action"] {
+    for other in
+        ["/issue/user/gravatar_id", "/issue/labels/0/color", "/issue/milestone/creator/login", "/action"]
+    {
         assert!(fid.extras.contains(&other.to_owned()), "{other} not left over");
     }
 }
@@ -367,7 +401,10 @@ fn ignore_problems_are_reported_at_their_element() {
     };
     let err = Mapping::compile(spec(json!(["/issue/**", "issue/url", "/a/~x"]))).expect_err("bad pointers");
     assert_eq!(err.len(), 2, "{err:?}");
-    assert_eq!((&err[0].at, &err[1].at), (&vec!["ignore".to_owned(), "1".into()], &vec!["ignore".to_owned(), "2".into()]));
+    assert_eq!(
+        (&err[0].at, &err[1].at),
+        (&vec!["ignore".to_owned(), "1".into()], &vec!["ignore".to_owned(), "2".into()])
+    );
     assert!(err[0].message.starts_with("ignore[1] `issue/url` is not a JSON pointer"), "{}", err[0].message);
 
     let schema = layer2_normalize::JsonSchema::compile(serde_json::json!({"type": "object",
@@ -375,13 +412,26 @@ fn ignore_problems_are_reported_at_their_element() {
         "additionalProperties": false, "properties": {"number": {}, "url": {}, "html_url": {},
         "user": {"type": "object"}}}}}))
     .expect("schema");
-    let m = Mapping::compile(spec(json!(["/**/url", "/issue/*_url", "/issue/**", "/nope/**/url", "/nope",
-        "/issue/user/*/login", "/action/**"])))
+    let m = Mapping::compile(spec(json!([
+        "/**/url",
+        "/issue/*_url",
+        "/issue/**",
+        "/nope/**/url",
+        "/nope",
+        "/issue/user/*/login",
+        "/action/**"
+    ])))
     .expect("compiles");
     let issues = m.lint(&|p| schema.can_exist(p), None);
     let at: Vec<String> = issues.iter().map(|i| i.at.join(" ")).collect();
     assert_eq!(at, ["ignore 3", "ignore 4"], "{issues:?}");
-    assert!(issues[0].message.contains("ignore[3] `/nope/**/url` cannot exist in a record: the record schema does not allow `/nope`"), "{}", issues[0].message);
+    assert!(
+        issues[0].message.contains(
+            "ignore[3] `/nope/**/url` cannot exist in a record: the record schema does not allow `/nope`"
+        ),
+        "{}",
+        issues[0].message
+    );
     assert!(issues[1].message.ends_with("does not allow it"), "{}", issues[1].message);
 }
 
@@ -394,8 +444,14 @@ fn target_pointers_must_start_with_a_slash() {
     assert_eq!(
         text,
         [
-            ("fields /lines fields ".to_owned(), "target pointer `` must start with / (`/sku`, relative to the element)".to_owned()),
-            ("fields /lines fields sku".to_owned(), "target pointer `sku` must start with / (`/sku`, relative to the element)".to_owned()),
+            (
+                "fields /lines fields ".to_owned(),
+                "target pointer `` must start with / (`/sku`, relative to the element)".to_owned()
+            ),
+            (
+                "fields /lines fields sku".to_owned(),
+                "target pointer `sku` must start with / (`/sku`, relative to the element)".to_owned()
+            ),
             ("fields x".to_owned(), "core field pointer `x` must start with / (`/x`)".to_owned()),
         ]
     );
