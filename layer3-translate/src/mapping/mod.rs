@@ -19,7 +19,8 @@
 //! inside `each` too (relative to the element), not in `concat` or in `each`'s own pointer.
 //! A pointer that meets a value of the wrong kind (a key into an array, any token into a
 //! string, number or boolean) rejects the record (rule `path`) rather than giving nothing; a
-//! key an object simply lacks is absent (the `default` applies, or the field is left out).
+//! key an object simply lacks (or an index past an array's end) is absent: the `default`
+//! applies, or the field is left out.
 //!
 //! Nulls (`on_null`). A `null` source, or a `null` met on the way to it (`/milestone/title`
 //! when `milestone` is `null`), gives the rule's `default` when it has one (listed as

@@ -456,3 +456,33 @@ fn target_pointers_must_start_with_a_slash() {
         ]
     );
 }
+
+/// The linter reads a projected pointer as reading that leaf of every element: the other
+/// declared leaves of the elements are still unread.
+#[test]
+fn the_linter_counts_projected_reads_per_leaf() {
+    let schema = layer2_normalize::JsonSchema::compile(serde_json::json!({"type": "object", "properties": {
+        "labels": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "color": {"type": "string"}, "url": {"type": "string"}}}}}}))
+    .expect("schema");
+    let m = mapping_with(json!({"/names": {"from": "/labels/*/name"}}), json!(["/**/url"]), "reject")
+        .expect("compiles");
+    let leaves = schema.declared_leaves();
+    let sides = LintSides {
+        input: &|p| schema.can_exist(p),
+        input_leaves: Some(&leaves),
+        input_is: "core message t v1",
+        input_schema_is: "its schema",
+        output: None,
+        output_at: "",
+        output_field_is: "field",
+        output_required_by: "t",
+        output_is: "t",
+    };
+    let issues = m.lint_sides(&sides);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(
+        issues[0].message.starts_with("`/labels/*/color` of core message t v1 is neither read"),
+        "{issues:?}"
+    );
+}
