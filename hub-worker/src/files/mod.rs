@@ -422,4 +422,41 @@ mod tests {
         assert_eq!((d.line, d.message.contains("missing field")), (Some(3), true), "{d}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A bad `ignore` element is reported at its own line of a multi-line array, both when it
+    /// is no pointer (compile) and when the schema rules it out (lint).
+    #[test]
+    fn a_bad_ignore_element_is_reported_at_its_line() {
+        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        w(
+            "core.toml",
+            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
+        w("any.json", "{}");
+        w(
+            "issue.json",
+            r#"{"type": "object", "additionalProperties": false, "properties": {"action": {},
+                "issue": {"type": "object", "properties": {"number": {}}}}}"#,
+        );
+        let text = "source = \"github\"\n\
+            [kinds.issue]\nschema = \"issue.json\"\nschema_version = \"1\"\n\
+            [kinds.issue.mapping]\nname = \"m\"\nversion = \"1\"\nmessage_type = \"t\"\ntype_version = \"1\"\n\
+            ignore = [\n  \"/action\",\n  \"/**/url\",\n  \"issue/url\",\n  \"/repository/id\",\n]\n\
+            fields = { \"/n\" = { from = \"/issue/number\" } }\n\
+            [[routes]]\ntype = \"t\"\ndestination = \"q\"\n";
+        w("github.toml", text);
+        let line = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
+        let loaded = load_dir(&dir, false);
+        let found: Vec<(Option<usize>, &str)> =
+            loaded.diagnostics.iter().map(|d| (d.line, d.message.as_str())).collect();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found[0].0, line("\"issue/url\""), "{found:#?}");
+        assert!(found[0].1.starts_with("ignore[2] `issue/url` is not a JSON pointer"), "{found:#?}");
+        assert_eq!(found[1].0, line("/repository/id"), "{found:#?}");
+        assert!(found[1].1.starts_with("ignore[3] `/repository/id` cannot exist in a record"), "{found:#?}");
+        assert_ne!(line("/repository/id"), line("ignore = ["));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -37,7 +37,19 @@ pub(super) fn compile_fields(
     for (target, rule) in rules {
         let here: Vec<String> = at.iter().cloned().chain([target.clone()]).collect();
         let Some(out_tokens) = tokens(target).filter(|t| !t.is_empty()) else {
-            issues.push(issue(&here, "", format!("core field `{target}` is not a JSON pointer like /email")));
+            // Inside `each`, targets are relative to the output element.
+            let (what, example, relative) = if at.len() > 1 {
+                ("target pointer", "/sku", ", relative to the element")
+            } else {
+                ("core field pointer", "/email", "")
+            };
+            let message = if target.starts_with('/') {
+                format!("{what} `{target}` is not a JSON pointer like `{example}`{relative}")
+            } else {
+                let fixed = if target.is_empty() { example.to_owned() } else { format!("/{target}") };
+                format!("{what} `{target}` must start with / (`{fixed}`{relative})")
+            };
+            issues.push(issue(&here, "", message));
             continue;
         };
         if let Some(f) = compile_rule(target, out_tokens, rule, &here, issues) {
@@ -74,7 +86,6 @@ pub(super) fn compile_rule(
 ) -> Option<Field> {
     // Placeholders until each option is implemented: a rule using one is refused, never ignored.
     for (given, key) in [
-        (rule.on_null.is_some(), "on_null"),
         (rule.money.is_some() || rule.currency.is_some(), "money"),
         (rule.case.is_some(), "case"),
         (rule.offset.is_some(), "offset"),
@@ -100,10 +111,31 @@ pub(super) fn compile_rule(
         }
         for p in parts {
             check_pointer(p, at, "concat", issues);
+            if projects(p) {
+                issues.push(issue(
+                    at,
+                    "concat",
+                    format!(
+                        "`{p}`: `*` does not work in `concat` (it joins single values); project with \
+                         `from = \"{p}\"` into a field of its own, or name one element by its index"
+                    ),
+                ));
+            }
         }
         Source::Concat(parts.clone(), rule.separator.clone().unwrap_or_default())
     } else if let Some(p) = &rule.each {
         check_pointer(p, at, "each", issues);
+        if projects(p) {
+            issues.push(issue(
+                at,
+                "each",
+                format!(
+                    "`{p}`: `*` does not work in `each`'s own pointer (`each` already walks every \
+                     element of the array it names); point `each` at the array and use `*` in the \
+                     `from` of its fields"
+                ),
+            ));
+        }
         let Some(inner) = &rule.fields else {
             issues.push(issue(at, "each", "`each` needs `fields` describing one element"));
             return None;
@@ -130,6 +162,9 @@ pub(super) fn compile_rule(
     }
     if rule.fields.is_some() && rule.each.is_none() {
         issues.push(issue(at, "fields", "`fields` belongs to an `each` rule"));
+    }
+    if rule.on_null.is_some() && rule.from.is_none() && rule.each.is_none() {
+        issues.push(issue(at, "on_null", "`on_null` applies to a `from` or `each` source"));
     }
     if rule.separator.is_some() && rule.concat.is_none() {
         issues.push(issue(at, "separator", "`separator` belongs to a `concat` rule"));
@@ -232,7 +267,14 @@ pub(super) fn compile_rule(
     }
     // Built even with problems reported, so that the schema checks can still run on it; a
     // mapping with any problem is never run.
-    Some(Field { out: target.to_owned(), out_tokens, source, default: rule.default.clone(), transforms: t })
+    Some(Field {
+        out: target.to_owned(),
+        out_tokens,
+        source,
+        default: rule.default.clone(),
+        on_null: rule.on_null.unwrap_or_default(),
+        transforms: t,
+    })
 }
 
 impl Mapping {
@@ -258,10 +300,14 @@ impl Mapping {
         }
         let fields = compile_fields(&spec.fields, &["fields".to_owned()], &mut issues);
         let mut ignore = Vec::new();
-        for p in &spec.ignore {
+        for (i, p) in spec.ignore.iter().enumerate() {
             match tokens(p).filter(|t| !t.is_empty()) {
-                Some(t) => ignore.push(t),
-                None => issues.push(issue(&[], "ignore", format!("`{p}` is not a JSON pointer"))),
+                Some(t) => ignore.push(t.iter().map(|t| IgnoreTok::compile(t)).collect()),
+                None => issues.push(issue(
+                    &["ignore".into(), i.to_string()],
+                    "",
+                    format!("ignore[{i}] `{p}` is not a JSON pointer like /internal or /**/url"),
+                )),
             }
         }
         if spec.on_unmapped == OnUnmapped::KeepInExtras {
@@ -321,13 +367,20 @@ impl Mapping {
         let mut walk = LintWalk { sides, produced: &mut produced, reads: &mut reads, issues: &mut issues };
         walk.fields(&self.fields, "", &["fields".to_owned()], "");
         for (i, p) in self.spec.ignore.iter().enumerate() {
-            if !(sides.input)(p) {
+            // `**` and globs name many pointers a schema cannot be asked about: only the
+            // plain part before the first of them is checked (no false alarms).
+            let Some(toks) = tokens(p) else { continue };
+            let plain: Vec<&String> = toks.iter().take_while(|t| IgnoreTok::compile(t).plain()).collect();
+            let checked: String = plain.iter().map(|t| format!("/{}", escape_token(t))).collect();
+            if !checked.is_empty() && !(sides.input)(&checked) {
                 issues.push(issue(
-                    &["ignore".into()],
+                    &["ignore".into(), i.to_string()],
                     "",
                     format!(
-                        "ignore[{i}] `{p}` cannot exist in {}: {} does not allow it",
-                        sides.input_is, sides.input_schema_is
+                        "ignore[{i}] `{p}` cannot exist in {}: {} does not allow {}",
+                        sides.input_is,
+                        sides.input_schema_is,
+                        if plain.len() == toks.len() { "it".to_owned() } else { format!("`{checked}`") }
                     ),
                 ));
             }
@@ -460,11 +513,12 @@ impl LintWalk<'_, '_> {
             let check = |this: &mut Self, p: &str, key: &str| {
                 let full = format!("{rec_at}{p}");
                 if !(this.sides.input)(&full) {
+                    let hint = star_hint(this.sides.input, &full).unwrap_or_default();
                     this.issues.push(issue(
                         &here,
                         key,
                         format!(
-                            "`{full}` cannot exist in {}: {} does not allow it",
+                            "`{full}` cannot exist in {}: {} does not allow it{hint}",
                             this.sides.input_is, this.sides.input_schema_is
                         ),
                     ));

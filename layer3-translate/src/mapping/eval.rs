@@ -61,47 +61,40 @@ pub(super) fn eval_field(
     out_ptr: &str,
     trail: &mut Trail,
 ) -> Result<Option<Value>, Rejection> {
-    let found: Option<Value> = match &f.source {
+    let got: Got = match &f.source {
         Source::Const(v) => return Ok(Some(v.clone())),
-        Source::From(p) => match record.pointer(p) {
-            None => None,
-            Some(v) => {
-                trail.consumed.insert(format!("{rec_at}{p}"));
-                if v.is_null() {
-                    None
-                } else {
-                    Some(convert(v, &f.transforms, &format!("{rec_at}{p}"), out_ptr, trail)?)
-                }
-            }
-        },
+        Source::From(p) => eval_from(f, p, record, rec_at, out_ptr, trail)?,
         Source::Concat(parts, sep) => {
+            // Null and absent parts are skipped (a `null` object on the way is a null part).
             let mut texts = Vec::new();
             for p in parts {
-                let at = format!("{rec_at}{p}");
-                match record.pointer(p) {
-                    None => {}
-                    Some(Value::Null) => {
-                        trail.consumed.insert(at.clone());
+                let whole = format!("{rec_at}{p}");
+                let toks = tokens(p).unwrap_or_default();
+                match follow(record, rec_at, &toks, &whole, "concat")? {
+                    Found::Absent(_) => {}
+                    Found::Null(at) => {
+                        trail.consumed.insert(at);
                     }
-                    Some(v) => {
-                        trail.consumed.insert(at.clone());
+                    Found::Value(v) => {
+                        trail.consumed.insert(whole.clone());
                         texts.push(text_of(v).ok_or_else(|| {
-                            reject(&at, "type", "concat joins strings, numbers and booleans only")
+                            reject(&whole, "type", "concat joins strings, numbers and booleans only")
                         })?);
                     }
                 }
             }
-            if texts.is_empty() { None } else { Some(Value::String(texts.join(sep))) }
+            if texts.is_empty() { Got::Absent } else { Got::Value(Value::String(texts.join(sep))) }
         }
         Source::Each(p, inner) => {
             let at = format!("{rec_at}{p}");
-            match record.pointer(p) {
-                None => None,
-                Some(Value::Null) => {
-                    trail.consumed.insert(at);
-                    None
+            let toks = tokens(p).unwrap_or_default();
+            match follow(record, rec_at, &toks, &at, "each")? {
+                Found::Absent(_) => Got::Absent,
+                Found::Null(null_at) => {
+                    trail.consumed.insert(null_at);
+                    Got::Null
                 }
-                Some(Value::Array(items)) => {
+                Found::Value(Value::Array(items)) => {
                     if items.is_empty() {
                         trail.consumed.insert(at.clone());
                     }
@@ -111,24 +104,32 @@ pub(super) fn eval_field(
                             eval_fields(inner, item, &format!("{at}/{i}"), &format!("{out_ptr}/{i}"), trail)?;
                         out.push(Value::Object(el));
                     }
-                    Some(Value::Array(out))
+                    Got::Value(Value::Array(out))
                 }
-                Some(_) => return Err(reject(&at, "type", "`each` needs an array")),
+                Found::Value(v) => {
+                    return Err(reject(
+                        &at,
+                        "type",
+                        format!("`each` needs an array; `{at}` is {}", kind_of(v)),
+                    ));
+                }
             }
         }
     };
-    match (found, &f.default) {
-        (Some(v), _) => Ok(Some(v)),
-        (None, Some(d)) => {
+    Ok(match (got, &f.default) {
+        (Got::Value(v), _) => Some(v),
+        (Got::Null | Got::Absent, Some(d)) => {
             trail.defaulted.push(out_ptr.to_owned());
-            Ok(Some(d.clone()))
+            Some(d.clone())
         }
-        // An explicit null is carried as null; an absent value stays absent.
-        (None, None) => Ok(match &f.source {
-            Source::From(p) if record.pointer(p).is_some_and(Value::is_null) => Some(Value::Null),
-            _ => None,
-        }),
-    }
+        // A null source (the value, or an object on the way to it) follows `on_null`; an
+        // absent one stays absent.
+        (Got::Null, None) => match f.on_null {
+            OnNull::Keep => Some(Value::Null),
+            OnNull::Omit => None,
+        },
+        (Got::Absent, None) => None,
+    })
 }
 
 pub(super) fn convert(

@@ -3,15 +3,76 @@
 
 use super::*;
 
-pub(super) fn matches_ignore(leaf: &[String], pattern: &[String]) -> bool {
-    leaf.len() >= pattern.len() && pattern.iter().zip(leaf).all(|(p, l)| p == "*" || p == l)
+/// One token of an `ignore` pattern, compiled once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum IgnoreTok {
+    /// A token written as is.
+    Exact(String),
+    /// `*`: any one token (an array index, a key).
+    Any,
+    /// `**`: zero or more tokens.
+    Deep,
+    /// A token with `*` among other characters (`*_url`): the literal pieces between the `*`s,
+    /// in order.
+    Glob(Vec<String>),
+}
+
+impl IgnoreTok {
+    pub(super) fn compile(tok: &str) -> Self {
+        match tok {
+            "*" => IgnoreTok::Any,
+            "**" => IgnoreTok::Deep,
+            t if t.contains('*') => IgnoreTok::Glob(t.split('*').map(str::to_owned).collect()),
+            t => IgnoreTok::Exact(t.to_owned()),
+        }
+    }
+
+    /// Whether the pattern token can be checked against a schema as written (`Exact` and
+    /// `Any`, which schemas read as "any array item").
+    pub(super) fn plain(&self) -> bool {
+        matches!(self, IgnoreTok::Exact(_) | IgnoreTok::Any)
+    }
+
+    fn matches(&self, tok: &str) -> bool {
+        match self {
+            IgnoreTok::Exact(t) => t == tok,
+            IgnoreTok::Any | IgnoreTok::Deep => true,
+            IgnoreTok::Glob(parts) => glob(parts, tok),
+        }
+    }
+}
+
+/// `parts` are the pieces of a glob between its `*`s (at least two): the first is a prefix,
+/// the last a suffix, the ones between appear in order without overlapping.
+fn glob(parts: &[String], tok: &str) -> bool {
+    let (Some((first, rest)), Some(last)) = (parts.split_first(), parts.last()) else { return false };
+    let Some(mut left) = tok.strip_prefix(first.as_str()) else { return false };
+    let middle = &rest[..rest.len().saturating_sub(1)];
+    for m in middle {
+        match left.find(m.as_str()) {
+            Some(i) => left = &left[i + m.len()..],
+            None => return false,
+        }
+    }
+    left.ends_with(last.as_str())
+}
+
+/// Whether `pattern` matches `leaf` or an object or array above it (ignoring an object
+/// ignores everything in it). `**` matches zero or more tokens; its alternatives are tried
+/// in turn, so the cost grows with the number of `**` in a pattern, which is small.
+pub(super) fn matches_ignore(leaf: &[String], pattern: &[IgnoreTok]) -> bool {
+    let Some((p, rest)) = pattern.split_first() else { return true };
+    match p {
+        IgnoreTok::Deep => (0..=leaf.len()).any(|k| matches_ignore(&leaf[k..], rest)),
+        p => leaf.split_first().is_some_and(|(l, tail)| p.matches(l) && matches_ignore(tail, rest)),
+    }
 }
 
 /// Sorts every leaf of a record into mapped (a rule read it, or an object or array above it),
 /// ignored (by the mapping's `ignore` list) or unmapped, in one pass over the record.
 pub(super) struct Walk<'a> {
     consumed: &'a HashSet<String>,
-    ignore: &'a [Vec<String>],
+    ignore: &'a [Vec<IgnoreTok>],
     fidelity: &'a mut Fidelity,
     unmapped: &'a mut Vec<String>,
 }

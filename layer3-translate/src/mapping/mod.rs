@@ -8,6 +8,29 @@
 //! the record must be mapped or listed in `ignore`; what is left is handled by `on_unmapped`.
 //! Conversions that lose information (`precision`, `max_length`, an `enum` table folding two
 //! values into one) are refused unless the rule names the loss in `lossy`.
+//!
+//! Paths. A `from` pointer may project over arrays: a token that is exactly `*` takes every
+//! element (`/issue/labels/*/name` gives `["bug", "good first issue"]`; several `*` give nested
+//! arrays, never flattened). The rule's conversions run on each projected value, and each
+//! value read counts as mapped (an empty array gives `[]` and counts itself). An element
+//! without the projected field is rejected (rule `projection`) unless the rule has a
+//! `default`, which then fills that position (`<field>/<i>` is listed as defaulted); a value
+//! that is not an array where `*` stands is rejected (rule `type`). `*` works in `from`
+//! inside `each` too (relative to the element), not in `concat` or in `each`'s own pointer.
+//! A pointer that meets a value of the wrong kind (a key into an array, any token into a
+//! string, number or boolean) rejects the record (rule `path`) rather than giving nothing; a
+//! key an object simply lacks (or an index past an array's end) is absent: the `default`
+//! applies, or the field is left out.
+//!
+//! Nulls (`on_null`). A `null` source, or a `null` met on the way to it (`/milestone/title`
+//! when `milestone` is `null`), gives the rule's `default` when it has one (listed as
+//! defaulted), otherwise `null` (`on_null = "keep"`, the default) or nothing (`"omit"`: the
+//! core field is left out; inside a projection, that element is left out). The `null` itself
+//! counts as mapped. `each` over a `null` array does the same. `concat` skips `null` parts.
+//!
+//! `ignore` patterns: a token `*` is any one token, `**` any number of tokens, zero included
+//! (`/**/url`, `/issue/**`), and a token with `*` among other characters is a glob within the
+//! token (`*_url`, `avatar_*`). A pattern naming an object or array covers everything in it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -26,10 +49,15 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 mod compile;
 mod eval;
 mod fidelity;
+mod paths;
 mod spec;
+#[cfg(test)]
+mod tests_paths;
 
 pub use compile::LintSides;
 use eval::*;
+use fidelity::IgnoreTok;
+use paths::*;
 pub use spec::{
     Case, Convert, FieldRule, Loss, MappingIssue, MappingSpec, MoneyConvert, OffsetOut, OnNull, OnUnmapped,
     Precision,
@@ -65,6 +93,7 @@ struct Field {
     out_tokens: Vec<String>,
     source: Source,
     default: Option<Value>,
+    on_null: OnNull,
     transforms: Transforms,
 }
 
@@ -73,7 +102,7 @@ struct Field {
 pub struct Mapping {
     spec: MappingSpec,
     fields: Vec<Field>,
-    ignore: Vec<Vec<String>>,
+    ignore: Vec<Vec<IgnoreTok>>,
 }
 
 /// A [`Translator`] running a declarative [`Mapping`], checking its output against the core

@@ -35,7 +35,8 @@ pub struct MappingSpec {
     /// Where `keep-in-extras` puts unmapped leaves in the core message.
     #[serde(default = "default_extras_at")]
     pub extras_at: String,
-    /// Record pointers deliberately not carried; `*` stands for any one token (an array index).
+    /// Record pointers deliberately not carried; `*` stands for any one token (an array index),
+    /// `**` for any number of tokens, and `*` inside a token is a glob (`/**/*_url`).
     #[serde(default)]
     pub ignore: Vec<String>,
     /// Core field pointer -> rule.
@@ -50,7 +51,8 @@ fn default_extras_at() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
-    /// A pointer into the record (into the array element, inside `each`).
+    /// A pointer into the record (into the array element, inside `each`); a `*` token takes
+    /// every element of an array (`/labels/*/name`).
     #[serde(default)]
     pub from: Option<String>,
     /// A constant value.
