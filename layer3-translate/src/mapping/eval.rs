@@ -93,6 +93,12 @@ pub(super) fn eval_field(
             }
             if texts.is_empty() { None } else { Some(Value::String(texts.join(sep))) }
         }
+        // A `null` result is carried as null unless a `default` replaces it, as for `from`.
+        Source::Expr(e) => match e.eval(record, rec_at, out_ptr, &mut trail.consumed)? {
+            Some(Value::Null) if f.default.is_none() => return Ok(Some(Value::Null)),
+            Some(Value::Null) => None,
+            v => v,
+        },
         Source::Each(p, inner) => {
             let at = format!("{rec_at}{p}");
             match record.pointer(p) {

@@ -25,6 +25,7 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 
 mod compile;
 mod eval;
+mod expr;
 mod fidelity;
 mod spec;
 
@@ -57,6 +58,7 @@ enum Source {
     Const(Value),
     Concat(Vec<String>, String),
     Each(String, Vec<Field>),
+    Expr(expr::Expr),
 }
 
 #[derive(Debug, Clone)]
