@@ -189,11 +189,12 @@ fn charge(steps: u64, bytes: u64) -> Result<(), JError> {
     }
 }
 
-/// Notes bytes built where no error can be returned; the next [`charge`] checks them.
-fn note_bytes(bytes: usize) {
+/// Notes work done where no error can be returned (comparing, marking, building text from a
+/// literal); the next [`charge`] checks it, and every loop passes through one.
+fn note(steps: u64, bytes: usize) {
     RUN.with(|r| {
         let mut r = r.borrow_mut();
-        r.steps = r.steps.saturating_add(1);
+        r.steps = r.steps.saturating_add(steps);
         r.bytes = r.bytes.saturating_add(bytes as u64);
     });
 }
@@ -207,6 +208,7 @@ fn mark(v: &Val) {
 
 /// `v` was read whole: every record value inside it.
 fn mark_deep(v: &Val) {
+    note(1, 0);
     if v.at.is_some() {
         return mark(v);
     }
@@ -348,9 +350,9 @@ fn exact_div(a: &BigDecimal, b: &BigDecimal) -> Result<BigDecimal, JError> {
     // b = r * 2^x * 5^y: the quotient is a finite decimal exactly when r divides a.
     let (mut r, mut x, mut y) = (ib.abs(), 0u64, 0u64);
     let (two, five) = (BigInt::from(2), BigInt::from(5));
-    while (&r % &two).is_zero() {
-        r /= &two;
-        x += 1;
+    if let Some(tz) = r.trailing_zeros() {
+        r >>= tz;
+        x = tz;
     }
     while (&r % &five).is_zero() {
         r /= &five;
@@ -497,6 +499,7 @@ impl Val {
     /// jq's order: null < false < true < numbers < strings < arrays < objects; objects by
     /// their sorted keys, then their values.
     fn order(&self, other: &Val) -> Ordering {
+        note(1, 0);
         match (&self.k, &other.k) {
             (K::Num(a), K::Num(b)) => a.cmp(b),
             (K::Str(a), K::Str(b)) => a.cmp(b),
@@ -647,7 +650,7 @@ impl From<isize> for Val {
 
 impl From<String> for Val {
     fn from(s: String) -> Val {
-        note_bytes(s.len());
+        note(1, s.len());
         Val::new(K::Str(Rc::from(s)))
     }
 }
@@ -884,23 +887,46 @@ impl ValT for Val {
     }
 
     fn key_values(self) -> Box<dyn Iterator<Item = Result<(Val, Val), JError>>> {
-        let items: Vec<(Val, Val)> = match &self.k {
-            K::Arr(a) => a.iter().enumerate().map(|(i, v)| (Val::from(i as isize), v.clone())).collect(),
-            K::Obj(o) => o.iter().map(|(k, v)| (Val::new(K::Str(k.clone())), v.clone())).collect(),
-            _ => return box_once(Err(JError::typ(self, "iterable (array or object)"))),
-        };
-        Box::new(items.into_iter().map(|kv| charge(1, 0).map(|()| kv)))
+        match &self.k {
+            // Lazily: taking the first element of a long array costs one step, not its length.
+            K::Arr(a) => {
+                let a = a.clone();
+                Box::new(
+                    (0..a.len()).map(move |i| charge(1, 0).map(|()| (Val::from(i as isize), a[i].clone()))),
+                )
+            }
+            K::Obj(o) => {
+                if let Err(e) = charge(o.len() as u64, 0) {
+                    return box_once(Err(e));
+                }
+                let items: Vec<(Val, Val)> =
+                    o.iter().map(|(k, v)| (Val::new(K::Str(k.clone())), v.clone())).collect();
+                Box::new(items.into_iter().map(Ok))
+            }
+            _ => box_once(Err(JError::typ(self, "iterable (array or object)"))),
+        }
     }
 
     fn values(self) -> Box<dyn Iterator<Item = ValR>> {
-        let items: Vec<Val> = match &self.k {
-            K::Arr(a) => (**a).clone(),
-            K::Obj(o) => o.values().cloned().collect(),
-            _ => return box_once(Err(JError::typ(self, "iterable (array or object)"))),
-        };
         // Visiting nothing is a step too: `{}[]` (jq's `empty`) cannot loop for free.
-        let first = std::iter::once(charge(1, 0)).filter_map(|r| r.err().map(Err));
-        Box::new(first.chain(items.into_iter().map(|v| charge(1, 0).map(|()| v))))
+        if let Err(e) = charge(1, 0) {
+            return box_once(Err(e));
+        }
+        match &self.k {
+            // Lazily: taking the first element of a long array costs one step, not its length.
+            K::Arr(a) => {
+                let a = a.clone();
+                Box::new((0..a.len()).map(move |i| charge(1, 0).map(|()| a[i].clone())))
+            }
+            K::Obj(o) => {
+                if let Err(e) = charge(o.len() as u64, 0) {
+                    return box_once(Err(e));
+                }
+                let items: Vec<Val> = o.values().cloned().collect();
+                Box::new(items.into_iter().map(Ok))
+            }
+            _ => box_once(Err(JError::typ(self, "iterable (array or object)"))),
+        }
     }
 
     fn index(self, index: &Val) -> ValR {
@@ -1057,7 +1083,7 @@ impl ValT for Val {
                 Rc::from(s)
             }
         };
-        note_bytes(text.len());
+        note(1, text.len());
         Val::new(K::Str(text))
     }
 }
@@ -1299,7 +1325,7 @@ fn natives() -> Vec<Native> {
 
 /// Line and column (1-based) of byte `offset` in `code`.
 fn position(code: &str, offset: usize) -> String {
-    let before = &code[..offset.min(code.len())];
+    let before = code.get(..offset).unwrap_or(code);
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("line {line}, column {col}")
@@ -1659,7 +1685,7 @@ mod tests {
         }
         assert!(err(&".a + ".repeat(600)).contains("at most 2048"));
         assert!(err(&format!("{}1{}", "[".repeat(40), "]".repeat(40))).contains("nested"));
-        assert!(err(&"(.,.) | ".repeat(11).trim_end_matches(" | ").to_owned()).contains("1024"));
+        assert!(err("(.,.) | ".repeat(11).trim_end_matches(" | ")).contains("1024"));
         assert!(err("reduce .[] as $x (0; ., .)").contains("one value"));
         let e = err(".a | if . then 1 els 2 end");
         assert!(e.contains("does not parse") && e.contains("line 1, column"), "{e}");
@@ -1692,5 +1718,81 @@ mod tests {
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
         assert!(Expr::compile(&("-".repeat(101) + "1")).expect_err("too many").contains("at most 100"));
         assert!(Expr::compile(&"try ".repeat(200)).is_err());
+    }
+
+    fn mapping(on_unmapped: &str, fields: serde_json::Value) -> Result<Mapping, Vec<MappingIssue>> {
+        let spec = serde_json::json!({"name": "m", "version": "1", "message_type": "t", "type_version": "1",
+            "on_unmapped": on_unmapped, "fields": fields});
+        Mapping::compile(serde_json::from_value(spec).expect("spec"))
+    }
+
+    #[test]
+    fn a_mapping_counts_what_its_expressions_read() {
+        let m = mapping("reject", serde_json::json!({"/amount": {"expr": ".amount * 2"}})).expect("compiles");
+        let record = rec(r#"{"amount": 1.25, "note": "x"}"#);
+        let r = m.apply(&record).expect_err("/note is read by nothing");
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/note"), "unmapped"));
+        let m = mapping("ignore", serde_json::json!({"/amount": {"expr": ".amount * 2"}})).expect("compiles");
+        let (body, fid) = m.apply(&record).expect("maps");
+        assert_eq!(body.to_json(), r#"{"amount":2.50}"#);
+        assert_eq!(
+            (fid.mapped.as_slice(), fid.ignored.as_slice()),
+            (&["/amount".to_owned()][..], &["/note".to_owned()][..])
+        );
+        // Inside `each`, on a Stripe-shaped invoice: every line's amount and quantity read.
+        let m = mapping(
+            "reject",
+            serde_json::json!({
+                "/id": {"from": "/id"},
+                "/total": {"expr": "[.lines.data[] | .amount * .quantity] | add", "default": 0},
+                "/lines": {"each": "/lines/data", "fields": {
+                    "/label": {"expr": "if .description == null then \"(none)\" else .description end"}}}
+            }),
+        )
+        .expect("compiles");
+        let invoice = rec(r#"{"id": "in_1MtHbELkdIwHu7ixl4OzzPMv", "lines": {"data": [
+            {"amount": 1099, "quantity": 2, "description": "T-shirt \u00e9t\u00e9"},
+            {"amount": 1, "quantity": 12345678901234567890, "description": null}]}}"#);
+        let (body, fid) = m.apply(&invoice).expect("maps");
+        assert_eq!(
+            body.to_json(),
+            r#"{"id":"in_1MtHbELkdIwHu7ixl4OzzPMv","lines":[{"label":"T-shirt été"},{"label":"(none)"}],"total":12345678901234570088}"#
+        );
+        assert!(fid.extras.is_empty() && fid.ignored.is_empty() && fid.defaulted.is_empty());
+        // No output: the default applies and is listed.
+        let m = mapping(
+            "ignore",
+            serde_json::json!({"/first_big": {"expr": "first(.[] | select(. > 100))", "default": "none"}}),
+        )
+        .expect("compiles");
+        let (body, fid) = m.apply(&rec(r#"{"a": 1, "b": 2}"#)).expect("maps");
+        assert_eq!(
+            (body.to_json().as_str(), fid.defaulted.as_slice()),
+            (r#"{"first_big":"none"}"#, &["/first_big".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn a_bad_expression_is_refused_at_its_key() {
+        let err = mapping("reject", serde_json::json!({"/a": {"expr": ".a |"}})).expect_err("does not parse");
+        assert_eq!(err[0].at, ["fields", "/a", "expr"]);
+        assert!(err[0].message.contains("expected term") && err[0].message.contains("at the end"), "{err:?}");
+        let err = mapping("reject", serde_json::json!({"/a": {"expr": "now"}})).expect_err("no clock");
+        assert!(err[0].message.contains("unknown filter `now`"), "{err:?}");
+        let err = mapping("reject", serde_json::json!({"/a": {"expr": ".a", "from": "/a"}}))
+            .expect_err("two sources");
+        assert!(err[0].message.contains("exactly one of"), "{err:?}");
+        let err = mapping("reject", serde_json::json!({"/a": {"expr": ".a", "convert": "string"}}))
+            .expect_err("conversion");
+        assert!(err[0].message.contains("apply to a `from` value"), "{err:?}");
+        let r = mapping("reject", serde_json::json!({"/a": {"expr": ".a + 1"}}))
+            .expect("compiles")
+            .apply(&rec(r#"{"a": true}"#))
+            .expect_err("a type error rejects");
+        assert_eq!(r.rule, "expr");
+        assert!(
+            r.message.starts_with("the `expr` of core field `/a` failed: cannot calculate true + 1"),
+            "{r:?}"
+        );
     }
 }
