@@ -1131,8 +1131,8 @@ fn has<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
     })
 }
 
+/// The type alone carries none of the value: not a read.
 fn type_of<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
-    mark_scalar(&cv.1);
     bome(Val::str(cv.1.type_name()))
 }
 
@@ -1627,6 +1627,11 @@ mod tests {
         .expect("runs");
         assert_eq!(out.as_deref(), Some(r#""prio:high""#));
         assert_eq!(reads, ["/labels/0/name", "/labels/1/name"]);
+        // Structure only (a type, the keys, a length of an array) is not a read.
+        let (out, reads) =
+            run("[(.a | type), (.b | keys), (.c | length)]", r#"{"a": 1, "b": {"k": 2}, "c": [3]}"#)
+                .expect("runs");
+        assert_eq!((out.as_deref(), reads.len()), (Some(r#"["number",["k"],1]"#), 0));
         // Inside `each`, pointers carry the element's prefix.
         let e = Expr::compile(".qty * .price").expect("compiles");
         let mut consumed = HashSet::new();
@@ -1794,5 +1799,37 @@ mod tests {
             r.message.starts_with("the `expr` of core field `/a` failed: cannot calculate true + 1"),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn the_linter_assumes_an_expression_may_read_its_whole_scope() {
+        let input = JsonSchema::compile(serde_json::json!({"type": "object", "properties": {
+            "amount": {"type": "number"}, "note": {"type": "string"},
+            "lines": {"type": "array", "items": {"properties": {"qty": {}, "sku": {}}}}}}))
+        .expect("schema");
+        let leaves = input.declared_leaves();
+        let can_exist = |p: &str| input.can_exist(p);
+        let sides = LintSides {
+            input: &can_exist,
+            input_leaves: Some(&leaves),
+            input_is: "the input",
+            input_schema_is: "its schema",
+            output: None,
+            output_at: "",
+            output_field_is: "field",
+            output_required_by: "the output",
+            output_is: "the output",
+        };
+        let inner = mapping(
+            "reject",
+            serde_json::json!({"/amount": {"from": "/amount"},
+                "/lines": {"each": "/lines", "fields": {"/n": {"expr": ".qty * 2"}}}}),
+        )
+        .expect("compiles");
+        let text: Vec<String> = inner.lint_sides(&sides).into_iter().map(|i| i.message).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(text[0].starts_with("`/note` of the input is neither read"), "{text:?}");
+        let whole = mapping("reject", serde_json::json!({"/total": {"expr": ".amount"}})).expect("compiles");
+        assert!(whole.lint_sides(&sides).is_empty());
     }
 }

@@ -8,6 +8,16 @@
 //! the record must be mapped or listed in `ignore`; what is left is handled by `on_unmapped`.
 //! Conversions that lose information (`precision`, `max_length`, an `enum` table folding two
 //! values into one) are refused unless the rule names the loss in `lossy`.
+//!
+//! `expr` is the escape hatch: a jq-style expression computing one field
+//! (`{ expr = "[.lines[] | .price * .qty] | add" }`), for what the rules cannot say: a sum, text
+//! built under conditions, an element picked by a predicate. Its input is the record (the
+//! element, inside `each`); its first output is the value (none, or `null`: `default`
+//! applies); an error rejects the record under rule `expr`. Arithmetic is exact decimal and an
+//! untouched number keeps its text; the record leaves it reads count as mapped. It runs
+//! sandboxed: no `def`, no I/O or clock, at most 2 KiB of text and 100 000 steps (see
+//! `expr.rs`). Several fields from one computation, lookups, I/O, state, or more than a few
+//! lines of logic belong in a Rust [`Translator`] instead.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
