@@ -30,7 +30,8 @@
 //! `type`, `to_entries`, `from_entries`, `with_entries`, `del`, `any`, `all`, `isempty`,
 //! `first`, `last`, `nth`, `limit`, `skip`, `range`, `path`, `tostring`, `tonumber`,
 //! `tojson`, `ascii_downcase`, `ascii_upcase`, `startswith`, `endswith`, `ltrimstr`,
-//! `rtrimstr`, `split`, `join`, `sort`, `min`, `max`, `unique`, `reverse`, `floor`, `ceil`,
+//! `rtrimstr`, `split`, `join`, `sort`, `min`, `max`, `unique`, `sort_by`, `min_by`, `max_by`,
+//! `group_by`, `unique_by`, `reverse`, `floor`, `ceil`,
 //! `round`, `values`, `nulls`, `strings`, `numbers`, `booleans`, `arrays`, `objects`.
 //!
 //! When to write a Rust `Translator` instead: several core fields from one computation,
@@ -155,7 +156,7 @@ struct Run {
     bytes: u64,
     /// The first limit broken: sticky, so that an expression cannot `try` its way past it.
     over: Option<String>,
-    reads: Vec<Rc<str>>,
+    reads: std::collections::HashSet<Rc<str>>,
 }
 
 thread_local! {
@@ -202,7 +203,7 @@ fn note(steps: u64, bytes: usize) {
 /// `v` was read: a record leaf (or a whole record container) taking part in an operation.
 fn mark(v: &Val) {
     if let Some(at) = &v.at {
-        RUN.with(|r| r.borrow_mut().reads.push(at.clone()));
+        RUN.with(|r| r.borrow_mut().reads.insert(at.clone()));
     }
 }
 
@@ -1286,6 +1287,78 @@ fn round<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
     rounded(cv, RoundingMode::HalfUp)
 }
 
+/// The elements of the input array with the outputs of `f` on each, sorted by those outputs
+/// (stably): for `sort_by(f)` and its kin. Only the outputs of `f` are compared, so only what
+/// `f` picks is read, not the whole elements.
+fn keyed<'a>(mut cv: Cv<'a, D>) -> Result<Vec<(Vec<Val>, Val)>, jaq_core::Exn<'a, Val>> {
+    let (f, fc) = cv.0.pop_fun();
+    let K::Arr(a) = &cv.1.k else { return Err(JError::typ(cv.1.clone(), "array").into()) };
+    let mut out = Vec::with_capacity(a.len());
+    for x in a.iter() {
+        let keys: Vec<Val> = f.run((fc.clone(), x.clone())).collect::<Result<_, _>>()?;
+        keys.iter().for_each(mark_deep);
+        out.push((keys, x.clone()));
+    }
+    let n = out.len() as u64;
+    charge(1 + n * (64 - n.leading_zeros() as u64), 8 * n)?;
+    let cmp = |a: &[Val], b: &[Val]| {
+        a.iter().zip(b).map(|(x, y)| x.order(y)).find(|o| o.is_ne()).unwrap_or(a.len().cmp(&b.len()))
+    };
+    out.sort_by(|(a, _), (b, _)| cmp(a, b));
+    Ok(out)
+}
+
+/// `keyed`'s elements in runs of equal keys.
+fn groups(keyed: Vec<(Vec<Val>, Val)>) -> Vec<Vec<Val>> {
+    let mut out: Vec<(Vec<Val>, Vec<Val>)> = Vec::new();
+    for (k, x) in keyed {
+        match out.last_mut() {
+            Some((last, xs))
+                if last.len() == k.len() && last.iter().zip(&k).all(|(a, b)| a.order(b).is_eq()) =>
+            {
+                xs.push(x)
+            }
+            _ => out.push((k, vec![x])),
+        }
+    }
+    out.into_iter().map(|(_, xs)| xs).collect()
+}
+
+fn sort_by<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
+    match keyed(cv) {
+        Ok(k) => bome(Val::arr(k.into_iter().map(|(_, x)| x).collect())),
+        Err(e) => box_once(Err(e)),
+    }
+}
+
+fn min_by<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
+    match keyed(cv) {
+        Ok(k) => bome(Ok(k.into_iter().next().map_or(Val::new(K::Null), |(_, x)| x))),
+        Err(e) => box_once(Err(e)),
+    }
+}
+
+fn max_by<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
+    match keyed(cv) {
+        Ok(k) => bome(Ok(k.into_iter().next_back().map_or(Val::new(K::Null), |(_, x)| x))),
+        Err(e) => box_once(Err(e)),
+    }
+}
+
+fn group_by<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
+    match keyed(cv) {
+        Ok(k) => bome(groups(k).into_iter().map(Val::arr).collect::<Result<Vec<_>, _>>().and_then(Val::arr)),
+        Err(e) => box_once(Err(e)),
+    }
+}
+
+fn unique_by<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
+    match keyed(cv) {
+        Ok(k) => bome(Val::arr(groups(k).into_iter().filter_map(|g| g.into_iter().next()).collect())),
+        Err(e) => box_once(Err(e)),
+    }
+}
+
 fn natives() -> Vec<Native> {
     let plain: [(&'static str, jaq_core::RunPtr<D>); 20] = [
         ("length", length),
@@ -1316,6 +1389,16 @@ fn natives() -> Vec<Native> {
         .collect();
     out.push(native::run::<D>(("split", native::v(1), split_fn)));
     out.push(native::run::<D>(("join", native::v(1), join)));
+    let by: [(&'static str, jaq_core::RunPtr<D>); 5] = [
+        ("sort_by", sort_by),
+        ("min_by", min_by),
+        ("max_by", max_by),
+        ("group_by", group_by),
+        ("unique_by", unique_by),
+    ];
+    out.extend(
+        by.into_iter().map(|(name, run)| native::run::<D>((name, [jaq_core::Bind::Fun(())].into(), run))),
+    );
     out.extend(jaq_core::funs::<D>());
     out
 }
@@ -1632,6 +1715,15 @@ mod tests {
             run("[(.a | type), (.b | keys), (.c | length)]", r#"{"a": 1, "b": {"k": 2}, "c": [3]}"#)
                 .expect("runs");
         assert_eq!((out.as_deref(), reads.len()), (Some(r#"["number",["k"],1]"#), 0));
+        // `max_by` compares only what its filter picks.
+        let (out, reads) = run(
+            "max_by(.created) | .id",
+            r#"[{"id": 1296269, "created": "2026-11-20T14:05:41-07:00", "body": "a"},
+                {"id": 1296270, "created": "2026-11-21T09:00:00-07:00", "body": "b"}]"#,
+        )
+        .expect("runs");
+        assert_eq!(out.as_deref(), Some("1296270"));
+        assert_eq!(reads, ["/0/created", "/1/created", "/1/id"]);
         // Inside `each`, pointers carry the element's prefix.
         let e = Expr::compile(".qty * .price").expect("compiles");
         let mut consumed = HashSet::new();
@@ -1831,5 +1923,41 @@ mod tests {
         assert!(text[0].starts_with("`/note` of the input is neither read"), "{text:?}");
         let whole = mapping("reject", serde_json::json!({"/total": {"expr": ".amount"}})).expect("compiles");
         assert!(whole.lint_sides(&sides).is_empty());
+    }
+
+    #[test]
+    fn the_vetted_filters_behave_like_jq() {
+        let r = r#"{"items": [{"k": "b", "n": 2}, {"k": "a", "n": 10}, {"k": "b", "n": 1.5}],
+            "tags": ["x", "y"], "name": "  Ada  ", "m": {"a": 1, "b": null}, "neg": -3.50}"#;
+        for (code, want) in [
+            (".items | sort_by(.n) | map(.n)", "[1.5,2,10]"),
+            (".items | group_by(.k) | map(map(.n))", "[[10],[2,1.5]]"),
+            (".items | unique_by(.k) | map(.n)", "[10,2]"),
+            (".items | min_by(.n) | .k", r#""b""#),
+            (".m | to_entries | map(.key)", r#"["a","b"]"#),
+            (".m | with_entries(select(.value != null))", r#"{"a":1}"#),
+            (".tags | join(\", \")", r#""x, y""#),
+            (r#""a,b" | split(",")"#, r#"["a","b"]"#),
+            (r#".name | ltrimstr("  ") | ascii_downcase"#, r#""ada  ""#),
+            (".m | has(\"b\")", "true"),
+            (".m | del(.b)", r#"{"a":1}"#),
+            (".m | map_values(. // 0)", r#"{"a":1,"b":0}"#),
+            (".tags[1:]", r#"["y"]"#),
+            (".tags[-1]", r#""y""#),
+            (".missing // \"none\"", r#""none""#),
+            (r#""n=\(.neg) \(.tags)""#, r#""n=-3.50 [\"x\",\"y\"]""#),
+            (".neg | abs", "3.50"),
+            ("[limit(2; .items[].n)]", "[2,10]"),
+            ("[.items[].n] | any(. > 5), all(. > 5)", "true"),
+            ("isempty(.tags[] | select(. == \"z\"))", "true"),
+            (".neg | tostring", r#""-3.50""#),
+            (".neg | round", "-4"),
+            ("\"y\" | in({\"y\": 1})", "true"),
+            ("[.items[].n] | add / 3", "4.5"),
+            ("[.items[] | select(.k == \"b\") | .n] | add", "3.5"),
+            (".items | length", "3"),
+        ] {
+            assert_eq!(value(code, r), want, "{code}");
+        }
     }
 }
