@@ -1576,8 +1576,13 @@ impl Expr {
         let filter = jaq_core::Compiler::default().with_funs(natives()).compile(modules).map_err(|errs| {
             let mut msgs = Vec::new();
             for (_, es) in errs {
-                for (name, undefined) in es {
-                    msgs.push(format!("unknown {} `{name}` {}", undefined.as_str(), at_part(code, name)));
+                for (name_at, undefined) in es {
+                    // `ltrimstr/2`: the name may exist with another number of arguments.
+                    let name = match undefined {
+                        jaq_core::compile::Undefined::Filter(n) if n > 0 => format!("{name_at}/{n}"),
+                        _ => name_at.to_owned(),
+                    };
+                    msgs.push(format!("unknown {} `{name}` {}", undefined.as_str(), at_part(code, name_at)));
                 }
             }
             format!("{} (the sandbox has no input, env, files or clock)", msgs.join("; "))
@@ -1787,6 +1792,9 @@ mod tests {
         let e = err(".a | if . then 1 els 2 end");
         assert!(e.contains("does not parse") && e.contains("line 1, column"), "{e}");
         assert!(err("map(.a").contains("at the end"));
+        assert!(
+            err(r#".a | ltrimstr("x"; "y")"#).contains("unknown filter `ltrimstr/2` at line 1, column 6")
+        );
         assert!(err(r#"include "x"; ."#).contains("modules cannot be loaded"));
         assert!(err(r#"import "x" as x; x::f"#).contains("modules cannot be loaded"));
     }
