@@ -249,7 +249,8 @@ fn parse_dec(text: &str) -> Result<BigDecimal, JError> {
         Some(i) => (&text[..i], &text[i + 1..]),
         None => (text, "0"),
     };
-    let exp: i64 = exp.parse().map_err(|_| JError::str(format!("`{text}` is not a number")))?;
+    // Number text is valid by the time it gets here: an exponent beyond `i64` is only big.
+    let exp: i64 = exp.parse().map_err(|_| too_big())?;
     let digits = mantissa.bytes().filter(u8::is_ascii_digit).count() as u64;
     if digits > MAX_DIGITS || exp.unsigned_abs() > MAX_DIGITS {
         return Err(too_big());
@@ -1024,13 +1025,21 @@ impl ValT for Val {
                 }
                 Ok(Val::obj(m)?)
             }
-            (K::Arr(a), K::Num(_)) => {
-                let Some(i) = index.as_index(a.len()).filter(|i| *i < a.len()) else {
+            (K::Arr(_) | K::Null, K::Num(_)) => {
+                let mut v = match &self.k {
+                    K::Arr(a) => (**a).clone(),
+                    _ => Vec::new(),
+                };
+                let Some(i) = index.as_index(v.len()) else {
                     return opt.fail(self.clone(), |_| {
                         jaq_core::Exn::from(JError::str(format!("index {index} out of bounds")))
                     });
                 };
-                let mut v = (**a).clone();
+                // As jq: setting past the end pads with nulls (charged before building them).
+                if i >= v.len() {
+                    charge(1, 8u64.saturating_mul((i - v.len()) as u64 + 1))?;
+                    v.resize(i + 1, Val::new(K::Null));
+                }
                 match f(v[i].clone()).next() {
                     Some(y) => v[i] = y?,
                     None => {
@@ -1126,7 +1135,10 @@ fn has<'a>(cv: Cv<'a, D>) -> ValXs<'a, V<'a>> {
         mark_scalar(&k);
         match (&v.k, &k.k) {
             (K::Obj(o), K::Str(s)) => Ok(Val::from(o.contains_key(s))),
-            (K::Arr(a), K::Num(_)) => Ok(Val::from(k.as_index(usize::MAX).is_some_and(|i| i < a.len()))),
+            (K::Arr(a), K::Num(n)) => {
+                let non_negative = !n.dec()?.is_negative();
+                Ok(Val::from(non_negative && k.as_index(a.len()).is_some_and(|i| i < a.len())))
+            }
             _ => Err(JError::index(v.clone(), k.clone())),
         }
     })
@@ -1758,8 +1770,10 @@ mod tests {
         assert!(error("1E9999 * 1E9999", "{}").contains("digits"));
         assert!(error("1E9000 + 1E-9000", "{}").contains("digits"));
         assert!(error(".n * 1", r#"{"n": 1E99999}"#).contains("digits"));
+        assert!(error(".n > 1", r#"{"n": 1E-99999999999999999999999}"#).contains("digits"));
         assert!(error("reduce range(100) as $x (2; . * .)", "{}").contains("digits"));
         assert!(error("reduce range(1000) as $x (0; [.])", "{}").contains("nested"));
+        assert!(error(".[1e15] = 1", "[]").contains("MiB"));
         // A limit broken inside `try` still ends the run.
         assert!(error("try ([range(1e9)] | length) catch 0", "{}").contains("steps"));
         assert!(
@@ -1953,6 +1967,10 @@ mod tests {
             (r#""a,b" | split(",")"#, r#"["a","b"]"#),
             (r#".name | ltrimstr("  ") | ascii_downcase"#, r#""ada  ""#),
             (".m | has(\"b\")", "true"),
+            (".tags | has(1), has(-1)", "true"),
+            ("[.tags | has(-1)]", "[false]"),
+            (".tags | .[3] = \"z\"", r#"["x","y",null,"z"]"#),
+            ("null | .[1] = 1", "[null,1]"),
             (".m | del(.b)", r#"{"a":1}"#),
             (".m | map_values(. // 0)", r#"{"a":1,"b":0}"#),
             (".tags[1:]", r#"["y"]"#),
