@@ -1468,11 +1468,12 @@ fn fan(t: &load::parse::Term<&str>) -> Result<u64, String> {
             let (l, r) = (fan(l)?, fan(r)?);
             match op {
                 BinaryOp::Comma | BinaryOp::Alt => l.saturating_add(r),
+                BinaryOp::Pipe(Some(p)) => l.saturating_mul(r).saturating_mul(pattern_fan(p)?),
                 _ => l.saturating_mul(r),
             }
         }
-        Term::Fold(_, xs, _, args) => {
-            let xs = fan(xs)?;
+        Term::Fold(_, xs, p, args) => {
+            let xs = fan(xs)?.saturating_mul(pattern_fan(p)?);
             let outs: Vec<u64> = args.iter().map(fan).collect::<Result<_, _>>()?;
             // An update giving several values would branch the fold at every element.
             if outs.get(1).is_some_and(|u| *u > 1) {
@@ -1513,6 +1514,26 @@ fn fan(t: &load::parse::Term<&str>) -> Result<u64, String> {
     };
     if n > MAX_FAN {
         return Err(format!("the expression can give more than {MAX_FAN} values by its shape alone"));
+    }
+    Ok(n)
+}
+
+/// How many bindings a destructuring pattern can make per value (`{(.a, .b): $x}` makes two).
+fn pattern_fan(p: &load::parse::Pattern<&str>) -> Result<u64, String> {
+    use load::parse::Pattern;
+    let mut n = 1u64;
+    match p {
+        Pattern::Var(_) => {}
+        Pattern::Arr(ps) => {
+            for p in ps {
+                n = n.saturating_mul(pattern_fan(p)?);
+            }
+        }
+        Pattern::Obj(entries) => {
+            for (k, p) in entries {
+                n = n.saturating_mul(fan(k)?).saturating_mul(pattern_fan(p)?);
+            }
+        }
     }
     Ok(n)
 }
@@ -1803,6 +1824,8 @@ mod tests {
         assert!(err(&format!("{}1{}", "[".repeat(40), "]".repeat(40))).contains("nested"));
         assert!(err("(.,.) | ".repeat(11).trim_end_matches(" | ")).contains("1024"));
         assert!(err("reduce .[] as $x (0; ., .)").contains("one value"));
+        let keys = format!(". as {{{}}} | $a", vec!["((.,.),(.,.)): $a"; 6].join(", "));
+        assert!(err(&keys).contains("1024"), "{keys}");
         let e = err(".a | if . then 1 els 2 end");
         assert!(e.contains("does not parse") && e.contains("line 1, column"), "{e}");
         assert!(err("map(.a").contains("at the end"));
