@@ -1824,7 +1824,7 @@ mod tests {
         assert!(err(&format!("{}1{}", "[".repeat(40), "]".repeat(40))).contains("nested"));
         assert!(err("(.,.) | ".repeat(11).trim_end_matches(" | ")).contains("1024"));
         assert!(err("reduce .[] as $x (0; ., .)").contains("one value"));
-        let keys = format!(". as {{{}}} | $a", vec!["((.,.),(.,.)): $a"; 6].join(", "));
+        let keys = format!(". as {{{}}} | $a", ["((.,.),(.,.)): $a"; 6].join(", "));
         assert!(err(&keys).contains("1024"), "{keys}");
         let e = err(".a | if . then 1 els 2 end");
         assert!(e.contains("does not parse") && e.contains("line 1, column"), "{e}");
