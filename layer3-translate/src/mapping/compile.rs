@@ -89,15 +89,20 @@ pub(super) fn compile_rule(
         (rule.money.is_some() || rule.currency.is_some(), "money"),
         (rule.case.is_some(), "case"),
         (rule.offset.is_some(), "offset"),
-        (rule.expr.is_some(), "expr"),
     ] {
         if given {
             issues.push(issue(at, key, format!("`{key}` is not supported yet")));
         }
     }
-    let sources = [rule.from.is_some(), rule.constant.is_some(), rule.concat.is_some(), rule.each.is_some()];
+    let sources = [
+        rule.from.is_some(),
+        rule.constant.is_some(),
+        rule.concat.is_some(),
+        rule.each.is_some(),
+        rule.expr.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() != 1 {
-        issues.push(issue(at, "", "give exactly one of `from`, `const`, `concat`, `each`"));
+        issues.push(issue(at, "", "give exactly one of `from`, `const`, `concat`, `each`, `expr`"));
         return None;
     }
     let source = if let Some(p) = &rule.from {
@@ -143,6 +148,14 @@ pub(super) fn compile_rule(
         let mut inner_at = at.to_vec();
         inner_at.push("fields".into());
         Source::Each(p.clone(), compile_fields(inner, &inner_at, issues))
+    } else if let Some(code) = &rule.expr {
+        match expr::Expr::compile(code) {
+            Ok(e) => Source::Expr(e),
+            Err(why) => {
+                issues.push(issue(at, "expr", why));
+                return None;
+            }
+        }
     } else {
         return None;
     };
@@ -163,8 +176,8 @@ pub(super) fn compile_rule(
     if rule.fields.is_some() && rule.each.is_none() {
         issues.push(issue(at, "fields", "`fields` belongs to an `each` rule"));
     }
-    if rule.on_null.is_some() && rule.from.is_none() && rule.each.is_none() {
-        issues.push(issue(at, "on_null", "`on_null` applies to a `from` or `each` source"));
+    if rule.on_null.is_some() && rule.from.is_none() && rule.each.is_none() && rule.expr.is_none() {
+        issues.push(issue(at, "on_null", "`on_null` applies to a `from`, `each` or `expr` source"));
     }
     if rule.separator.is_some() && rule.concat.is_none() {
         issues.push(issue(at, "separator", "`separator` belongs to a `concat` rule"));
@@ -529,6 +542,9 @@ impl LintWalk<'_, '_> {
                 Source::From(p) => check(self, p, "from"),
                 Source::Concat(parts, _) => parts.iter().for_each(|p| check(self, p, "concat")),
                 Source::Const(_) => {}
+                // What an expression reads is known only when it runs: it may read anything
+                // in its scope (the fidelity check on each record says what it did read).
+                Source::Expr(_) => self.reads.push(rec_at.to_owned()),
                 Source::Each(p, inner) => {
                     check(self, p, "each");
                     // The array itself is read only through its elements' rules.

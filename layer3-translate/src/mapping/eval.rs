@@ -85,6 +85,12 @@ pub(super) fn eval_field(
             }
             if texts.is_empty() { Got::Absent } else { Got::Value(Value::String(texts.join(sep))) }
         }
+        // A `null` result is a null source (`default`, then `on_null`), as for `from`.
+        Source::Expr(e) => match e.eval(record, rec_at, out_ptr, &mut trail.consumed)? {
+            Some(Value::Null) => Got::Null,
+            Some(v) => Got::Value(v),
+            None => Got::Absent,
+        },
         Source::Each(p, inner) => {
             let at = format!("{rec_at}{p}");
             let toks = tokens(p).unwrap_or_default();

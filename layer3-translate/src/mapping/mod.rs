@@ -31,6 +31,16 @@
 //! `ignore` patterns: a token `*` is any one token, `**` any number of tokens, zero included
 //! (`/**/url`, `/issue/**`), and a token with `*` among other characters is a glob within the
 //! token (`*_url`, `avatar_*`). A pattern naming an object or array covers everything in it.
+//!
+//! `expr` is the escape hatch: a jq-style expression computing one field
+//! (`{ expr = "[.lines[] | .price * .qty] | add" }`), for what the rules cannot say: a sum, text
+//! built under conditions, an element picked by a predicate. Its input is the record (the
+//! element, inside `each`); its first output is the value (none, or `null`: `default`
+//! applies); an error rejects the record under rule `expr`. Arithmetic is exact decimal and an
+//! untouched number keeps its text; the record leaves it reads count as mapped. It runs
+//! sandboxed: no `def`, no I/O or clock, at most 2 KiB of text and 100 000 steps (see
+//! `expr.rs`). Several fields from one computation, lookups, I/O, state, or more than a few
+//! lines of logic belong in a Rust [`Translator`] instead.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +58,7 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 
 mod compile;
 mod eval;
+mod expr;
 mod fidelity;
 mod paths;
 mod spec;
@@ -85,6 +96,7 @@ enum Source {
     Const(Value),
     Concat(Vec<String>, String),
     Each(String, Vec<Field>),
+    Expr(expr::Expr),
 }
 
 #[derive(Debug, Clone)]
