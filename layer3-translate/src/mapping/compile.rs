@@ -73,13 +73,7 @@ pub(super) fn compile_rule(
     issues: &mut Vec<MappingIssue>,
 ) -> Option<Field> {
     // Placeholders until each option is implemented: a rule using one is refused, never ignored.
-    for (given, key) in [
-        (rule.on_null.is_some(), "on_null"),
-        (rule.money.is_some() || rule.currency.is_some(), "money"),
-        (rule.case.is_some(), "case"),
-        (rule.offset.is_some(), "offset"),
-        (rule.expr.is_some(), "expr"),
-    ] {
+    for (given, key) in [(rule.on_null.is_some(), "on_null"), (rule.expr.is_some(), "expr")] {
         if given {
             issues.push(issue(at, key, format!("`{key}` is not supported yet")));
         }
@@ -137,9 +131,15 @@ pub(super) fn compile_rule(
     let converts = rule.table.is_some()
         || rule.timestamp.is_some()
         || rule.convert.is_some()
-        || rule.max_length.is_some();
+        || rule.max_length.is_some()
+        || rule.money.is_some()
+        || rule.case.is_some();
     if converts && rule.from.is_none() {
-        issues.push(issue(at, "", "`enum`, `timestamp`, `convert` and `max_length` apply to a `from` value"));
+        issues.push(issue(
+            at,
+            "",
+            "`enum`, `timestamp`, `convert`, `money`, `case` and `max_length` apply to a `from` value",
+        ));
     }
     let mut t = Transforms::default();
     let mut losses: Vec<Loss> = Vec::new();
@@ -204,9 +204,23 @@ pub(super) fn compile_rule(
         if rule.precision.is_some() {
             losses.push(Loss::TruncateTimestamp);
         }
+        // Epoch numbers carry no offset: in UTC they lose nothing.
+        if rule.offset == Some(OffsetOut::Utc) && !matches!(format, TimeFormat::Unix | TimeFormat::UnixMillis)
+        {
+            losses.push(Loss::DropOffset);
+        }
         t.timestamp = Some((format, rule.precision));
-    } else if rule.precision.is_some() || rule.timezone.is_some() {
-        issues.push(issue(at, "", "`precision` and `timezone` belong to a `timestamp` rule"));
+        t.offset = rule.offset.unwrap_or_default();
+    } else if rule.precision.is_some() || rule.timezone.is_some() || rule.offset.is_some() {
+        issues.push(issue(at, "", "`precision`, `timezone` and `offset` belong to a `timestamp` rule"));
+    }
+    t.money = compile_money(rule, at, issues);
+    if let Some(c) = rule.case {
+        if rule.timestamp.is_some() || rule.money.is_some() {
+            issues.push(issue(at, "case", "`case` folds text, not a timestamp or an amount"));
+        }
+        losses.push(Loss::CaseFold);
+        t.case = Some(c);
     }
     if let Some(n) = rule.max_length {
         losses.push(Loss::TruncateText);
@@ -214,7 +228,7 @@ pub(super) fn compile_rule(
     }
     // The fidelity promise: a loss happens only where the rule names it.
     for loss in losses.iter().map(|l| l.as_str()) {
-        if rule.lossy.map(Loss::as_str) != Some(loss) {
+        if !rule.lossy.iter().any(|l| l.as_str() == loss) {
             issues.push(issue(
                 at,
                 "",
@@ -224,15 +238,65 @@ pub(super) fn compile_rule(
             ));
         }
     }
-    if let Some(l) = rule.lossy
-        && !losses.contains(&l)
-    {
+    for l in rule.lossy.iter().filter(|l| !losses.contains(l)) {
         let l = l.as_str();
         issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
     }
     // Built even with problems reported, so that the schema checks can still run on it; a
     // mapping with any problem is never run.
     Some(Field { out: target.to_owned(), out_tokens, source, default: rule.default.clone(), transforms: t })
+}
+
+/// The `money` and `currency` of a rule, checked: both or neither, a currency that is an ISO
+/// 4217 code with minor units or a pointer, and no other conversion on the same value.
+fn compile_money(rule: &FieldRule, at: &[String], issues: &mut Vec<MappingIssue>) -> Option<money::Money> {
+    let (convert, cur) = match (rule.money, &rule.currency) {
+        (None, None) => return None,
+        (None, Some(_)) => {
+            issues.push(issue(at, "currency", "`currency` belongs to a `money` rule"));
+            return None;
+        }
+        (Some(_), None) => {
+            issues.push(issue(
+                at,
+                "money",
+                "`money` needs `currency`: a pointer to the code beside the amount (\"/currency\") or an \
+                 ISO 4217 code (\"EUR\")",
+            ));
+            return None;
+        }
+        (Some(m), Some(c)) => (m, c),
+    };
+    for (given, key) in [
+        (rule.convert.is_some(), "convert"),
+        (rule.timestamp.is_some(), "timestamp"),
+        (rule.table.is_some(), "enum"),
+        (rule.max_length.is_some(), "max_length"),
+    ] {
+        if given {
+            issues.push(issue(at, key, format!("`money` converts the amount itself: drop `{key}`")));
+        }
+    }
+    let currency = if cur.starts_with('/') {
+        check_pointer(cur, at, "currency", issues);
+        money::CurrencyOf::Pointer(cur.clone())
+    } else if cur.len() == 3 && cur.bytes().all(|b| b.is_ascii_alphabetic()) {
+        match money::currency_exponent(cur) {
+            Ok((code, exp)) => money::CurrencyOf::Code(code, exp),
+            Err(why) => {
+                issues.push(issue(at, "currency", why));
+                return None;
+            }
+        }
+    } else {
+        issues.push(issue(
+            at,
+            "currency",
+            format!("`{cur}` is neither a JSON pointer (/currency) nor an ISO 4217 code (EUR)"),
+        ));
+        return None;
+    };
+    Some(money::Money { convert, currency })
 }
 
 impl Mapping {

@@ -26,7 +26,10 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 mod compile;
 mod eval;
 mod fidelity;
+mod money;
 mod spec;
+#[cfg(test)]
+mod tests_values;
 
 pub use compile::LintSides;
 use eval::*;
@@ -49,6 +52,10 @@ struct Transforms {
     convert: Option<Convert>,
     timestamp: Option<(TimeFormat, Option<Precision>)>,
     max_length: Option<usize>,
+    /// What a timestamp keeps of the source's offset.
+    offset: OffsetOut,
+    money: Option<money::Money>,
+    case: Option<Case>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +196,7 @@ mod tests {
         let (body, fid) = order_mapping("reject").apply(&order()).expect("maps");
         assert_eq!(
             serde_json::to_string(&body).expect("text"),
-            r#"{"channel":"web","currency":"EUR","customer":{"name":"Ada Lovelace","tier":"gold"},"lines":[{"qty":2,"sku":"A"},{"qty":3,"sku":"B"}],"order_id":"12345678901234567890","placed_at":"2026-11-20T13:05:41.873Z","total":1E400}"#
+            r#"{"channel":"web","currency":"EUR","customer":{"name":"Ada Lovelace","tier":"gold"},"lines":[{"qty":2,"sku":"A"},{"qty":3,"sku":"B"}],"order_id":"12345678901234567890","placed_at":"2026-11-20T14:05:41.873+01:00","total":1E400}"#
         );
         assert_eq!(fid.defaulted, ["/currency"]);
         assert_eq!(fid.ignored, ["/internal/x", "/lines/0/note"]);
@@ -231,7 +238,11 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        let t = |v: Value, f: TimeFormat, p| timestamp(&v, &f, p, "/t");
+        // The offset is kept (the default): epoch numbers have none and come out in UTC.
+        let t = |v: Value, f: TimeFormat, p| {
+            timestamp(&v, &f, p, OffsetOut::Keep, "/t")
+                .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
+        };
         assert_eq!(
             t(json!("1700000000.123456789"), TimeFormat::Unix, None).as_deref(),
             Ok("2023-11-14T22:13:20.123456789Z")
@@ -250,11 +261,11 @@ mod tests {
         assert!(t(json!("1.+5"), TimeFormat::Unix, None).is_err());
         let local =
             TimeFormat::Pattern { pattern: "%d/%m/%Y %H:%M:%S".into(), offset: parse_offset("+02:00") };
-        assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T08:00:00Z"));
+        assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T10:00:00+02:00"));
         assert_eq!(
             t(json!("2026-11-20T14:05:41.873+01:00"), TimeFormat::Rfc3339, Some(Precision::Seconds))
                 .as_deref(),
-            Ok("2026-11-20T13:05:41Z")
+            Ok("2026-11-20T14:05:41+01:00")
         );
     }
 

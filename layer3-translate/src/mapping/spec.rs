@@ -118,10 +118,35 @@ pub struct FieldRule {
     /// cannot say): see the mapping module's documentation.
     #[serde(default)]
     pub expr: Option<String>,
-    /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`,
-    /// `case-fold`, `drop-offset`.
-    #[serde(default)]
-    pub lossy: Option<Loss>,
+    /// The losses this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`,
+    /// `case-fold`, `drop-offset`; one name (`lossy = "case-fold"`) or a list
+    /// (`lossy = ["case-fold", "truncate-text"]`) for a rule doing two lossy things.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub lossy: Vec<Loss>,
+}
+
+/// `lossy = "x"` or `lossy = ["x", "y"]`, by hand rather than an untagged enum so that a
+/// misspelt name is still an error listing the names.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Loss>, D::Error> {
+    struct Losses;
+    impl<'de> serde::de::Visitor<'de> for Losses {
+        type Value = Vec<Loss>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a loss name or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<Loss>, E> {
+            use serde::de::IntoDeserializer;
+            Loss::deserialize(v.into_deserializer()).map(|l| vec![l])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Loss>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(l) = seq.next_element::<Loss>()? {
+                out.push(l);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Losses)
 }
 
 /// What a `null` source gives (`on_null`).
