@@ -359,10 +359,22 @@ impl Mapping {
     /// `record` answers whether a pointer can exist in a record (its schema's
     /// [`JsonSchema::can_exist`], plus whatever the normalizer adds, such as a carried envelope).
     pub fn lint(&self, record: &dyn Fn(&str) -> bool, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
+        self.lint_typed(record, None, core)
+    }
+
+    /// [`Mapping::lint`], also checking each conversion against the types the record schema
+    /// gives its source (`record_types`: [`JsonSchema::types_can_be`] for a record pointer).
+    pub fn lint_typed(
+        &self,
+        record: &dyn Fn(&str) -> bool,
+        record_types: Option<&TypesOf<'_>>,
+        core: Option<&JsonSchema>,
+    ) -> Vec<MappingIssue> {
         let t = format!("{} v{}", self.spec.message_type, self.spec.type_version);
         let core_type = format!("core type {t}");
         self.lint_sides(&LintSides {
             input: record,
+            input_types: record_types,
             input_leaves: None,
             input_is: "a record",
             input_schema_is: "the record schema",
@@ -482,12 +494,19 @@ impl Mapping {
     }
 }
 
+/// The JSON types a value at a pointer can have, `None` when open: the answer of
+/// [`JsonSchema::types_can_be`].
+pub type TypesOf<'a> = dyn Fn(&str) -> Option<Vec<&'static str>> + 'a;
+
 /// What [`Mapping::lint_sides`] checks a mapping against, and the words its findings use: a
 /// mapping runs both ways, a record to a core message upstream, a core message to a third
 /// party's request downstream.
 pub struct LintSides<'a> {
     /// Whether a pointer can exist in the input.
     pub input: &'a dyn Fn(&str) -> bool,
+    /// The JSON types a value at an input pointer can have ([`JsonSchema::types_can_be`]), to
+    /// check each conversion reads what can be there; `None` skips that check.
+    pub input_types: Option<&'a TypesOf<'a>>,
     /// Every leaf the input's schema declares ([`JsonSchema::declared_leaves`]), to check
     /// that each is read or ignored; `None` skips that check.
     pub input_leaves: Option<&'a [String]>,
@@ -536,7 +555,27 @@ impl LintWalk<'_, '_> {
                 this.reads.push(full);
             };
             match &f.source {
-                Source::From(p) => check(self, p, "from"),
+                Source::From(p) => {
+                    check(self, p, "from");
+                    self.types(f, &format!("{rec_at}{p}"), &here);
+                    // The currency a `money` rule reads beside the amount is not taken by it
+                    // (its own rule carries it), so it is checked but not counted as read.
+                    if let Some(money::Money { currency: money::CurrencyOf::Pointer(c), .. }) =
+                        &f.transforms.money
+                    {
+                        let full = format!("{rec_at}{c}");
+                        if !(self.sides.input)(&full) {
+                            self.issues.push(issue(
+                                &here,
+                                "currency",
+                                format!(
+                                    "`{full}` cannot exist in {}: {} does not allow it",
+                                    self.sides.input_is, self.sides.input_schema_is
+                                ),
+                            ));
+                        }
+                    }
+                }
                 Source::Concat(parts, _) => parts.iter().for_each(|p| check(self, p, "concat")),
                 Source::Const(_) => {}
                 Source::Each(p, inner) => {
@@ -550,6 +589,85 @@ impl LintWalk<'_, '_> {
             }
         }
     }
+}
+
+impl LintWalk<'_, '_> {
+    /// A conversion that cannot read any value the input schema allows at `full` (a text
+    /// format on a field that is only ever an integer, say): reported at the rule's key.
+    /// Only clear mismatches: an open schema, or a type that might fit, says nothing.
+    fn types(&mut self, f: &Field, full: &str, here: &[String]) {
+        let Some(types) = self.sides.input_types.and_then(|t| t(full)) else { return };
+        // A null source never reaches a conversion.
+        let types: Vec<&str> = types.into_iter().filter(|t| *t != "null").collect();
+        if types.is_empty() {
+            return;
+        }
+        let only = |allowed: &[&str]| types.iter().all(|t| allowed.contains(t));
+        let can = |t: &str| types.contains(&t) || (t == "integer" && types.contains(&"number"));
+        let what = types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or ");
+        let schema = self.sides.input_schema_is;
+        let t = &f.transforms;
+        // Each check reads the source as it is: an `enum` table or a `convert` before the
+        // conversion changes what it sees.
+        let raw = t.table.is_none();
+        let mut found: Vec<(&str, String)> = Vec::new();
+        if let Some((format, _)) = &t.timestamp
+            && raw
+            && t.convert.is_none()
+        {
+            match format {
+                TimeFormat::Rfc3339 | TimeFormat::Pattern { .. } if only(&["integer", "number"]) => {
+                    let name = match format {
+                        TimeFormat::Pattern { pattern, .. } => pattern.as_str(),
+                        _ => "rfc3339",
+                    };
+                    found.push((
+                        "timestamp",
+                        format!(
+                            "`{full}` is {what} in {schema}; `{name}` reads text: use `unix` or `unix-millis`"
+                        ),
+                    ));
+                }
+                TimeFormat::Unix | TimeFormat::UnixMillis if !can("integer") && !can("string") => {
+                    found.push((
+                        "timestamp",
+                        format!("`{full}` is {what} in {schema}; epoch timestamps are numbers or their text"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = t.convert
+            && raw
+        {
+            let bad = match c {
+                Convert::Number | Convert::Integer => only(&["object", "array", "boolean"]),
+                Convert::String => only(&["object", "array"]),
+            };
+            if bad {
+                let c = format!("{c:?}").to_lowercase();
+                found
+                    .push(("convert", format!("`{full}` is {what} in {schema}: it cannot convert to a {c}")));
+            }
+        }
+        if t.money.is_some() && !can("integer") && !can("string") {
+            found.push((
+                "money",
+                format!("`{full}` is {what} in {schema}; an amount is a number or its text"),
+            ));
+        }
+        if t.case.is_some() && raw && t.convert.is_none() && !can("string") {
+            found.push(("case", format!("`{full}` is {what} in {schema}; `case` folds text")));
+        }
+        for (key, message) in found {
+            self.issues.push(issue(here, key, message));
+        }
+    }
+}
+
+/// `an integer`, `a string`: a JSON type in a sentence.
+fn article(t: &str) -> String {
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {t}") } else { format!("a {t}") }
 }
 
 fn output_pointers(fields: &[Field], out_at: &str, out: &mut Vec<String>) {

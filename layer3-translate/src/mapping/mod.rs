@@ -31,7 +31,7 @@ mod spec;
 #[cfg(test)]
 mod tests_values;
 
-pub use compile::LintSides;
+pub use compile::{LintSides, TypesOf};
 use eval::*;
 pub use spec::{
     Case, Convert, FieldRule, Loss, MappingIssue, MappingSpec, MoneyConvert, OffsetOut, OnNull, OnUnmapped,
@@ -356,6 +356,7 @@ mod tests {
         let leaves = core.declared_leaves();
         let sides = LintSides {
             input: &|p| core.can_exist(p),
+            input_types: None,
             input_leaves: Some(&leaves),
             input_is: "core message t v1",
             input_schema_is: "its schema",

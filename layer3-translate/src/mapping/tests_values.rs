@@ -329,3 +329,63 @@ fn split_and_utc_offsets() {
     let spelt = serde_json::from_str::<FieldRule>(r#"{"from": "/a", "offset": "local"}"#).expect_err("typo");
     assert!(spelt.to_string().contains("`keep`, `split`, `utc`"), "{spelt}");
 }
+
+#[test]
+fn lint_checks_each_conversion_against_the_record_types() {
+    // A GitHub push event's repository, as its schema types it.
+    let record = JsonSchema::compile(serde_json::json!({"type": "object", "additionalProperties": false,
+        "properties": {"repository": {"type": "object", "properties": {
+            "id": {"type": "integer"},
+            "created_at": {"type": "integer"},
+            "pushed_at": {"type": ["integer", "null"]},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "private": {"type": "boolean"},
+            "owner": {"type": "object"},
+            "topics": {"type": "array", "items": {"type": "string"}},
+            "size": {"type": "number"},
+            "anything": {}}},
+        "amount": {"type": "integer"}, "currency": {"type": "string"}}}))
+    .expect("schema");
+    let m = compiled(json!({
+        "/created": {"from": "/repository/created_at", "timestamp": "rfc3339"},
+        "/created_local": {"from": "/repository/created_at", "timestamp": "%Y-%m-%d %z"},
+        "/pushed": {"from": "/repository/pushed_at", "timestamp": "rfc3339"},
+        "/pushed_unix": {"from": "/repository/pushed_at", "timestamp": "unix"},
+        "/updated": {"from": "/repository/updated_at", "timestamp": "rfc3339"},
+        "/private_at": {"from": "/repository/private", "timestamp": "unix"},
+        "/owner_n": {"from": "/repository/owner", "convert": "number"},
+        "/topics_s": {"from": "/repository/topics", "convert": "string"},
+        "/private_s": {"from": "/repository/private", "convert": "string"},
+        "/id_s": {"from": "/repository/id", "convert": "string"},
+        "/id_case": {"from": "/repository/id", "case": "upper", "lossy": "case-fold"},
+        "/id_text_case": {"from": "/repository/id", "convert": "string", "case": "upper", "lossy": "case-fold"},
+        "/size_money": {"from": "/repository/size", "money": "to-minor-units", "currency": "EUR"},
+        "/private_money": {"from": "/repository/private", "money": "to-decimal", "currency": "/currency"},
+        "/amount": {"from": "/amount", "money": "to-decimal", "currency": "/curency"},
+        "/flag_at": {"from": "/repository/private", "enum": {"true": "2019-05-15T15:20:30-07:00"},
+            "timestamp": "rfc3339"},
+        "/open_at": {"from": "/repository/anything", "timestamp": "rfc3339"}
+    }));
+    let types = |p: &str| record.types_can_be(p);
+    let issues = m.lint_typed(&|p| record.can_exist(p), Some(&types), None);
+    let found: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.at.join(" "), i.message)).collect();
+    let expect = [
+        "fields /created timestamp: `/repository/created_at` is an integer in the record schema; `rfc3339` \
+         reads text: use `unix` or `unix-millis`",
+        "fields /created_local timestamp: `/repository/created_at` is an integer in the record schema; \
+         `%Y-%m-%d %z` reads text",
+        "fields /pushed timestamp: `/repository/pushed_at` is an integer in the record schema",
+        "fields /private_at timestamp: `/repository/private` is a boolean in the record schema; epoch",
+        "fields /owner_n convert: `/repository/owner` is an object in the record schema: it cannot convert to a number",
+        "fields /topics_s convert: `/repository/topics` is an array",
+        "fields /id_case case: `/repository/id` is an integer in the record schema; `case` folds text",
+        "fields /private_money money: `/repository/private` is a boolean",
+        "fields /amount currency: `/curency` cannot exist in a record",
+    ];
+    for e in expect {
+        assert!(found.iter().any(|f| f.starts_with(e)), "no `{e}` in {found:#?}");
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    // Without the types, only the pointer check.
+    assert_eq!(m.lint(&|p| record.can_exist(p), None).len(), 1);
+}
