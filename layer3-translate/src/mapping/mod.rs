@@ -4,10 +4,15 @@
 //!
 //! A mapping names each core field by its JSON pointer and says where its value comes from
 //! (`from`, `const`, `concat`, or `each` over an array with its own fields), what to do when it
-//! is absent (`default`), and how to convert it (`enum`, `timestamp`, `convert`). Every leaf of
-//! the record must be mapped or listed in `ignore`; what is left is handled by `on_unmapped`.
-//! Conversions that lose information (`precision`, `max_length`, an `enum` table folding two
-//! values into one) are refused unless the rule names the loss in `lossy`.
+//! is absent (`default`), and how to convert it (`enum`, `timestamp`, `convert`, `money`,
+//! `case`). Every leaf of the record must be mapped or listed in `ignore`; what is left is
+//! handled by `on_unmapped`. Conversions that lose information (`precision`, `max_length`, an
+//! `enum` table folding two values into one, `case`, `offset = "utc"`) are refused unless the
+//! rule names the loss in `lossy` (one name, or a list when a rule does two lossy things).
+//!
+//! Timestamps keep the offset the source wrote unless `offset` says otherwise. `money` moves
+//! the decimal point by the currency's ISO 4217 exponent, digit by digit; the currency code it
+//! reads beside the amount is not thereby mapped, so that no amount leaves without its code.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

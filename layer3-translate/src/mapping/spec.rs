@@ -75,7 +75,8 @@ pub struct FieldRule {
     #[serde(default, rename = "enum")]
     pub table: Option<BTreeMap<String, Value>>,
     /// Source timestamp format: `rfc3339`, `unix`, `unix-millis`, or a chrono format string.
-    /// The result is RFC 3339 in UTC with every fractional digit kept.
+    /// The result is RFC 3339 with every fractional digit kept, in the source's offset unless
+    /// `offset` says otherwise (see [`OffsetOut`]).
     #[serde(default)]
     pub timestamp: Option<String>,
     /// Offset of timestamps written without one (`+01:00`, `UTC`).
@@ -103,15 +104,19 @@ pub struct FieldRule {
     #[serde(default)]
     pub money: Option<MoneyConvert>,
     /// The currency of a `money` rule: a pointer to the currency code beside the amount
-    /// (`/currency`, read case-insensitively) or an ISO 4217 code (`EUR`).
+    /// (`/currency`, in the same record or `each` element as `from`, read case-insensitively)
+    /// or an ISO 4217 code (`EUR`). Reading the code does not map it: an amount must not arrive
+    /// without its currency, so the code needs a rule of its own (or `ignore`, knowingly).
     #[serde(default)]
     pub currency: Option<String>,
     /// Case folding of text (`upper`, `lower`): lossy, named `case-fold`.
     #[serde(default)]
     pub case: Option<Case>,
-    /// What a timestamp rule keeps of the source's offset: `keep` (the default: the offset as
-    /// written), `split` (`{"instant": <UTC>, "offset": "-07:00"}`), or `utc` (the instant in
-    /// UTC: lossy, named `drop-offset`, when the source can carry an offset).
+    /// What a timestamp rule keeps of the source's offset: `keep` (the default: validated
+    /// RFC 3339 text as written; with `precision`, a `%z` pattern or a `timezone`, RFC 3339 in
+    /// that offset; epoch numbers in UTC), `split` (`{"instant": <UTC>, "offset": "-07:00"}`,
+    /// `+00:00` for `Z` and epoch numbers), or `utc` (the instant in UTC: lossy, named
+    /// `drop-offset`, unless the format is `unix`/`unix-millis`, which have no offset).
     #[serde(default)]
     pub offset: Option<OffsetOut>,
     /// An expression computing the value (the escape hatch for what the declarative rules

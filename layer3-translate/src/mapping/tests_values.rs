@@ -389,3 +389,49 @@ fn lint_checks_each_conversion_against_the_record_types() {
     // Without the types, only the pointer check.
     assert_eq!(m.lint(&|p| record.can_exist(p), None).len(), 1);
 }
+
+/// The Stripe fixture the end-to-end tests use, through a strict mapping: the amount by its
+/// currency's exponent, the code carried by its own rule, the unix `created` in UTC.
+#[test]
+fn a_stripe_payment_intent_event_maps_exactly() {
+    let event = Value::parse(include_bytes!("../../../tests/fixtures/stripe/payment_intent.succeeded.json"))
+        .expect("fixture");
+    let spec: MappingSpec = serde_json::from_str(
+        &json!({"name": "stripe-pi", "version": "1", "message_type": "payment.recorded", "type_version": "1",
+            "ignore": ["/object", "/api_version", "/livemode", "/pending_webhooks", "/request", "/type",
+                "/data/object/object", "/data/object/amount_capturable", "/data/object/amount_details",
+                "/data/object/application", "/data/object/application_fee_amount",
+                "/data/object/automatic_payment_methods", "/data/object/canceled_at",
+                "/data/object/cancellation_reason", "/data/object/capture_method",
+                "/data/object/client_secret", "/data/object/confirmation_method",
+                "/data/object/customer", "/data/object/description", "/data/object/invoice",
+                "/data/object/last_payment_error", "/data/object/livemode", "/data/object/metadata",
+                "/data/object/next_action", "/data/object/on_behalf_of", "/data/object/payment_method",
+                "/data/object/payment_method_configuration_details", "/data/object/payment_method_options",
+                "/data/object/payment_method_types", "/data/object/processing", "/data/object/receipt_email",
+                "/data/object/review", "/data/object/setup_future_usage", "/data/object/shipping",
+                "/data/object/source", "/data/object/statement_descriptor",
+                "/data/object/statement_descriptor_suffix", "/data/object/status",
+                "/data/object/transfer_data", "/data/object/transfer_group"],
+            "fields": {
+                "/event_id": {"from": "/id"},
+                "/recorded_at": {"from": "/created", "timestamp": "unix"},
+                "/payment_id": {"from": "/data/object/id"},
+                "/amount/value": {"from": "/data/object/amount", "money": "to-decimal", "currency": "/data/object/currency"},
+                "/amount/received": {"from": "/data/object/amount_received", "money": "to-decimal",
+                    "currency": "/data/object/currency"},
+                "/amount/currency": {"from": "/data/object/currency", "case": "upper", "lossy": "case-fold"},
+                "/created_at": {"from": "/data/object/created", "timestamp": "unix", "offset": "split"},
+                "/charge": {"from": "/data/object/latest_charge"}
+            }})
+        .to_json(),
+    )
+    .expect("spec");
+    let (body, fid) = Mapping::compile(spec).expect("compiles").apply(&event).expect("maps");
+    assert_eq!(body["amount"], json!({"value": "20.00", "received": "20.00", "currency": "USD"}));
+    assert_eq!(body["recorded_at"], json!("2024-11-21T12:05:31Z"));
+    assert_eq!(body["created_at"], json!({"instant": "2024-11-21T12:05:28Z", "offset": "+00:00"}));
+    assert_eq!(body["charge"], json!("ch_3QxR7sLkdIwHu7ix0Wm1pKfL"));
+    assert_eq!(fid.lossy, ["/amount/currency: case-fold"]);
+    assert!(fid.extras.is_empty() && fid.ignored.contains(&"/data/object/description".to_owned()));
+}
