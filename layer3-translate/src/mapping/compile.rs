@@ -227,14 +227,17 @@ pub(super) fn compile_rule(
         t.max_length = Some(n);
     }
     // The fidelity promise: a loss happens only where the rule names it.
+    let names: Vec<String> = losses.iter().map(|l| format!("\"{}\"", l.as_str())).collect();
+    let say = match names.as_slice() {
+        [one] => one.clone(),
+        all => format!("[{}]", all.join(", ")),
+    };
     for loss in losses.iter().map(|l| l.as_str()) {
         if !rule.lossy.iter().any(|l| l.as_str() == loss) {
             issues.push(issue(
                 at,
                 "",
-                format!(
-                    "this rule loses information ({loss}); say so with `lossy = \"{loss}\"` or change it"
-                ),
+                format!("this rule loses information ({loss}); say so with `lossy = {say}` or change it"),
             ));
         }
     }

@@ -325,8 +325,19 @@ pub(super) fn timestamp(
             m.insert("offset".into(), Value::String(off));
             (Value::Object(m), false)
         }
-        // Validated RFC 3339 is carried as written: nothing to gain by rewriting it.
-        OffsetOut::Keep if precision.is_none() && written.is_some() => (Value::String(text), false),
+        // Validated RFC 3339 is carried as written (its digits, its offset), only with the
+        // separator and `Z` that RFC 3339 reads case-insensitively, and also as a space,
+        // written the standard way, as JSON Schema's `date-time` wants them.
+        OffsetOut::Keep if precision.is_none() && written.is_some() => {
+            let mut out = text.into_bytes();
+            if let Some(sep) = out.get_mut(10) {
+                *sep = b'T';
+            }
+            if let Some(z @ b'z') = out.last_mut() {
+                *z = b'Z';
+            }
+            (Value::String(String::from_utf8_lossy(&out).into_owned()), false)
+        }
         OffsetOut::Keep => {
             let local = t.to_rfc3339_opts(digits, true);
             let out = match written {
