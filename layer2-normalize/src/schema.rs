@@ -514,7 +514,8 @@ mod tests {
                 "any": {},
                 "either": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/id"}]},
                 "both": {"allOf": [{"type": ["string", "integer"]}, {"type": ["integer", "boolean"]}]},
-                "labels": {"type": "array", "items": {"type": "object", "properties": {"id": {"$ref": "#/$defs/id"}}}},
+                "labels": {"type": "array", "items": {"type": "object",
+                    "properties": {"id": {"$ref": "#/$defs/id"}}}},
                 "closed": {"type": "object", "additionalProperties": false},
                 "bag": {"additionalProperties": {"type": "boolean"}}
             },

@@ -439,7 +439,8 @@ mod tests {
             "push.json",
             r#"{"type": "object", "properties": {"repository": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "created_at": {"type": "integer"},
-                "pushed_at": {"type": ["integer", "null"]}, "updated_at": {"type": "string", "format": "date-time"}}}}}"#,
+                "pushed_at": {"type": ["integer", "null"]},
+                "updated_at": {"type": "string", "format": "date-time"}}}}}"#,
         );
         let file = |created_at: &str| {
             format!(

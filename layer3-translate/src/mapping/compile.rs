@@ -576,6 +576,19 @@ impl LintWalk<'_, '_> {
                                     self.sides.input_is, self.sides.input_schema_is
                                 ),
                             ));
+                        } else if let Some(types) = self.sides.input_types.and_then(|t| t(&full))
+                            && types.iter().any(|t| *t != "null")
+                            && !types.contains(&"string")
+                        {
+                            let what = types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or ");
+                            self.issues.push(issue(
+                                &here,
+                                "currency",
+                                format!(
+                                    "`{full}` is {what} in {}; a currency is a code like \"usd\"",
+                                    self.sides.input_schema_is
+                                ),
+                            ));
                         }
                     }
                 }

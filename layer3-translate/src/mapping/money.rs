@@ -152,7 +152,8 @@ fn to_minor_units(v: &Value, exp: u16, at: &str, code: &str) -> Result<Value, Re
                 at,
                 "money",
                 format!(
-                    "`{text}` has more fraction digits than {code} has ({exp}): it is not a whole number of minor units"
+                    "`{text}` has more fraction digits than {code} has ({exp}): it is not a whole \
+                     number of minor units"
                 ),
             ));
         }

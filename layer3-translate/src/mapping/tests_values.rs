@@ -372,6 +372,8 @@ fn lint_checks_each_conversion_against_the_record_types() {
         "/size_money": {"from": "/repository/size", "money": "to-minor-units", "currency": "EUR"},
         "/private_money": {"from": "/repository/private", "money": "to-decimal", "currency": "/currency"},
         "/amount": {"from": "/amount", "money": "to-decimal", "currency": "/curency"},
+        "/amount_by_id": {"from": "/amount", "money": "to-decimal", "currency": "/repository/id"},
+        "/amount_ok": {"from": "/amount", "money": "to-decimal", "currency": "/currency"},
         "/flag_at": {"from": "/repository/private", "enum": {"true": "2019-05-15T15:20:30-07:00"},
             "timestamp": "rfc3339"},
         "/open_at": {"from": "/repository/anything", "timestamp": "rfc3339"}
@@ -386,11 +388,14 @@ fn lint_checks_each_conversion_against_the_record_types() {
          `%Y-%m-%d %z` reads text",
         "fields /pushed timestamp: `/repository/pushed_at` is an integer in the record schema",
         "fields /private_at timestamp: `/repository/private` is a boolean in the record schema; epoch",
-        "fields /owner_n convert: `/repository/owner` is an object in the record schema: it cannot convert to a number",
+        "fields /owner_n convert: `/repository/owner` is an object in the record schema: it cannot convert \
+         to a number",
         "fields /topics_s convert: `/repository/topics` is an array",
         "fields /id_case case: `/repository/id` is an integer in the record schema; `case` folds text",
         "fields /private_money money: `/repository/private` is a boolean",
         "fields /amount currency: `/curency` cannot exist in a record",
+        "fields /amount_by_id currency: `/repository/id` is an integer in the record schema; a currency is \
+         a code",
     ];
     for e in expect {
         assert!(found.iter().any(|f| f.starts_with(e)), "no `{e}` in {found:#?}");
@@ -408,32 +413,33 @@ fn a_stripe_payment_intent_event_maps_exactly() {
         .expect("fixture");
     let spec: MappingSpec = serde_json::from_str(
         &json!({"name": "stripe-pi", "version": "1", "message_type": "payment.recorded", "type_version": "1",
-            "ignore": ["/object", "/api_version", "/livemode", "/pending_webhooks", "/request", "/type",
-                "/data/object/object", "/data/object/amount_capturable", "/data/object/amount_details",
-                "/data/object/application", "/data/object/application_fee_amount",
-                "/data/object/automatic_payment_methods", "/data/object/canceled_at",
-                "/data/object/cancellation_reason", "/data/object/capture_method",
-                "/data/object/client_secret", "/data/object/confirmation_method",
-                "/data/object/customer", "/data/object/description", "/data/object/invoice",
-                "/data/object/last_payment_error", "/data/object/livemode", "/data/object/metadata",
-                "/data/object/next_action", "/data/object/on_behalf_of", "/data/object/payment_method",
-                "/data/object/payment_method_configuration_details", "/data/object/payment_method_options",
-                "/data/object/payment_method_types", "/data/object/processing", "/data/object/receipt_email",
-                "/data/object/review", "/data/object/setup_future_usage", "/data/object/shipping",
-                "/data/object/source", "/data/object/statement_descriptor",
-                "/data/object/statement_descriptor_suffix", "/data/object/status",
-                "/data/object/transfer_data", "/data/object/transfer_group"],
-            "fields": {
-                "/event_id": {"from": "/id"},
-                "/recorded_at": {"from": "/created", "timestamp": "unix"},
-                "/payment_id": {"from": "/data/object/id"},
-                "/amount/value": {"from": "/data/object/amount", "money": "to-decimal", "currency": "/data/object/currency"},
-                "/amount/received": {"from": "/data/object/amount_received", "money": "to-decimal",
-                    "currency": "/data/object/currency"},
-                "/amount/currency": {"from": "/data/object/currency", "case": "upper", "lossy": "case-fold"},
-                "/created_at": {"from": "/data/object/created", "timestamp": "unix", "offset": "split"},
-                "/charge": {"from": "/data/object/latest_charge"}
-            }})
+        "ignore": ["/object", "/api_version", "/livemode", "/pending_webhooks", "/request", "/type",
+            "/data/object/object", "/data/object/amount_capturable", "/data/object/amount_details",
+            "/data/object/application", "/data/object/application_fee_amount",
+            "/data/object/automatic_payment_methods", "/data/object/canceled_at",
+            "/data/object/cancellation_reason", "/data/object/capture_method",
+            "/data/object/client_secret", "/data/object/confirmation_method",
+            "/data/object/customer", "/data/object/description", "/data/object/invoice",
+            "/data/object/last_payment_error", "/data/object/livemode", "/data/object/metadata",
+            "/data/object/next_action", "/data/object/on_behalf_of", "/data/object/payment_method",
+            "/data/object/payment_method_configuration_details", "/data/object/payment_method_options",
+            "/data/object/payment_method_types", "/data/object/processing", "/data/object/receipt_email",
+            "/data/object/review", "/data/object/setup_future_usage", "/data/object/shipping",
+            "/data/object/source", "/data/object/statement_descriptor",
+            "/data/object/statement_descriptor_suffix", "/data/object/status",
+            "/data/object/transfer_data", "/data/object/transfer_group"],
+        "fields": {
+            "/event_id": {"from": "/id"},
+            "/recorded_at": {"from": "/created", "timestamp": "unix"},
+            "/payment_id": {"from": "/data/object/id"},
+            "/amount/value": {"from": "/data/object/amount", "money": "to-decimal",
+                "currency": "/data/object/currency"},
+            "/amount/received": {"from": "/data/object/amount_received", "money": "to-decimal",
+                "currency": "/data/object/currency"},
+            "/amount/currency": {"from": "/data/object/currency", "case": "upper", "lossy": "case-fold"},
+            "/created_at": {"from": "/data/object/created", "timestamp": "unix", "offset": "split"},
+            "/charge": {"from": "/data/object/latest_charge"}
+        }})
         .to_json(),
     )
     .expect("spec");
