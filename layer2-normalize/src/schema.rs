@@ -96,6 +96,85 @@ impl JsonSchema {
         types_of(node)
     }
 
+    /// The JSON types a value at `pointer` can have by the schema (`type`, `enum`, `const`,
+    /// through local `$ref`s, `allOf`, `anyOf`, `oneOf`; array positions written `0` or `*`):
+    /// names among `null`, `boolean`, `object`, `array`, `string`, `integer`, `number`
+    /// (`number` includes integers). `None` when the schema leaves it open or the reading gives
+    /// up; an empty list when no value can be there. For linters: it may answer more types than
+    /// validation would allow, never fewer.
+    pub fn types_can_be(&self, pointer: &str) -> Option<Vec<&'static str>> {
+        let budget = std::cell::Cell::new(MAX_VISITS);
+        let set = self.types_in(&self.document, &tokens(pointer)?, 0, &budget);
+        (set != ANY).then(|| {
+            let mut names: Vec<&'static str> =
+                TYPE_BITS.iter().filter(|(_, bit)| set & bit == *bit).map(|(n, _)| *n).collect();
+            // `number` covers `integer`: name it once.
+            if names.contains(&"number") {
+                names.retain(|n| *n != "integer");
+            }
+            names
+        })
+    }
+
+    fn types_in(&self, node: &Value, toks: &[String], depth: usize, budget: &std::cell::Cell<usize>) -> u8 {
+        if depth > MAX_DEPTH || budget.get() == 0 {
+            return ANY;
+        }
+        budget.set(budget.get() - 1);
+        let node = match node {
+            Value::Bool(true) => return ANY,
+            Value::Bool(false) => return 0,
+            Value::Object(_) => self.resolve(node, depth),
+            _ => return ANY,
+        };
+        match node {
+            Value::Bool(true) => return ANY,
+            Value::Bool(false) => return 0,
+            _ => {}
+        }
+        let mut set = ANY;
+        for sub in node.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+            set &= self.types_in(sub, toks, depth + 1, budget);
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(subs) = node.get(key).and_then(Value::as_array) {
+                set &= subs.iter().fold(0, |acc, s| acc | self.types_in(s, toks, depth + 1, budget));
+            }
+        }
+        let own = own_types(node);
+        let Some((tok, rest)) = toks.split_first() else { return set & own };
+        // Below this node: through an object's property or an array's item, as `allows` goes.
+        let mut below = 0;
+        if own & OBJECT != 0 {
+            below |= if let Some(p) = node.get("properties").and_then(|p| p.get(tok.as_str())) {
+                self.types_in(p, rest, depth + 1, budget)
+            } else if node.get("patternProperties").is_some() {
+                ANY
+            } else {
+                match node.get("additionalProperties") {
+                    Some(Value::Bool(false)) => 0,
+                    Some(s @ Value::Object(_)) => self.types_in(s, rest, depth + 1, budget),
+                    _ => ANY,
+                }
+            };
+        }
+        if own & ARRAY != 0 && (tok == "*" || tok.parse::<usize>().is_ok()) {
+            let prefix = node.get("prefixItems").and_then(Value::as_array);
+            below |= match (
+                tok.parse::<usize>().ok().and_then(|i| prefix.and_then(|p| p.get(i))),
+                node.get("items"),
+            ) {
+                // `*` is any position: a prefix item's types as well as the rest's.
+                (Some(s), _) => self.types_in(s, rest, depth + 1, budget),
+                (None, Some(s)) if tok != "*" || prefix.is_none() => {
+                    self.types_in(s, rest, depth + 1, budget)
+                }
+                _ => ANY,
+            };
+        }
+        set & below
+    }
+
     /// Pointers every valid instance has: `required` properties, followed into required objects
     /// and into array items (written `*`).
     pub fn required_pointers(&self) -> Vec<String> {
@@ -285,6 +364,54 @@ fn child<'a>(node: &'a Value, tok: &str) -> Option<&'a Value> {
     None
 }
 
+const NULL: u8 = 1;
+const BOOLEAN: u8 = 2;
+const OBJECT: u8 = 4;
+const ARRAY: u8 = 8;
+const STRING: u8 = 16;
+const INTEGER: u8 = 32;
+/// A number with a fraction; the `number` type is `INTEGER | FRACTION`.
+const FRACTION: u8 = 64;
+const ANY: u8 = 127;
+const TYPE_BITS: [(&str, u8); 7] = [
+    ("null", NULL),
+    ("boolean", BOOLEAN),
+    ("object", OBJECT),
+    ("array", ARRAY),
+    ("string", STRING),
+    ("integer", INTEGER),
+    ("number", INTEGER | FRACTION),
+];
+
+/// The types one schema node allows by its own `type`, `enum` and `const`.
+fn own_types(node: &Value) -> u8 {
+    let named = |n: &str| TYPE_BITS.iter().find(|(t, _)| *t == n).map_or(0, |(_, b)| *b);
+    let of_value = |v: &Value| match v {
+        Value::Null => NULL,
+        Value::Bool(_) => BOOLEAN,
+        Value::Object(_) => OBJECT,
+        Value::Array(_) => ARRAY,
+        Value::String(_) => STRING,
+        // JSON Schema counts 1.0 as an integer.
+        Value::Number(n) if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            INTEGER
+        }
+        Value::Number(_) => FRACTION,
+    };
+    let mut set = match node.get("type") {
+        Some(Value::String(t)) => named(t),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).fold(0, |acc, t| acc | named(t)),
+        _ => ANY,
+    };
+    if let Some(values) = node.get("enum").and_then(Value::as_array) {
+        set &= values.iter().fold(0, |acc, v| acc | of_value(v));
+    }
+    if let Some(v) = node.get("const") {
+        set &= of_value(v);
+    }
+    set
+}
+
 fn types_of(node: &Value) -> Vec<String> {
     match node.get("type") {
         Some(Value::String(t)) => vec![t.clone()],
@@ -371,6 +498,47 @@ mod tests {
         req.sort();
         assert_eq!(req, ["/address", "/address/city", "/email", "/id"]);
         assert!(JsonSchema::compile(json!({"type": "nonsense"})).is_err());
+    }
+
+    #[test]
+    fn types_can_be_reads_type_enum_const_and_combinators() {
+        let s = JsonSchema::compile(json!({
+            "type": "object",
+            "properties": {
+                "created_at": {"type": "integer"},
+                "pushed_at": {"type": ["integer", "null"]},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "score": {"type": "number"},
+                "state": {"enum": ["open", "closed", null]},
+                "one": {"const": 1.0},
+                "any": {},
+                "either": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/id"}]},
+                "both": {"allOf": [{"type": ["string", "integer"]}, {"type": ["integer", "boolean"]}]},
+                "labels": {"type": "array", "items": {"type": "object",
+                    "properties": {"id": {"$ref": "#/$defs/id"}}}},
+                "closed": {"type": "object", "additionalProperties": false},
+                "bag": {"additionalProperties": {"type": "boolean"}}
+            },
+            "$defs": {"id": {"type": "integer"}}
+        }))
+        .expect("compiles");
+        let t = |p: &str| s.types_can_be(p);
+        assert_eq!(t("/created_at"), Some(vec!["integer"]));
+        assert_eq!(t("/pushed_at"), Some(vec!["null", "integer"]));
+        assert_eq!(t("/updated_at"), Some(vec!["string"]));
+        assert_eq!(t("/score"), Some(vec!["number"]));
+        assert_eq!(t("/state"), Some(vec!["null", "string"]));
+        assert_eq!(t("/one"), Some(vec!["integer"]));
+        assert_eq!(t("/any"), None);
+        assert_eq!(t("/undeclared"), None);
+        assert_eq!(t("/either"), Some(vec!["string", "integer"]));
+        assert_eq!(t("/both"), Some(vec!["integer"]));
+        assert_eq!(t("/labels/*/id"), Some(vec!["integer"]));
+        assert_eq!(t("/labels/0/id"), Some(vec!["integer"]));
+        assert_eq!(t("/closed/x"), Some(vec![]));
+        assert_eq!(t("/bag/x"), Some(vec!["boolean"]));
+        assert_eq!(t("/created_at/below"), Some(vec![]));
+        assert_eq!(t("no pointer"), None);
     }
 
     #[test]

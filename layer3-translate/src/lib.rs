@@ -9,7 +9,7 @@ pub mod translator;
 
 pub use mapping::{
     Case, Convert, FieldRule, LintSides, Loss, Mapping, MappingIssue, MappingSpec, MappingTranslator,
-    MoneyConvert, OffsetOut, OnNull, OnUnmapped, Precision,
+    MoneyConvert, OffsetOut, OnNull, OnUnmapped, Precision, TypesOf,
 };
 pub use stage::{Parent, TranslateStage, Translators, translate, translation_row};
 pub use translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};

@@ -350,7 +350,14 @@ fn load_kind(
                 }
                 Some(_) => s.can_exist(p),
             };
-            check_mapping(d, &at(&["mapping"]), &k.mapping, |m| m.lint(&can_exist, core.as_deref()))
+            let types = |p: &str| match p.strip_prefix(env_key.as_str()) {
+                None => s.types_can_be(p),
+                Some(rest) if rest.starts_with('/') => envelope.and_then(|e| e.types_can_be(rest)),
+                Some(_) => s.types_can_be(p),
+            };
+            check_mapping(d, &at(&["mapping"]), &k.mapping, |m| {
+                m.lint_typed(&can_exist, Some(&types), core.as_deref())
+            })
         }
     };
     if let (true, Some(s)) = (compiled, schema) {

@@ -459,4 +459,55 @@ mod tests {
         assert_ne!(line("/repository/id"), line("ignore = ["));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `check` reads the record schema's types: a text timestamp format on a field that is only
+    /// ever an integer (a GitHub push's `created_at`) is an error at the rule's line.
+    #[test]
+    fn a_conversion_the_schema_type_rules_out_is_reported_at_its_line() {
+        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        w(
+            "core.toml",
+            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
+        w("any.json", "{}");
+        w(
+            "push.json",
+            r#"{"type": "object", "properties": {"repository": {"type": "object", "properties": {
+                "id": {"type": "integer"}, "created_at": {"type": "integer"},
+                "pushed_at": {"type": ["integer", "null"]},
+                "updated_at": {"type": "string", "format": "date-time"}}}}}"#,
+        );
+        let file = |created_at: &str| {
+            format!(
+                "source = \"github\"\n\n[kinds.push]\nschema = \"push.json\"\nschema_version = \"1\"\n\n\
+                 [kinds.push.mapping]\nname = \"m\"\nversion = \"1\"\nmessage_type = \"t\"\ntype_version = \"1\"\n\
+                 on_unmapped = \"ignore\"\n\n[kinds.push.mapping.fields]\n\
+                 \"/repo_id\" = {{ from = \"/repository/id\", convert = \"string\" }}\n\
+                 \"/created\" = {{ from = \"/repository/created_at\", timestamp = \"{created_at}\" }}\n\
+                 \"/pushed\" = {{ from = \"/repository/pushed_at\", timestamp = \"unix\" }}\n\
+                 \"/updated\" = {{ from = \"/repository/updated_at\", timestamp = \"rfc3339\" }}\n\
+                 \n[[routes]]\ntype = \"t\"\ndestination = \"q\"\n"
+            )
+        };
+        w("github.toml", &file("rfc3339"));
+        let loaded = load_dir(&dir, false);
+        let text: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(loaded.diagnostics.len(), 1, "{text:#?}");
+        let d = &loaded.diagnostics[0];
+        assert_eq!(d.file, dir.join("github.toml"));
+        assert_eq!(d.line, Some(16), "the `/created` rule's line: {d}");
+        assert!(
+            d.message.contains(
+                "`/repository/created_at` is an integer in the record schema; `rfc3339` reads text: use \
+                 `unix` or `unix-millis`"
+            ),
+            "{d}"
+        );
+        w("github.toml", &file("unix"));
+        let loaded = load_dir(&dir, false);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -203,6 +203,7 @@ fn load_route(
             let body_at = spec.request.body.as_deref().unwrap_or("");
             let sides = LintSides {
                 input: &|p| s.can_exist(p),
+                input_types: Some(&|p| s.types_can_be(p)),
                 input_leaves: Some(&leaves),
                 input_is: &input_is,
                 input_schema_is: "its schema",

@@ -180,7 +180,7 @@ async fn the_example_targets_build_their_requests() {
         built.body.contains(r#""lifecyclestage":"customer""#)
             && built.body.contains(r#""marketing_opt_in":"false""#)
     );
-    assert!(built.body.contains(r#""core_updated_at":"2026-11-20T13:05:41.873Z""#), "{}", built.body);
+    assert!(built.body.contains(r#""core_updated_at":"2026-11-20T14:05:41.873+01:00""#), "{}", built.body);
 
     let pay = all.route("payments-refunds", "refund.requested").expect("refunds");
     let built = deliver(

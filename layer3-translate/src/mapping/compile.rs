@@ -84,16 +84,6 @@ pub(super) fn compile_rule(
     at: &[String],
     issues: &mut Vec<MappingIssue>,
 ) -> Option<Field> {
-    // Placeholders until each option is implemented: a rule using one is refused, never ignored.
-    for (given, key) in [
-        (rule.money.is_some() || rule.currency.is_some(), "money"),
-        (rule.case.is_some(), "case"),
-        (rule.offset.is_some(), "offset"),
-    ] {
-        if given {
-            issues.push(issue(at, key, format!("`{key}` is not supported yet")));
-        }
-    }
     let sources = [
         rule.from.is_some(),
         rule.constant.is_some(),
@@ -185,9 +175,15 @@ pub(super) fn compile_rule(
     let converts = rule.table.is_some()
         || rule.timestamp.is_some()
         || rule.convert.is_some()
-        || rule.max_length.is_some();
+        || rule.max_length.is_some()
+        || rule.money.is_some()
+        || rule.case.is_some();
     if converts && rule.from.is_none() {
-        issues.push(issue(at, "", "`enum`, `timestamp`, `convert` and `max_length` apply to a `from` value"));
+        issues.push(issue(
+            at,
+            "",
+            "`enum`, `timestamp`, `convert`, `money`, `case` and `max_length` apply to a `from` value",
+        ));
     }
     let mut t = Transforms::default();
     let mut losses: Vec<Loss> = Vec::new();
@@ -252,29 +248,44 @@ pub(super) fn compile_rule(
         if rule.precision.is_some() {
             losses.push(Loss::TruncateTimestamp);
         }
+        // Epoch numbers carry no offset: in UTC they lose nothing.
+        if rule.offset == Some(OffsetOut::Utc) && !matches!(format, TimeFormat::Unix | TimeFormat::UnixMillis)
+        {
+            losses.push(Loss::DropOffset);
+        }
         t.timestamp = Some((format, rule.precision));
-    } else if rule.precision.is_some() || rule.timezone.is_some() {
-        issues.push(issue(at, "", "`precision` and `timezone` belong to a `timestamp` rule"));
+        t.offset = rule.offset.unwrap_or_default();
+    } else if rule.precision.is_some() || rule.timezone.is_some() || rule.offset.is_some() {
+        issues.push(issue(at, "", "`precision`, `timezone` and `offset` belong to a `timestamp` rule"));
+    }
+    t.money = compile_money(rule, at, issues);
+    if let Some(c) = rule.case {
+        if rule.timestamp.is_some() || rule.money.is_some() {
+            issues.push(issue(at, "case", "`case` folds text, not a timestamp or an amount"));
+        }
+        losses.push(Loss::CaseFold);
+        t.case = Some(c);
     }
     if let Some(n) = rule.max_length {
         losses.push(Loss::TruncateText);
         t.max_length = Some(n);
     }
     // The fidelity promise: a loss happens only where the rule names it.
+    let names: Vec<String> = losses.iter().map(|l| format!("\"{}\"", l.as_str())).collect();
+    let say = match names.as_slice() {
+        [one] => one.clone(),
+        all => format!("[{}]", all.join(", ")),
+    };
     for loss in losses.iter().map(|l| l.as_str()) {
-        if rule.lossy.map(Loss::as_str) != Some(loss) {
+        if !rule.lossy.iter().any(|l| l.as_str() == loss) {
             issues.push(issue(
                 at,
                 "",
-                format!(
-                    "this rule loses information ({loss}); say so with `lossy = \"{loss}\"` or change it"
-                ),
+                format!("this rule loses information ({loss}); say so with `lossy = {say}` or change it"),
             ));
         }
     }
-    if let Some(l) = rule.lossy
-        && !losses.contains(&l)
-    {
+    for l in rule.lossy.iter().filter(|l| !losses.contains(l)) {
         let l = l.as_str();
         issues.push(issue(at, "lossy", format!("`lossy = \"{l}\"` but the rule does not do that")));
     }
@@ -288,6 +299,58 @@ pub(super) fn compile_rule(
         on_null: rule.on_null.unwrap_or_default(),
         transforms: t,
     })
+}
+
+/// The `money` and `currency` of a rule, checked: both or neither, a currency that is an ISO
+/// 4217 code with minor units or a pointer, and no other conversion on the same value.
+fn compile_money(rule: &FieldRule, at: &[String], issues: &mut Vec<MappingIssue>) -> Option<money::Money> {
+    let (convert, cur) = match (rule.money, &rule.currency) {
+        (None, None) => return None,
+        (None, Some(_)) => {
+            issues.push(issue(at, "currency", "`currency` belongs to a `money` rule"));
+            return None;
+        }
+        (Some(_), None) => {
+            issues.push(issue(
+                at,
+                "money",
+                "`money` needs `currency`: a pointer to the code beside the amount (\"/currency\") or an \
+                 ISO 4217 code (\"EUR\")",
+            ));
+            return None;
+        }
+        (Some(m), Some(c)) => (m, c),
+    };
+    for (given, key) in [
+        (rule.convert.is_some(), "convert"),
+        (rule.timestamp.is_some(), "timestamp"),
+        (rule.table.is_some(), "enum"),
+        (rule.max_length.is_some(), "max_length"),
+    ] {
+        if given {
+            issues.push(issue(at, key, format!("`money` converts the amount itself: drop `{key}`")));
+        }
+    }
+    let currency = if cur.starts_with('/') {
+        check_pointer(cur, at, "currency", issues);
+        money::CurrencyOf::Pointer(cur.clone())
+    } else if cur.len() == 3 && cur.bytes().all(|b| b.is_ascii_alphabetic()) {
+        match money::currency_exponent(cur) {
+            Ok((code, exp)) => money::CurrencyOf::Code(code, exp),
+            Err(why) => {
+                issues.push(issue(at, "currency", why));
+                return None;
+            }
+        }
+    } else {
+        issues.push(issue(
+            at,
+            "currency",
+            format!("`{cur}` is neither a JSON pointer (/currency) nor an ISO 4217 code (EUR)"),
+        ));
+        return None;
+    };
+    Some(money::Money { convert, currency })
 }
 
 impl Mapping {
@@ -354,10 +417,22 @@ impl Mapping {
     /// `record` answers whether a pointer can exist in a record (its schema's
     /// [`JsonSchema::can_exist`], plus whatever the normalizer adds, such as a carried envelope).
     pub fn lint(&self, record: &dyn Fn(&str) -> bool, core: Option<&JsonSchema>) -> Vec<MappingIssue> {
+        self.lint_typed(record, None, core)
+    }
+
+    /// [`Mapping::lint`], also checking each conversion against the types the record schema
+    /// gives its source (`record_types`: [`JsonSchema::types_can_be`] for a record pointer).
+    pub fn lint_typed(
+        &self,
+        record: &dyn Fn(&str) -> bool,
+        record_types: Option<&TypesOf<'_>>,
+        core: Option<&JsonSchema>,
+    ) -> Vec<MappingIssue> {
         let t = format!("{} v{}", self.spec.message_type, self.spec.type_version);
         let core_type = format!("core type {t}");
         self.lint_sides(&LintSides {
             input: record,
+            input_types: record_types,
             input_leaves: None,
             input_is: "a record",
             input_schema_is: "the record schema",
@@ -484,12 +559,19 @@ impl Mapping {
     }
 }
 
+/// The JSON types a value at a pointer can have, `None` when open: the answer of
+/// [`JsonSchema::types_can_be`].
+pub type TypesOf<'a> = dyn Fn(&str) -> Option<Vec<&'static str>> + 'a;
+
 /// What [`Mapping::lint_sides`] checks a mapping against, and the words its findings use: a
 /// mapping runs both ways, a record to a core message upstream, a core message to a third
 /// party's request downstream.
 pub struct LintSides<'a> {
     /// Whether a pointer can exist in the input.
     pub input: &'a dyn Fn(&str) -> bool,
+    /// The JSON types a value at an input pointer can have ([`JsonSchema::types_can_be`]), to
+    /// check each conversion reads what can be there; `None` skips that check.
+    pub input_types: Option<&'a TypesOf<'a>>,
     /// Every leaf the input's schema declares ([`JsonSchema::declared_leaves`]), to check
     /// that each is read or ignored; `None` skips that check.
     pub input_leaves: Option<&'a [String]>,
@@ -539,7 +621,40 @@ impl LintWalk<'_, '_> {
                 this.reads.push(full);
             };
             match &f.source {
-                Source::From(p) => check(self, p, "from"),
+                Source::From(p) => {
+                    check(self, p, "from");
+                    self.types(f, &format!("{rec_at}{p}"), &here);
+                    // The currency a `money` rule reads beside the amount is not taken by it
+                    // (its own rule carries it), so it is checked but not counted as read.
+                    if let Some(money::Money { currency: money::CurrencyOf::Pointer(c), .. }) =
+                        &f.transforms.money
+                    {
+                        let full = format!("{rec_at}{c}");
+                        if !(self.sides.input)(&full) {
+                            self.issues.push(issue(
+                                &here,
+                                "currency",
+                                format!(
+                                    "`{full}` cannot exist in {}: {} does not allow it",
+                                    self.sides.input_is, self.sides.input_schema_is
+                                ),
+                            ));
+                        } else if let Some(types) = self.sides.input_types.and_then(|t| t(&full))
+                            && types.iter().any(|t| *t != "null")
+                            && !types.contains(&"string")
+                        {
+                            let what = types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or ");
+                            self.issues.push(issue(
+                                &here,
+                                "currency",
+                                format!(
+                                    "`{full}` is {what} in {}; a currency is a code like \"usd\"",
+                                    self.sides.input_schema_is
+                                ),
+                            ));
+                        }
+                    }
+                }
                 Source::Concat(parts, _) => parts.iter().for_each(|p| check(self, p, "concat")),
                 Source::Const(_) => {}
                 // What an expression reads is known only when it runs: it may read anything
@@ -556,6 +671,85 @@ impl LintWalk<'_, '_> {
             }
         }
     }
+}
+
+impl LintWalk<'_, '_> {
+    /// A conversion that cannot read any value the input schema allows at `full` (a text
+    /// format on a field that is only ever an integer, say): reported at the rule's key.
+    /// Only clear mismatches: an open schema, or a type that might fit, says nothing.
+    fn types(&mut self, f: &Field, full: &str, here: &[String]) {
+        let Some(types) = self.sides.input_types.and_then(|t| t(full)) else { return };
+        // A null source never reaches a conversion.
+        let types: Vec<&str> = types.into_iter().filter(|t| *t != "null").collect();
+        if types.is_empty() {
+            return;
+        }
+        let only = |allowed: &[&str]| types.iter().all(|t| allowed.contains(t));
+        let can = |t: &str| types.contains(&t) || (t == "integer" && types.contains(&"number"));
+        let what = types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or ");
+        let schema = self.sides.input_schema_is;
+        let t = &f.transforms;
+        // Each check reads the source as it is: an `enum` table or a `convert` before the
+        // conversion changes what it sees.
+        let raw = t.table.is_none();
+        let mut found: Vec<(&str, String)> = Vec::new();
+        if let Some((format, _)) = &t.timestamp
+            && raw
+            && t.convert.is_none()
+        {
+            match format {
+                TimeFormat::Rfc3339 | TimeFormat::Pattern { .. } if only(&["integer", "number"]) => {
+                    let name = match format {
+                        TimeFormat::Pattern { pattern, .. } => pattern.as_str(),
+                        _ => "rfc3339",
+                    };
+                    found.push((
+                        "timestamp",
+                        format!(
+                            "`{full}` is {what} in {schema}; `{name}` reads text: use `unix` or `unix-millis`"
+                        ),
+                    ));
+                }
+                TimeFormat::Unix | TimeFormat::UnixMillis if !can("integer") && !can("string") => {
+                    found.push((
+                        "timestamp",
+                        format!("`{full}` is {what} in {schema}; epoch timestamps are numbers or their text"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = t.convert
+            && raw
+        {
+            let bad = match c {
+                Convert::Number | Convert::Integer => only(&["object", "array", "boolean"]),
+                Convert::String => only(&["object", "array"]),
+            };
+            if bad {
+                let c = format!("{c:?}").to_lowercase();
+                found
+                    .push(("convert", format!("`{full}` is {what} in {schema}: it cannot convert to a {c}")));
+            }
+        }
+        if t.money.is_some() && !can("integer") && !can("string") {
+            found.push((
+                "money",
+                format!("`{full}` is {what} in {schema}; an amount is a number or its text"),
+            ));
+        }
+        if t.case.is_some() && raw && t.convert.is_none() && !can("string") {
+            found.push(("case", format!("`{full}` is {what} in {schema}; `case` folds text")));
+        }
+        for (key, message) in found {
+            self.issues.push(issue(here, key, message));
+        }
+    }
+}
+
+/// `an integer`, `a string`: a JSON type in a sentence.
+fn article(t: &str) -> String {
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {t}") } else { format!("a {t}") }
 }
 
 fn output_pointers(fields: &[Field], out_at: &str, out: &mut Vec<String>) {

@@ -138,9 +138,12 @@ pub(super) fn eval_field(
     })
 }
 
+/// Converts the value `v` found at `at`; `beside` is the record or `each` element it is in and
+/// that one's place, for what a rule reads next to the value (a `money` rule's currency).
 pub(super) fn convert(
     v: &Value,
     t: &Transforms,
+    beside: (&Value, &str),
     at: &str,
     out_ptr: &str,
     trail: &mut Trail,
@@ -158,11 +161,30 @@ pub(super) fn convert(
         v = convert_exact(&v, c, at)?;
     }
     if let Some((format, precision)) = &t.timestamp {
-        let s = timestamp(&v, format, *precision, at)?;
+        let (s, dropped_offset) = timestamp(&v, format, *precision, t.offset, at)?;
         if precision.is_some() {
             trail.lossy.push(format!("{out_ptr}: truncate-timestamp"));
         }
-        v = Value::String(s);
+        if dropped_offset {
+            trail.lossy.push(format!("{out_ptr}: drop-offset"));
+        }
+        v = s;
+    }
+    if let Some(m) = &t.money {
+        v = money::money(m, &v, beside.0, beside.1, at)?;
+    }
+    if let Some(c) = t.case {
+        let Value::String(s) = &v else {
+            return Err(reject(at, "type", "`case` folds text; this value is not a string"));
+        };
+        let folded = match c {
+            Case::Upper => s.to_uppercase(),
+            Case::Lower => s.to_lowercase(),
+        };
+        if folded != *s {
+            trail.lossy.push(format!("{out_ptr}: case-fold"));
+        }
+        v = Value::String(folded);
     }
     if let Some(n) = t.max_length
         && let Value::String(s) = &v
@@ -212,22 +234,32 @@ pub(super) fn fraction_digits(s: &str) -> usize {
     s.split('.').skip(1).map(|f| f.bytes().take_while(u8::is_ascii_digit).count()).max().unwrap_or(0)
 }
 
+/// A timestamp as the rule writes it (RFC 3339 text, or `{"instant", "offset"}` under
+/// `offset = "split"`), and whether an offset other than zero was dropped (`offset = "utc"`).
 pub(super) fn timestamp(
     v: &Value,
     format: &TimeFormat,
     precision: Option<Precision>,
+    offset: OffsetOut,
     at: &str,
-) -> Result<String, Rejection> {
+) -> Result<(Value, bool), Rejection> {
     let bad = |why: String| reject(at, "timestamp", why);
     let text = text_of(v).ok_or_else(|| bad("a timestamp must be text or a number".into()))?;
     // chrono keeps nanoseconds; more digits than that would be dropped without a word.
     if fraction_digits(&text) > 9 {
         return Err(bad(format!("`{text}` is more precise than nanoseconds")));
     }
-    let t: DateTime<Utc> = match format {
-        TimeFormat::Rfc3339 => DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| bad(format!("`{text}` is not RFC 3339: {e}")))?
-            .with_timezone(&Utc),
+    // The instant in the offset the source gives it (epoch numbers have none: UTC), and for
+    // RFC 3339 the offset as written (`Z`, `-07:00`, even `-00:00`).
+    let (t, written): (DateTime<FixedOffset>, Option<&str>) = match format {
+        TimeFormat::Rfc3339 => {
+            let t = DateTime::parse_from_rfc3339(&text)
+                .map_err(|e| bad(format!("`{text}` is not RFC 3339: {e}")))?;
+            // Parsed, so the text ends in `Z`/`z` or `±hh:mm`.
+            let suffix =
+                if text.ends_with(['Z', 'z']) { Some("Z") } else { text.get(text.len().saturating_sub(6)..) };
+            (t, suffix)
+        }
         TimeFormat::Unix => {
             let (secs, frac) = text.split_once('.').unwrap_or((&text, ""));
             let s: i64 = secs.parse().map_err(|_| bad(format!("`{text}` is not seconds since 1970")))?;
@@ -245,31 +277,78 @@ pub(super) fn timestamp(
             if secs.starts_with('-') && nanos > 0 {
                 return Err(bad("negative fractional epoch timestamps are not supported".into()));
             }
-            DateTime::from_timestamp(s, nanos).ok_or_else(|| bad(format!("`{text}` is out of range")))?
+            let t =
+                DateTime::from_timestamp(s, nanos).ok_or_else(|| bad(format!("`{text}` is out of range")))?;
+            (t.fixed_offset(), None)
         }
         TimeFormat::UnixMillis => {
             let ms: i64 =
                 text.parse().map_err(|_| bad(format!("`{text}` is not whole milliseconds since 1970")))?;
-            DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(format!("`{text}` is out of range")))?
+            let t = DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| bad(format!("`{text}` is out of range")))?;
+            (t.fixed_offset(), None)
         }
         TimeFormat::Pattern { pattern, offset } => match offset {
-            None => DateTime::parse_from_str(&text, pattern)
-                .map_err(|e| bad(format!("`{text}` does not match `{pattern}`: {e}")))?
-                .with_timezone(&Utc),
+            None => (
+                DateTime::parse_from_str(&text, pattern)
+                    .map_err(|e| bad(format!("`{text}` does not match `{pattern}`: {e}")))?,
+                None,
+            ),
             Some(o) => {
                 let naive = NaiveDateTime::parse_from_str(&text, pattern)
                     .map_err(|e| bad(format!("`{text}` does not match `{pattern}`: {e}")))?;
-                o.from_local_datetime(&naive)
+                let t = o
+                    .from_local_datetime(&naive)
                     .single()
-                    .ok_or_else(|| bad(format!("`{text}` is not a single instant")))?
-                    .with_timezone(&Utc)
+                    .ok_or_else(|| bad(format!("`{text}` is not a single instant")))?;
+                (t, None)
             }
         },
     };
-    Ok(match precision {
-        None => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        Some(Precision::Seconds) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
-        Some(Precision::Millis) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        Some(Precision::Micros) => t.to_rfc3339_opts(SecondsFormat::Micros, true),
+    let digits = match precision {
+        None => SecondsFormat::AutoSi,
+        Some(Precision::Seconds) => SecondsFormat::Secs,
+        Some(Precision::Millis) => SecondsFormat::Millis,
+        Some(Precision::Micros) => SecondsFormat::Micros,
+    };
+    let utc = || t.with_timezone(&Utc).to_rfc3339_opts(digits, true);
+    let nonzero = t.offset().local_minus_utc() != 0;
+    Ok(match offset {
+        OffsetOut::Utc => (Value::String(utc()), nonzero),
+        OffsetOut::Split => {
+            let off = match written {
+                Some("Z") | None => t.format("%:z").to_string(),
+                Some(w) => w.to_owned(),
+            };
+            let mut m = Map::new();
+            m.insert("instant".into(), Value::String(utc()));
+            m.insert("offset".into(), Value::String(off));
+            (Value::Object(m), false)
+        }
+        // Validated RFC 3339 is carried as written (its digits, its offset), only with the
+        // separator and `Z` that RFC 3339 reads case-insensitively, and also as a space,
+        // written the standard way, as JSON Schema's `date-time` wants them.
+        OffsetOut::Keep if precision.is_none() && written.is_some() => {
+            let mut out = text.into_bytes();
+            if let Some(sep) = out.get_mut(10) {
+                *sep = b'T';
+            }
+            if let Some(z @ b'z') = out.last_mut() {
+                *z = b'Z';
+            }
+            (Value::String(String::from_utf8_lossy(&out).into_owned()), false)
+        }
+        OffsetOut::Keep => {
+            let local = t.to_rfc3339_opts(digits, true);
+            let out = match written {
+                // chrono writes a zero offset as `Z`: put back what the source wrote.
+                Some(w) => {
+                    let theirs = if local.ends_with('Z') { 1 } else { 6 };
+                    format!("{}{w}", local.get(..local.len().saturating_sub(theirs)).unwrap_or(&local))
+                }
+                None => local,
+            };
+            (Value::String(out), false)
+        }
     })
 }

@@ -1954,6 +1954,7 @@ mod tests {
         let sides = LintSides {
             input: &can_exist,
             input_leaves: Some(&leaves),
+            input_types: None,
             input_is: "the input",
             input_schema_is: "its schema",
             output: None,

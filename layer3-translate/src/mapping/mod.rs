@@ -4,10 +4,15 @@
 //!
 //! A mapping names each core field by its JSON pointer and says where its value comes from
 //! (`from`, `const`, `concat`, or `each` over an array with its own fields), what to do when it
-//! is absent (`default`), and how to convert it (`enum`, `timestamp`, `convert`). Every leaf of
-//! the record must be mapped or listed in `ignore`; what is left is handled by `on_unmapped`.
-//! Conversions that lose information (`precision`, `max_length`, an `enum` table folding two
-//! values into one) are refused unless the rule names the loss in `lossy`.
+//! is absent (`default`), and how to convert it (`enum`, `timestamp`, `convert`, `money`,
+//! `case`). Every leaf of the record must be mapped or listed in `ignore`; what is left is
+//! handled by `on_unmapped`. Conversions that lose information (`precision`, `max_length`, an
+//! `enum` table folding two values into one, `case`, `offset = "utc"`) are refused unless the
+//! rule names the loss in `lossy` (one name, or a list when a rule does two lossy things).
+//!
+//! Timestamps keep the offset the source wrote unless `offset` says otherwise. `money` moves
+//! the decimal point by the currency's ISO 4217 exponent, digit by digit; the currency code it
+//! reads beside the amount is not thereby mapped, so that no amount leaves without its code.
 //!
 //! Paths. A `from` pointer may project over arrays: a token that is exactly `*` takes every
 //! element (`/issue/labels/*/name` gives `["bug", "good first issue"]`; several `*` give nested
@@ -60,12 +65,15 @@ mod compile;
 mod eval;
 mod expr;
 mod fidelity;
+mod money;
 mod paths;
 mod spec;
 #[cfg(test)]
 mod tests_paths;
+#[cfg(test)]
+mod tests_values;
 
-pub use compile::LintSides;
+pub use compile::{LintSides, TypesOf};
 use eval::*;
 use fidelity::IgnoreTok;
 use paths::*;
@@ -88,6 +96,10 @@ struct Transforms {
     convert: Option<Convert>,
     timestamp: Option<(TimeFormat, Option<Precision>)>,
     max_length: Option<usize>,
+    /// What a timestamp keeps of the source's offset.
+    offset: OffsetOut,
+    money: Option<money::Money>,
+    case: Option<Case>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,7 +242,7 @@ mod tests {
         let (body, fid) = order_mapping("reject").apply(&order()).expect("maps");
         assert_eq!(
             serde_json::to_string(&body).expect("text"),
-            r#"{"channel":"web","currency":"EUR","customer":{"name":"Ada Lovelace","tier":"gold"},"lines":[{"qty":2,"sku":"A"},{"qty":3,"sku":"B"}],"order_id":"12345678901234567890","placed_at":"2026-11-20T13:05:41.873Z","total":1E400}"#
+            r#"{"channel":"web","currency":"EUR","customer":{"name":"Ada Lovelace","tier":"gold"},"lines":[{"qty":2,"sku":"A"},{"qty":3,"sku":"B"}],"order_id":"12345678901234567890","placed_at":"2026-11-20T14:05:41.873+01:00","total":1E400}"#
         );
         assert_eq!(fid.defaulted, ["/currency"]);
         assert_eq!(fid.ignored, ["/internal/x", "/lines/0/note"]);
@@ -272,7 +284,11 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        let t = |v: Value, f: TimeFormat, p| timestamp(&v, &f, p, "/t");
+        // The offset is kept (the default): epoch numbers have none and come out in UTC.
+        let t = |v: Value, f: TimeFormat, p| {
+            timestamp(&v, &f, p, OffsetOut::Keep, "/t")
+                .map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
+        };
         assert_eq!(
             t(json!("1700000000.123456789"), TimeFormat::Unix, None).as_deref(),
             Ok("2023-11-14T22:13:20.123456789Z")
@@ -291,11 +307,11 @@ mod tests {
         assert!(t(json!("1.+5"), TimeFormat::Unix, None).is_err());
         let local =
             TimeFormat::Pattern { pattern: "%d/%m/%Y %H:%M:%S".into(), offset: parse_offset("+02:00") };
-        assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T08:00:00Z"));
+        assert_eq!(t(json!("20/11/2026 10:00:00"), local, None).as_deref(), Ok("2026-11-20T10:00:00+02:00"));
         assert_eq!(
             t(json!("2026-11-20T14:05:41.873+01:00"), TimeFormat::Rfc3339, Some(Precision::Seconds))
                 .as_deref(),
-            Ok("2026-11-20T13:05:41Z")
+            Ok("2026-11-20T14:05:41+01:00")
         );
     }
 
@@ -386,6 +402,7 @@ mod tests {
         let leaves = core.declared_leaves();
         let sides = LintSides {
             input: &|p| core.can_exist(p),
+            input_types: None,
             input_leaves: Some(&leaves),
             input_is: "core message t v1",
             input_schema_is: "its schema",

@@ -144,16 +144,19 @@ pub(super) fn eval_from(
     };
     if rest.is_empty() {
         trail.consumed.insert(at.clone());
-        return Ok(Got::Value(convert(v, &f.transforms, &at, out_ptr, trail)?));
+        return Ok(Got::Value(convert(v, &f.transforms, (record, rec_at), &at, out_ptr, trail)?));
     }
-    Ok(Got::Value(project(f, v, &at, rest, &whole, out_ptr, trail)?))
+    Ok(Got::Value(project(f, (record, rec_at), v, &at, rest, &whole, out_ptr, trail)?))
 }
 
 /// `*` over the array `v` at `at`: each element followed by `segs` (the tokens after this `*`,
 /// split at further `*`s), giving an array with one entry per element (nested arrays for
-/// several `*`s: nothing is flattened).
+/// several `*`s: nothing is flattened). `scope` is the record (or `each` element) the rule
+/// reads, where a `money` rule's currency pointer is looked up.
+#[allow(clippy::too_many_arguments)] // recursive; a struct would only rename them
 fn project(
     f: &Field,
+    scope: (&Value, &str),
     v: &Value,
     at: &str,
     segs: &[Vec<String>],
@@ -183,9 +186,9 @@ fn project(
                 let x_at = format!("{el_at}{}", joined(seg));
                 if rest.is_empty() {
                     trail.consumed.insert(x_at.clone());
-                    Some(convert(x, &f.transforms, &x_at, &el_out, trail)?)
+                    Some(convert(x, &f.transforms, scope, &x_at, &el_out, trail)?)
                 } else {
-                    Some(project(f, x, &x_at, rest, whole, &el_out, trail)?)
+                    Some(project(f, scope, x, &x_at, rest, whole, &el_out, trail)?)
                 }
             }
             Found::Null(null_at) => {

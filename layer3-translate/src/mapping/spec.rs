@@ -77,7 +77,8 @@ pub struct FieldRule {
     #[serde(default, rename = "enum")]
     pub table: Option<BTreeMap<String, Value>>,
     /// Source timestamp format: `rfc3339`, `unix`, `unix-millis`, or a chrono format string.
-    /// The result is RFC 3339 in UTC with every fractional digit kept.
+    /// The result is RFC 3339 with every fractional digit kept, in the source's offset unless
+    /// `offset` says otherwise (see [`OffsetOut`]).
     #[serde(default)]
     pub timestamp: Option<String>,
     /// Offset of timestamps written without one (`+01:00`, `UTC`).
@@ -105,25 +106,54 @@ pub struct FieldRule {
     #[serde(default)]
     pub money: Option<MoneyConvert>,
     /// The currency of a `money` rule: a pointer to the currency code beside the amount
-    /// (`/currency`, read case-insensitively) or an ISO 4217 code (`EUR`).
+    /// (`/currency`, in the same record or `each` element as `from`, read case-insensitively)
+    /// or an ISO 4217 code (`EUR`). Reading the code does not map it: an amount must not arrive
+    /// without its currency, so the code needs a rule of its own (or `ignore`, knowingly).
     #[serde(default)]
     pub currency: Option<String>,
     /// Case folding of text (`upper`, `lower`): lossy, named `case-fold`.
     #[serde(default)]
     pub case: Option<Case>,
-    /// What a timestamp rule keeps of the source's offset: `keep` (the default: the offset as
-    /// written), `split` (`{"instant": <UTC>, "offset": "-07:00"}`), or `utc` (the instant in
-    /// UTC: lossy, named `drop-offset`, when the source can carry an offset).
+    /// What a timestamp rule keeps of the source's offset: `keep` (the default: validated
+    /// RFC 3339 text as written; with `precision`, a `%z` pattern or a `timezone`, RFC 3339 in
+    /// that offset; epoch numbers in UTC), `split` (`{"instant": <UTC>, "offset": "-07:00"}`,
+    /// `+00:00` for `Z` and epoch numbers), or `utc` (the instant in UTC: lossy, named
+    /// `drop-offset`, unless the format is `unix`/`unix-millis`, which have no offset).
     #[serde(default)]
     pub offset: Option<OffsetOut>,
     /// An expression computing the value (the escape hatch for what the declarative rules
     /// cannot say): see the mapping module's documentation.
     #[serde(default)]
     pub expr: Option<String>,
-    /// The loss this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`,
-    /// `case-fold`, `drop-offset`.
-    #[serde(default)]
-    pub lossy: Option<Loss>,
+    /// The losses this rule accepts, by name: `truncate-timestamp`, `truncate-text`, `merge-enum`,
+    /// `case-fold`, `drop-offset`; one name (`lossy = "case-fold"`) or a list
+    /// (`lossy = ["case-fold", "truncate-text"]`) for a rule doing two lossy things.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub lossy: Vec<Loss>,
+}
+
+/// `lossy = "x"` or `lossy = ["x", "y"]`, by hand rather than an untagged enum so that a
+/// misspelt name is still an error listing the names.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Loss>, D::Error> {
+    struct Losses;
+    impl<'de> serde::de::Visitor<'de> for Losses {
+        type Value = Vec<Loss>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a loss name or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<Loss>, E> {
+            use serde::de::IntoDeserializer;
+            Loss::deserialize(v.into_deserializer()).map(|l| vec![l])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Loss>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(l) = seq.next_element::<Loss>()? {
+                out.push(l);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Losses)
 }
 
 /// What a `null` source gives (`on_null`).

@@ -83,14 +83,15 @@ async fn examples_run_end_to_end_from_files(backend: Backend) {
     let pay = got.iter().find(|m| m.body["kind"] == "charge").expect("charge");
     assert_eq!(pay.body["amount"]["value"].as_str(), Some("12345678901234567.89"));
     assert_eq!(pay.body["amount"]["currency"].as_str(), Some("EUR"));
-    assert_eq!(pay.body["captured_at"].as_str(), Some("2026-11-20T13:05:41.873Z"));
+    // Timestamps keep the offset the provider wrote.
+    assert_eq!(pay.body["captured_at"].as_str(), Some("2026-11-20T14:05:41.873+01:00"));
     let ada = got.iter().find(|m| m.body["member_id"] == "c-1001").expect("member");
     assert_eq!(ada.body["display_name"].as_str(), Some("Ada Lovelace"));
     assert_eq!(ada.body["lifecycle"].as_str(), Some("active"));
     assert_eq!(ada.headers.message_type, "member.upsert");
     // The batch's own fields travel with each contact.
     assert_eq!(serde_json::to_string(&ada.body["crm_portal_id"]).expect("t"), "48213");
-    assert_eq!(ada.body["changed_at"].as_str(), Some("2026-11-20T13:03:11.512Z"));
+    assert_eq!(ada.body["changed_at"].as_str(), Some("2026-11-20T14:03:11.512+01:00"));
     assert_eq!(ada.body["crm_event_id"].as_str(), Some("evt_crm_20261120_000417"));
 
     // Numbers as the device wrote them: beyond u64, 22 decimals, exponent forms (both cases).
