@@ -196,7 +196,13 @@ pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
     for (id, attempts, failure) in failed {
         let t = failure_transition(*attempts, failure, settings, now);
         if !transition_leased::<E, C>(conn, lease.until, &[*id], &t, now).await?.is_empty() {
-            tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+            let reason = t.reason.as_deref().unwrap_or("");
+            if t.to == Status::Dropped {
+                // A drop is the integration working as declared: nothing to look at.
+                tracing::debug!(table = E::LAYER.table(), %id, reason, "dropped");
+            } else {
+                tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason, "not forwarded");
+            }
         } else {
             lost += 1;
         }
@@ -385,6 +391,7 @@ pub fn failure_transition(
     use crate::outcome::Failure;
     match failure {
         Failure::Rejected(r) => Transition::to(Status::Rejected).because(r.to_string()),
+        Failure::Dropped { .. } => Transition::to(Status::Dropped).because(failure.to_string()),
         Failure::Transient(msg) if attempts + 1 >= settings.max_attempts => Transition::to(Status::Dead)
             .counted()
             .because(format!("{msg} (gave up after {} attempts)", attempts + 1)),
