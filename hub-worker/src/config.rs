@@ -321,7 +321,11 @@ impl SourceConfig {
         };
         for (i, s) in raw.iter().enumerate() {
             let chars = s.chars().count();
-            let which = if raw.len() > 1 { format!("secret {} of {}", i + 1, raw.len()) } else { "the secret".into() };
+            let which = if raw.len() > 1 {
+                format!("secret {} of {}", i + 1, raw.len())
+            } else {
+                "the secret".into()
+            };
             if chars < MIN_SECRET_CHARS && self.verify == VerifyScheme::Github {
                 tracing::warn!(
                     source = name,
@@ -1037,7 +1041,10 @@ mod tests {
         };
         let (ok, logs) = door("github", "hunter2-gh");
         assert_eq!(ok, Ok(()), "GitHub allows short secrets");
-        assert!(logs.contains("WARN") && logs.contains("sources.octo") && logs.contains("10 characters"), "{logs}");
+        assert!(
+            logs.contains("WARN") && logs.contains("sources.octo") && logs.contains("10 characters"),
+            "{logs}"
+        );
         assert!(!logs.contains("hunter2"), "the secret is never logged: {logs}");
         let (ok, logs) = door("github", "a-long-github-webhook-secret");
         assert_eq!((ok, logs.as_str()), (Ok(()), ""));

@@ -345,7 +345,8 @@ mod tests {
         }])
     }
 
-    const ISSUES: &str = r#"{"x-github-event":"issues","x-github-delivery":"72d3162e-cc78-11e3-81ab-4c9367dc0958"}"#;
+    const ISSUES: &str =
+        r#"{"x-github-event":"issues","x-github-delivery":"72d3162e-cc78-11e3-81ab-4c9367dc0958"}"#;
     const PUSH: &str = r#"{"x-github-event":"push"}"#;
 
     #[tokio::test]
@@ -382,7 +383,9 @@ mod tests {
         let r = rejection(run_with(&n, r#"{"action":"opened","issue":{"id":1}}"#, ISSUES).await);
         assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/issue/number"), "required"));
         assert!(r.message.starts_with("record kind `issue_opened` (schema v1): "), "{r}");
-        let r = rejection(run_with(&n, r#"{"zen":"Keep it logically awesome."}"#, r#"{"x-github-event":"ping"}"#).await);
+        let r = rejection(
+            run_with(&n, r#"{"zen":"Keep it logically awesome."}"#, r#"{"x-github-event":"ping"}"#).await,
+        );
         assert_eq!(r.rule, "record_kind");
         assert_eq!(
             r.message,

@@ -361,9 +361,13 @@ fn load_kind(
     if let Some(c) = &k.when {
         if let Some(why) = c.problem() {
             d.at_path(&at(&["when"]), why);
-        } else if let Some(p) = c.pointers().into_iter().find(|p| schema.as_ref().is_some_and(|s| !s.can_exist(p)))
+        } else if let Some(p) =
+            c.pointers().into_iter().find(|p| schema.as_ref().is_some_and(|s| !s.can_exist(p)))
         {
-            d.at_path(&at(&["when"]), format!("`{p}` cannot exist in a record: the schema does not allow it"));
+            d.at_path(
+                &at(&["when"]),
+                format!("`{p}` cannot exist in a record: the schema does not allow it"),
+            );
         }
     }
     let type_key = (k.mapping.message_type.clone(), k.mapping.type_version.clone());
@@ -414,13 +418,18 @@ fn check_drops(d: &mut FileDiags<'_>, drops: &[DropSpec], envelope: Option<&Json
     for (i, rule) in drops.iter().enumerate() {
         let idx = i.to_string();
         if !valid_name(&rule.name) {
-            d.at(&["drop", &idx, "name"], format!("drop rule `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", rule.name));
+            d.at(
+                &["drop", &idx, "name"],
+                format!("drop rule `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", rule.name),
+            );
         } else if !seen.insert(rule.name.as_str()) {
             d.at(&["drop", &idx, "name"], format!("drop rule `{}` is declared twice", rule.name));
         }
         if let Some(why) = rule.when.problem() {
             d.at(&["drop", &idx, "when"], why);
-        } else if let Some(p) = rule.when.pointers().into_iter().find(|p| envelope.is_some_and(|s| !s.can_exist(p))) {
+        } else if let Some(p) =
+            rule.when.pointers().into_iter().find(|p| envelope.is_some_and(|s| !s.can_exist(p)))
+        {
             d.at(
                 &["drop", &idx, "when"],
                 format!("`{p}` cannot exist in a payload: the [payload] schema does not allow it"),

@@ -92,7 +92,9 @@ when = { all = [ { header = "X-GitHub-Event", equals = "issues" },
 "#;
 
 async fn normalize(n: &DeclaredNormalizer, body: &str, event: &str) -> Result<Vec<Record>, Failure> {
-    let headers = format!(r#"{{"x-github-event":"{event}","x-github-delivery":"72d3162e-cc78-11e3-81ab-4c9367dc0958"}}"#);
+    let headers = format!(
+        r#"{{"x-github-event":"{event}","x-github-delivery":"72d3162e-cc78-11e3-81ab-4c9367dc0958"}}"#
+    );
     let raw = RawInput {
         id: uuid::Uuid::now_v7().into(),
         source: "github",
@@ -124,7 +126,8 @@ async fn a_github_file_picks_kinds_by_header_and_drops_by_rule() {
     let loaded = dir.load(&format!("{DROP}{KINDS}"));
     assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
     let n = &loaded.integrations[0].normalizer;
-    let opened = r#"{"action":"opened","issue":{"id":1296269,"number":1347,"title":"Spelling error in the README"}}"#;
+    let opened =
+        r#"{"action":"opened","issue":{"id":1296269,"number":1347,"title":"Spelling error in the README"}}"#;
     let recs = normalize(n, opened, "issues").await.expect("opened");
     assert_eq!((recs[0].kind.as_str(), recs[0].source_ref.as_deref()), ("issue_opened", Some("1296269")));
     let closed = opened.replace("opened", "closed");
@@ -182,7 +185,10 @@ filter = {{ not = {{ header = "X-GitHub-Event", equals = "ping" }} }}
     let d = at(&loaded, "`all = []` is useless");
     assert_eq!(d.line, Some(line_of(&text, "all = []")));
     let d = at(&loaded, "drop rule `labels` is declared twice");
-    assert_eq!(d.line, text.lines().enumerate().filter(|(_, l)| l.contains("\"labels\"")).map(|(i, _)| i + 1).last());
+    assert_eq!(
+        d.line,
+        text.lines().enumerate().filter(|(_, l)| l.contains("\"labels\"")).map(|(i, _)| i + 1).last()
+    );
     let d = at(&loaded, "`/acton` cannot exist in a payload");
     assert_eq!(d.line, Some(line_of(&text, "/acton")));
     let d = at(&loaded, "exactly one of");

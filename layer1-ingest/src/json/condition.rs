@@ -56,7 +56,7 @@ impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Headers {
 /// A test on a JSON document and the request headers it came with. See the
 /// [module](self) for the syntax. Numbers compare by their exact text (`1.0` is not `1`); a
 /// header's value is text and compares with strings. Build one in code with [`Condition::at`],
-/// [`Condition::header`], [`Condition::all`], [`Condition::any`], [`Condition::not`] and the
+/// [`Condition::header`], [`Condition::all`], [`Condition::any`], `!condition` and the
 /// tests [`Condition::equals`], [`Condition::one_of`], [`Condition::exists`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
@@ -112,11 +112,6 @@ impl Condition {
     /// Holds when at least one of `conditions` does.
     pub fn any(conditions: Vec<Condition>) -> Self {
         Self { any: Some(conditions), ..Self::default() }
-    }
-
-    /// Holds when `condition` does not.
-    pub fn not(condition: Condition) -> Self {
-        Self { not: Some(Box::new(condition)), ..Self::default() }
     }
 
     /// The tested value must equal `value`.
@@ -232,9 +227,9 @@ impl Condition {
             Shape::All([]) => {
                 Some("`all = []` is useless (it always holds): list the conditions that must all hold".into())
             }
-            Shape::Any([]) => {
-                Some("`any = []` is useless (it never holds): list the conditions one of which must hold".into())
-            }
+            Shape::Any([]) => Some(
+                "`any = []` is useless (it never holds): list the conditions one of which must hold".into(),
+            ),
             Shape::All(cs) => nested("all", cs),
             Shape::Any(cs) => nested("any", cs),
             Shape::Not(c) => c.problem().map(|p| format!("not: {p}")),
@@ -299,6 +294,14 @@ impl Condition {
             out.extend(c.pointers());
         }
         out
+    }
+}
+
+/// `!c` holds when `c` does not (`{ not = c }`).
+impl std::ops::Not for Condition {
+    type Output = Condition;
+    fn not(self) -> Condition {
+        Condition { not: Some(Box::new(self)), ..Condition::default() }
     }
 }
 
@@ -383,7 +386,8 @@ mod tests {
     #[test]
     fn headers_all_any_not() {
         let doc = json(serde_json::json!({"action": "closed", "issue": {"number": 1347}}));
-        let issues: Headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "72d3162e")].into_iter().collect();
+        let issues: Headers =
+            [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "72d3162e")].into_iter().collect();
         let push: Headers = [("x-github-event", "push")].into_iter().collect();
         let stored = Headers::from_json(r#"{"x-github-event":"issues","content-type":"application/json"}"#)
             .expect("stored headers");
@@ -404,7 +408,9 @@ mod tests {
         let opened = json(serde_json::json!({"action": "opened"}));
         assert!(!not_opened.holds_with(&opened, &issues));
 
-        let either = c(r#"{"any":[{"header":"x-github-event","equals":"push"},{"pointer":"/issue/number","equals":1347}]}"#);
+        let either = c(
+            r#"{"any":[{"header":"x-github-event","equals":"push"},{"pointer":"/issue/number","equals":1347}]}"#,
+        );
         assert!(either.holds_with(&doc, &Headers::default()));
         assert!(either.holds_with(&opened, &push));
         assert!(!either.holds_with(&opened, &issues));
@@ -412,7 +418,10 @@ mod tests {
             not_opened.to_string(),
             r#"(header x-github-event = "issues" and not /action = "opened")"#
         );
-        assert_eq!(Condition::at("/action").equals("opened"), c(r#"{"pointer":"/action","equals":"opened"}"#));
+        assert_eq!(
+            Condition::at("/action").equals("opened"),
+            c(r#"{"pointer":"/action","equals":"opened"}"#)
+        );
         assert!(Headers::from_json(r#"["x"]"#).is_err());
         assert!(Headers::from_json(r#"{"a":1}"#).is_err());
         assert_eq!(Headers::from_json(""), Ok(Headers::default()));
@@ -421,15 +430,26 @@ mod tests {
     #[test]
     fn problems_name_what_is_wrong_and_where() {
         let p = |s: &str| c(s).problem().unwrap_or_default();
-        assert!(p(r#"{"pointer":"/a","header":"x"}"#).contains("exactly one of"), "{}", p(r#"{"pointer":"/a","header":"x"}"#));
+        assert!(
+            p(r#"{"pointer":"/a","header":"x"}"#).contains("exactly one of"),
+            "{}",
+            p(r#"{"pointer":"/a","header":"x"}"#)
+        );
         assert!(p(r#"{"equals":"x"}"#).contains("needs one of"));
         assert!(p(r#"{"all":[]}"#).contains("`all = []` is useless"));
         assert!(p(r#"{"any":[]}"#).contains("`any = []` is useless"));
         assert!(p(r#"{"not":{"pointer":"/a"},"equals":1}"#).contains("not `not`"));
-        assert_eq!(p(r#"{"all":[{"pointer":"/a"},{"any":[{"pointer":"b"}]}]}"#), "all[1]: any[0]: `b` is not a JSON pointer (it starts with /)");
+        assert_eq!(
+            p(r#"{"all":[{"pointer":"/a"},{"any":[{"pointer":"b"}]}]}"#),
+            "all[1]: any[0]: `b` is not a JSON pointer (it starts with /)"
+        );
         assert!(p(r#"{"header":"X GitHub"}"#).contains("not a header name"));
         assert!(p(r#"{"header":"x-n","equals":1}"#).contains("compare it with strings"));
-        assert!(c(r#"{"all":[{"header":"X-GitHub-Event","equals":"issues"},{"not":{"pointer":"/action"}}]}"#).problem().is_none());
+        assert!(
+            c(r#"{"all":[{"header":"X-GitHub-Event","equals":"issues"},{"not":{"pointer":"/action"}}]}"#)
+                .problem()
+                .is_none()
+        );
         let routed = c(r#"{"any":[{"pointer":"/a"},{"not":{"header":"x-b"}}]}"#);
         assert!(routed.problem().is_none());
         let why = routed.problem_without_headers().expect("refused without headers");

@@ -191,7 +191,8 @@ impl Github {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let json: serde_json::Value = resp.json().await.expect("json answer");
-        let id = json["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{status} {json}"));
+        let id =
+            json["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{status} {json}"));
         (status, id)
     }
 
@@ -256,11 +257,16 @@ async fn github_events_are_selected_by_header_and_dropped_by_rule(backend: Backe
     let m = gh.get(&format!("/v1/messages/{closed_id}")).await;
     let entries = m["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1, "{m}");
-    assert_eq!((entries[0]["status"].as_str(), entries[0]["last_error"].as_str()),
-        (Some("dropped"), Some("dropped by rule `issues-not-opened`")));
+    assert_eq!(
+        (entries[0]["status"].as_str(), entries[0]["last_error"].as_str()),
+        (Some("dropped"), Some("dropped by rule `issues-not-opened`"))
+    );
     let listed = gh.get("/v1/messages?layer=1&status=dropped").await;
     let items = listed["items"].as_array().expect("items");
-    assert_eq!(items.iter().map(|i| i["id"].as_str()).collect::<Vec<_>>(), [Some(closed_id.to_string().as_str())]);
+    assert_eq!(
+        items.iter().map(|i| i["id"].as_str()).collect::<Vec<_>>(),
+        [Some(closed_id.to_string().as_str())]
+    );
     let stats = gh.get("/v1/stats").await;
     let count = |status: &str| {
         stats["counts"]
@@ -287,7 +293,10 @@ async fn github_events_are_selected_by_header_and_dropped_by_rule(backend: Backe
     let copies = l1::Entity::find().filter(l1::Column::ParentId.eq(closed_id)).all(gh.hub.db()).await;
     let copies = copies.expect("copies");
     assert_eq!(copies.len(), 1);
-    assert_eq!((copies[0].status, copies[0].last_error.as_deref()), (Status::Dropped, Some("dropped by rule `issues-not-opened`")));
+    assert_eq!(
+        (copies[0].status, copies[0].last_error.as_deref()),
+        (Status::Dropped, Some("dropped by rule `issues-not-opened`"))
+    );
     gh.stop().await;
     tdb.cleanup().await;
 }
