@@ -1007,6 +1007,19 @@ mod tests {
         assert!(err.contains("`standard-webhooks`, `github`, `stripe`, `api-key`, `bearer`"), "{err}");
     }
 
+    /// A config route's filter tests a core message, which has no request headers.
+    #[test]
+    fn a_route_filter_on_a_header_is_refused() {
+        let text = "[database]\nurl = \"sqlite::memory:\"\n[[routes]]\ntype = \"*\"\ndestination = \"q\"\n\
+                    filter = { header = \"X-GitHub-Event\", equals = \"push\" }\n";
+        let cfg = toml::from_str::<super::Config>(text).expect("config");
+        let err = cfg.validate().expect_err("a header filter").to_string();
+        assert!(
+            err.contains("routes[0].filter") && err.contains("only known for incoming webhooks"),
+            "{err}"
+        );
+    }
+
     /// Secret lengths follow the providers: GitHub takes a short secret (with a warning that
     /// names the source and the length, not the secret), Stripe, api-key and bearer refuse one
     /// below 16 naming the scheme and the minimum, and a Stripe secret without `whsec_` is

@@ -512,3 +512,23 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{Failure, Rejection};
+
+    /// A drop is final and names its rule; unlike a failure it is not an attempt, and unlike a
+    /// rejection it is not `rejected`.
+    #[test]
+    fn a_drop_ends_the_row_dropped_naming_the_rule() {
+        let settings = crate::stage::StageSettings::default();
+        let now = Utc::now();
+        let t = failure_transition(2, &Failure::Dropped { rule: "issues-not-opened".into() }, &settings, now);
+        assert_eq!(t.to, Status::Dropped);
+        assert_eq!(t.reason.as_deref(), Some("dropped by rule `issues-not-opened`"));
+        assert_eq!((t.count_attempt, t.next_attempt_at), (false, None));
+        let r = failure_transition(0, &Rejection::whole("json", "not JSON").into(), &settings, now);
+        assert_eq!(r.to, Status::Rejected);
+    }
+}
