@@ -459,7 +459,7 @@ pub fn copied_layer(from_layer: u8) -> Result<u8> {
 /// Sends the message `id` names through layer `from_layer` and on again: every row of the
 /// layer below on the message's path is copied as a new `just_in` row whose `parent_id` is the
 /// old row (same origin), and the stages carry the copies on. Old rows stay as they are. Only
-/// final rows (forwarded, acknowledged, rejected, dead) are replayed: a row still moving would
+/// final rows (forwarded, acknowledged, rejected, dead, dropped) are replayed: a row still moving would
 /// be delivered twice. `by` (the admin token's name, `cli`) is recorded on every new row as
 /// `replayed_by`. Returns the new rows' ids.
 pub async fn replay(db: &DatabaseConnection, id: Uuid, from_layer: u8, by: &str) -> Result<Vec<Uuid>> {

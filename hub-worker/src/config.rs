@@ -293,7 +293,65 @@ fn default_content_types() -> Vec<String> {
     vec!["application/json".into()]
 }
 
+/// The shortest secret accepted for a scheme that refuses short ones (Stripe, api-key,
+/// bearer), and below which a GitHub secret is warned about.
+pub const MIN_SECRET_CHARS: usize = 16;
+
 impl SourceConfig {
+    /// Secret lengths per scheme, as the providers issue them. A short shared secret is
+    /// guessable, and a forged signature or key would be accepted, so the hub refuses one where
+    /// the provider never issues one:
+    /// - `github`: the repository owner types the secret and GitHub takes any length, so any
+    ///   non-empty secret is accepted (refusing would leave the source unusable), with a warning
+    ///   below the minimum;
+    /// - `stripe`: Stripe issues long `whsec_...` secrets: refused below the minimum, warned
+    ///   about without the prefix (probably the API key pasted instead);
+    /// - `api-key`, `bearer`: ours to choose (the third party is given it): refused below the
+    ///   minimum;
+    /// - `standard-webhooks`: the key's decoding decides (`standard_webhooks_key`).
+    ///
+    /// Warnings name the source and the length, never the secret.
+    fn check_secret_lengths(&self, name: &str, raw: &[String]) -> Result<()> {
+        let scheme = match self.verify {
+            VerifyScheme::StandardWebhooks => return Ok(()),
+            VerifyScheme::Github => "github",
+            VerifyScheme::Stripe => "stripe",
+            VerifyScheme::ApiKey => "api-key",
+            VerifyScheme::Bearer => "bearer",
+        };
+        for (i, s) in raw.iter().enumerate() {
+            let chars = s.chars().count();
+            let which = if raw.len() > 1 {
+                format!("secret {} of {}", i + 1, raw.len())
+            } else {
+                "the secret".into()
+            };
+            if chars < MIN_SECRET_CHARS && self.verify == VerifyScheme::Github {
+                tracing::warn!(
+                    source = name,
+                    length = chars,
+                    "sources.{name}: {which} is {chars} characters: GitHub accepts it, but a webhook secret \
+                     shorter than {MIN_SECRET_CHARS} is guessable; set a longer one in the repository's \
+                     webhook settings"
+                );
+            } else if chars < MIN_SECRET_CHARS {
+                return Err(Error::Config(format!(
+                    "sources.{name}: {which} is {chars} characters; a {scheme} secret must be at least \
+                     {MIN_SECRET_CHARS}"
+                )));
+            }
+            if self.verify == VerifyScheme::Stripe && !s.starts_with("whsec_") {
+                tracing::warn!(
+                    source = name,
+                    length = chars,
+                    "sources.{name}: {which} does not start with `whsec_`, as Stripe's webhook signing \
+                     secrets do: is it the API key instead?"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the secrets (never logged, never stored) and builds the source's door.
     pub fn door(&self, name: &str) -> Result<crate::http::ingest::Door> {
         use crate::http::verify::{Verifier, standard_webhooks_key};
@@ -321,12 +379,7 @@ impl SourceConfig {
         if raw.is_empty() {
             return Err(Error::Config(format!("sources.{name}: no secret configured")));
         }
-        // A short shared secret is guessable; a forged signature or key would be accepted.
-        if self.verify != VerifyScheme::StandardWebhooks && raw.iter().any(|s| s.len() < 16) {
-            return Err(Error::Config(format!(
-                "sources.{name}: every secret must be at least 16 characters"
-            )));
-        }
+        self.check_secret_lengths(name, &raw)?;
         let bytes = || raw.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
         let tolerance = Duration::from_secs(self.tolerance_secs);
         let verifier = match self.verify {
@@ -692,6 +745,9 @@ impl Config {
                     "routes[{i}].ordering_key `{k}` is not a JSON pointer (starts with /)"
                 )));
             }
+            if let Some(why) = r.filter.as_ref().and_then(|f| f.problem_without_headers()) {
+                return Err(Error::Config(format!("routes[{i}].filter: {why}")));
+            }
         }
         if let Some(h) = &self.http {
             h.tokens()?;
@@ -949,6 +1005,75 @@ mod tests {
         let err = toml::from_str::<super::Config>(text).expect_err("unknown scheme").to_string();
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("`standard-webhooks`, `github`, `stripe`, `api-key`, `bearer`"), "{err}");
+    }
+
+    /// A config route's filter tests a core message, which has no request headers.
+    #[test]
+    fn a_route_filter_on_a_header_is_refused() {
+        let text = "[database]\nurl = \"sqlite::memory:\"\n[[routes]]\ntype = \"*\"\ndestination = \"q\"\n\
+                    filter = { header = \"X-GitHub-Event\", equals = \"push\" }\n";
+        let cfg = toml::from_str::<super::Config>(text).expect("config");
+        let err = cfg.validate().expect_err("a header filter").to_string();
+        assert!(
+            err.contains("routes[0].filter") && err.contains("only known for incoming webhooks"),
+            "{err}"
+        );
+    }
+
+    /// Secret lengths follow the providers: GitHub takes a short secret (with a warning that
+    /// names the source and the length, not the secret), Stripe, api-key and bearer refuse one
+    /// below 16 naming the scheme and the minimum, and a Stripe secret without `whsec_` is
+    /// warned about.
+    #[test]
+    fn secrets_are_checked_per_scheme() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("po-secrets-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let door = |scheme: &str, secret: &str| {
+            let file = dir.join(scheme);
+            std::fs::write(&file, format!("{secret}\n")).expect("secret file");
+            let text = format!("verify = \"{scheme}\"\nsecrets_file = {:?}\n", file.display().to_string());
+            let cfg: super::SourceConfig = toml::from_str(&text).expect("source");
+            let logs = Logs::default();
+            let sink = logs.clone();
+            let sub = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+            let door = tracing::subscriber::with_default(sub, || cfg.door("octo").map(|_| ()));
+            let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+            (door.map_err(|e| e.to_string()), logs)
+        };
+        let (ok, logs) = door("github", "hunter2-gh");
+        assert_eq!(ok, Ok(()), "GitHub allows short secrets");
+        assert!(
+            logs.contains("WARN") && logs.contains("sources.octo") && logs.contains("10 characters"),
+            "{logs}"
+        );
+        assert!(!logs.contains("hunter2"), "the secret is never logged: {logs}");
+        let (ok, logs) = door("github", "a-long-github-webhook-secret");
+        assert_eq!((ok, logs.as_str()), (Ok(()), ""));
+
+        for scheme in ["stripe", "api-key", "bearer"] {
+            let (err, _) = door(scheme, "whsec_short1");
+            let err = err.expect_err("too short");
+            assert!(err.contains(&format!("a {scheme} secret must be at least 16")), "{err}");
+            assert!(!err.contains("whsec_short1"), "{err}");
+        }
+        let (ok, logs) = door("stripe", "sk_live_0123456789abcdefghij");
+        assert_eq!(ok, Ok(()));
+        assert!(logs.contains("does not start with `whsec_`") && !logs.contains("sk_live"), "{logs}");
+        let (ok, logs) = door("stripe", "whsec_8d1f0b3e6a2c4b9e7f5a1d3c");
+        assert_eq!((ok, logs.as_str()), (Ok(()), ""));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A target whose receipts would go to a queue the hub consumes itself is refused, at the

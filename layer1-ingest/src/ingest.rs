@@ -222,7 +222,8 @@ async fn insert_new<'a, C: ConnectionTrait>(
 const INGEST_CHUNK: usize = 500;
 
 /// A copy on record that still stands for its event: one that did not end `rejected` or
-/// `dead`. A copy that did no longer absorbs a resend of the event.
+/// `dead`. A copy that did no longer absorbs a resend of the event. A `dropped` copy stands:
+/// it was accepted, and a redelivery of it would only be dropped again.
 fn stands(status: Status) -> bool {
     !matches!(status, Status::Rejected | Status::Dead)
 }

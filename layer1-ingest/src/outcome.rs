@@ -52,6 +52,17 @@ pub enum Failure {
     /// A passing failure (a lookup service down...): the row becomes `failed` and is retried
     /// with backoff, then `dead`.
     Transient(String),
+    /// Good input that a declared rule (named here) says the hub does not want: the row becomes
+    /// `dropped`, final, with `dropped by rule \`<rule>\`` as its reason, and has no children.
+    ///
+    /// A variant here rather than an `Ok` with no records: a stage settles every row it could
+    /// not carry on through one path (the guarded, leased write of [`Failure`]s), and a drop is
+    /// exactly that, with its own final status; `Ok(vec![])` already means "forwarded, and the
+    /// payload held no records". Integration code keeps its one return type.
+    Dropped {
+        /// The rule's name.
+        rule: String,
+    },
 }
 
 impl From<Rejection> for Failure {
@@ -65,6 +76,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Rejected(r) => write!(f, "rejected: {r}"),
             Failure::Transient(t) => write!(f, "transient failure: {t}"),
+            Failure::Dropped { rule } => write!(f, "dropped by rule `{rule}`"),
         }
     }
 }

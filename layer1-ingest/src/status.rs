@@ -52,6 +52,11 @@ pub enum Status {
     /// Retries exhausted. Final; replayable.
     #[sea_orm(string_value = "dead")]
     Dead,
+    /// Accepted and dropped on purpose by a declared rule (an integration file's `[[drop]]`,
+    /// named in `last_error`): good input the hub does not want. Final, no children;
+    /// replayable (after the rule changed).
+    #[sea_orm(string_value = "dropped")]
+    Dropped,
 }
 
 use Status::*;
@@ -66,6 +71,10 @@ use Status::*;
 /// - `just_in|failed|queued -> acknowledged|rejected`: a receipt arrived. It may overtake the
 ///   publisher's own `queued` update (the receiver can be faster than our confirm bookkeeping),
 ///   so a receipt is legal on a row the publisher still holds.
+/// - `just_in|failed -> dropped`: a stage read the row and a declared drop rule matched it (an
+///   event type the integration does not want). Like `rejected`, but the input was fine: it is
+///   counted apart so that rejections stay what operators act on. From `failed` because the
+///   rule may only be reached on a retry (a row that failed transiently the first time).
 /// - `dead -> acknowledged|rejected`: a late receipt. A message that ran out of publish
 ///   attempts may still have reached the receiver; its verdict is the truth about the message
 ///   and is recorded (with when it came), never dropped.
@@ -82,6 +91,8 @@ pub const TRANSITIONS: &[(Status, Status)] = &[
     (Failed, Dead),
     (Failed, Queued),
     (Failed, Acknowledged),
+    (JustIn, Dropped),
+    (Failed, Dropped),
     (Queued, Queued),
     (Queued, Failed),
     (Queued, Dead),
@@ -93,7 +104,7 @@ pub const TRANSITIONS: &[(Status, Status)] = &[
 
 impl Status {
     /// All statuses, in life order.
-    pub const ALL: [Status; 7] = [JustIn, Forwarded, Queued, Acknowledged, Rejected, Failed, Dead];
+    pub const ALL: [Status; 8] = [JustIn, Forwarded, Queued, Acknowledged, Rejected, Failed, Dead, Dropped];
 
     /// The stored name (`just_in`, ...).
     pub fn as_str(self) -> &'static str {
@@ -105,6 +116,7 @@ impl Status {
             Rejected => "rejected",
             Failed => "failed",
             Dead => "dead",
+            Dropped => "dropped",
         }
     }
 
@@ -127,7 +139,7 @@ impl Status {
     /// A final status: no stage touches the row again (replay makes new rows). Only a late
     /// receipt may still move a `dead` layer 4 row.
     pub fn is_final(self) -> bool {
-        matches!(self, Forwarded | Acknowledged | Rejected | Dead)
+        matches!(self, Forwarded | Acknowledged | Rejected | Dead | Dropped)
     }
 }
 
@@ -238,5 +250,9 @@ mod tests {
         ack.sort();
         assert_eq!(ack, vec![JustIn, Queued, Failed, Dead]);
         assert!(Status::sources_of(JustIn).is_empty());
+        let mut dropped = Status::sources_of(Dropped);
+        dropped.sort();
+        assert_eq!(dropped, vec![JustIn, Failed]);
+        assert!(Dropped.is_final());
     }
 }

@@ -196,7 +196,13 @@ pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
     for (id, attempts, failure) in failed {
         let t = failure_transition(*attempts, failure, settings, now);
         if !transition_leased::<E, C>(conn, lease.until, &[*id], &t, now).await?.is_empty() {
-            tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+            let reason = t.reason.as_deref().unwrap_or("");
+            if t.to == Status::Dropped {
+                // A drop is the integration working as declared: nothing to look at.
+                tracing::debug!(table = E::LAYER.table(), %id, reason, "dropped");
+            } else {
+                tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason, "not forwarded");
+            }
         } else {
             lost += 1;
         }
@@ -385,6 +391,7 @@ pub fn failure_transition(
     use crate::outcome::Failure;
     match failure {
         Failure::Rejected(r) => Transition::to(Status::Rejected).because(r.to_string()),
+        Failure::Dropped { .. } => Transition::to(Status::Dropped).because(failure.to_string()),
         Failure::Transient(msg) if attempts + 1 >= settings.max_attempts => Transition::to(Status::Dead)
             .counted()
             .because(format!("{msg} (gave up after {} attempts)", attempts + 1)),
@@ -504,4 +511,24 @@ where
         E::insert_many(chunk).exec_without_returning(conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{Failure, Rejection};
+
+    /// A drop is final and names its rule; unlike a failure it is not an attempt, and unlike a
+    /// rejection it is not `rejected`.
+    #[test]
+    fn a_drop_ends_the_row_dropped_naming_the_rule() {
+        let settings = crate::stage::StageSettings::default();
+        let now = Utc::now();
+        let t = failure_transition(2, &Failure::Dropped { rule: "issues-not-opened".into() }, &settings, now);
+        assert_eq!(t.to, Status::Dropped);
+        assert_eq!(t.reason.as_deref(), Some("dropped by rule `issues-not-opened`"));
+        assert_eq!((t.count_attempt, t.next_attempt_at), (false, None));
+        let r = failure_transition(0, &Rejection::whole("json", "not JSON").into(), &settings, now);
+        assert_eq!(r.to, Status::Rejected);
+    }
 }

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use layer1_ingest::json::{Condition, Map, Value, scalar_text};
+use layer1_ingest::json::{Condition, Headers, Map, Value, scalar_text};
 use layer1_ingest::{Failure, Rejection};
 
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -31,10 +31,25 @@ pub struct DeclaredKind {
     pub when: Option<Condition>,
 }
 
+/// An event the integration does not want (`[[drop]]` in its file): a payload its `when`
+/// holds for is accepted and dropped (the layer 1 row ends `dropped`, naming the rule), not
+/// rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropRule {
+    /// The rule's name, recorded on every row it drops.
+    pub name: String,
+    /// Which payloads it drops: tested on the whole payload and its request headers.
+    pub when: Condition,
+}
+
+/// Longest reading of one kind's `when` in a "matches none of the record kinds" rejection.
+const WHEN_SHOWN: usize = 120;
+
 /// Splits and checks one source's payloads as its integration file declares.
 #[derive(Debug)]
 pub struct DeclaredNormalizer {
     source: String,
+    drops: Vec<DropRule>,
     envelope: Option<JsonSchema>,
     carry: Vec<(String, Vec<String>)>,
     records: Option<String>,
@@ -56,6 +71,7 @@ impl DeclaredNormalizer {
     ) -> Self {
         Self {
             source: source.into(),
+            drops: Vec::new(),
             envelope: None,
             carry: Vec::new(),
             records,
@@ -83,8 +99,42 @@ impl DeclaredNormalizer {
         self
     }
 
-    fn kind_of(&self, record: &Value) -> Option<&DeclaredKind> {
-        self.kinds.iter().find(|k| k.when.as_ref().is_none_or(|c| c.holds(record)))
+    /// Drops the payloads these rules match, tried in order before any record kind is picked
+    /// (see [`DropRule`]).
+    pub fn dropping(mut self, rules: Vec<DropRule>) -> Self {
+        self.drops = rules;
+        self
+    }
+
+    fn kind_of(&self, record: &Value, headers: &Headers) -> Option<&DeclaredKind> {
+        self.kinds.iter().find(|k| k.when.as_ref().is_none_or(|c| c.holds_with(record, headers)))
+    }
+
+    /// Whether any rule or kind tests a request header (only then are they read).
+    fn uses_headers(&self) -> bool {
+        self.drops.iter().any(|d| d.when.uses_headers())
+            || self.kinds.iter().filter_map(|k| k.when.as_ref()).any(Condition::uses_headers)
+    }
+
+    /// Why a record is of no kind: the kinds tried, each with its test (shortened).
+    fn no_kind(&self) -> String {
+        let tried: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|k| {
+                let when = k.when.as_ref().map(ToString::to_string).unwrap_or_default();
+                let when = match when.char_indices().nth(WHEN_SHOWN) {
+                    Some((cut, _)) => format!("{}...", &when[..cut]),
+                    None => when,
+                };
+                format!("{} (when: {when})", k.name)
+            })
+            .collect();
+        if tried.is_empty() {
+            "the integration declares no record kinds".into()
+        } else {
+            format!("matches none of the record kinds: {}", tried.join(", "))
+        }
     }
 }
 
@@ -102,6 +152,16 @@ impl Normalizer for DeclaredNormalizer {
         // Exact parsing: numbers keep their text and a repeated key is an error, not a loss.
         let payload = Value::parse(raw.body)
             .map_err(|e| Rejection::whole("json", format!("payload is not JSON: {e}")))?;
+        let headers = if self.uses_headers() {
+            raw.parsed_headers().map_err(|e| Rejection::whole("headers", e))?
+        } else {
+            Headers::default()
+        };
+        // Before the envelope and the kinds: a dropped event need not fit what the integration
+        // reads (GitHub sends every event type to one URL).
+        if let Some(rule) = self.drops.iter().find(|d| d.when.holds_with(&payload, &headers)) {
+            return Err(Failure::Dropped { rule: rule.name.clone() });
+        }
         if let Some(s) = &self.envelope {
             s.check(&payload, "")?;
         }
@@ -134,8 +194,8 @@ impl Normalizer for DeclaredNormalizer {
         let mut out = Vec::with_capacity(records.len());
         for (i, record) in records.into_iter().enumerate() {
             let at = if self.records.is_some() { format!("{prefix}/{i}") } else { String::new() };
-            let Some(kind) = self.kind_of(record) else {
-                let why = "the record matches none of the integration's record kinds";
+            let Some(kind) = self.kind_of(record, &headers) else {
+                let why = self.no_kind();
                 return Err(if at.is_empty() {
                     Rejection::whole("record_kind", why)
                 } else {
@@ -143,15 +203,21 @@ impl Normalizer for DeclaredNormalizer {
                 }
                 .into());
             };
-            kind.schema.check(record, &at)?;
+            // Which kind was tried: with several, the schema a record failed says little alone.
+            let of_kind = |mut r: Rejection| {
+                r.message =
+                    format!("record kind `{}` (schema v{}): {}", kind.name, kind.schema_version, r.message);
+                r
+            };
+            kind.schema.check(record, &at).map_err(of_kind)?;
             let source_ref = match &kind.source_ref {
                 None => None,
                 Some(p) => Some(record.pointer(p).and_then(scalar_text).ok_or_else(|| {
-                    Rejection::field(
+                    of_kind(Rejection::field(
                         format!("{at}{p}"),
                         "source_ref",
                         "the record's id is missing or is not a string or number",
-                    )
+                    ))
                 })?),
             };
             let mut data = record.clone();
@@ -210,12 +276,7 @@ mod tests {
                     schema_version: "1".into(),
                     schema: schema(json!({"type": "object", "required": ["device"]})),
                     source_ref: None,
-                    when: Some(Condition {
-                        pointer: "/alarm".into(),
-                        equals: Some(Value::Bool(true)),
-                        one_of: None,
-                        exists: None,
-                    }),
+                    when: Some(Condition::at("/alarm").equals(true)),
                 },
                 DeclaredKind {
                     name: "reading".into(),
@@ -230,14 +291,107 @@ mod tests {
     }
 
     async fn run(n: &DeclaredNormalizer, body: &str) -> Result<Vec<Record>, Failure> {
+        run_with(n, body, "").await
+    }
+
+    async fn run_with(n: &DeclaredNormalizer, body: &str, headers: &str) -> Result<Vec<Record>, Failure> {
         let raw = RawInput {
             id: Uuid::now_v7().into(),
             source: "iot",
             source_ref: None,
             content_type: "application/json",
             body: body.as_bytes(),
+            headers,
         };
         n.normalize(&raw).await
+    }
+
+    fn condition(v: serde_json::Value) -> Condition {
+        serde_json::from_value(v).expect("condition")
+    }
+
+    /// GitHub: one URL for every event, the type only in `X-GitHub-Event`.
+    fn github() -> DeclaredNormalizer {
+        let schema = |v| JsonSchema::compile(v).expect("schema");
+        DeclaredNormalizer::new(
+            "github",
+            None,
+            None,
+            1,
+            vec![
+                DeclaredKind {
+                    name: "issue_opened".into(),
+                    schema_version: "1".into(),
+                    schema: schema(json!({"type": "object", "required": ["issue"],
+                        "properties": {"issue": {"type": "object", "required": ["number"]}}})),
+                    source_ref: Some("/issue/id".into()),
+                    when: Some(condition(json!({"all": [
+                        {"header": "X-GitHub-Event", "equals": "issues"},
+                        {"pointer": "/action", "equals": "opened"}]}))),
+                },
+                DeclaredKind {
+                    name: "push".into(),
+                    schema_version: "1".into(),
+                    schema: schema(json!({"type": "object", "required": ["ref"]})),
+                    source_ref: None,
+                    when: Some(condition(json!({"header": "X-GitHub-Event", "equals": "push"}))),
+                },
+            ],
+        )
+        .dropping(vec![DropRule {
+            name: "issues-not-opened".into(),
+            when: condition(json!({"all": [{"header": "X-GitHub-Event", "equals": "issues"},
+                {"not": {"pointer": "/action", "equals": "opened"}}]})),
+        }])
+    }
+
+    const ISSUES: &str =
+        r#"{"x-github-event":"issues","x-github-delivery":"72d3162e-cc78-11e3-81ab-4c9367dc0958"}"#;
+    const PUSH: &str = r#"{"x-github-event":"push"}"#;
+
+    #[tokio::test]
+    async fn the_kind_is_picked_by_header() {
+        let n = github();
+        let opened = r#"{"action":"opened","issue":{"id":1296269,"number":1347,"title":"Ünïcode 🐛"}}"#;
+        let out = run_with(&n, opened, ISSUES).await.expect("an opened issue");
+        assert_eq!((out[0].kind.as_str(), out[0].source_ref.as_deref()), ("issue_opened", Some("1296269")));
+        // The same body under another event header is not an issue event.
+        let r = rejection(run_with(&n, opened, PUSH).await);
+        assert!(r.message.contains("record kind `push` (schema v1)"), "{r}");
+        let out = run_with(&n, r#"{"ref":"refs/heads/main","commits":[]}"#, PUSH).await.expect("a push");
+        assert_eq!(out[0].kind, "push");
+    }
+
+    #[tokio::test]
+    async fn a_drop_rule_drops_before_kinds_are_tried() {
+        let n = github();
+        // Not even shaped like an issue: the drop comes first.
+        match run_with(&n, r#"{"action":"closed"}"#, ISSUES).await {
+            Err(Failure::Dropped { rule }) => assert_eq!(rule, "issues-not-opened"),
+            other => panic!("expected a drop, got {other:?}"),
+        }
+        // Headers are needed and damaged: refused, never a panic or a silent drop.
+        let r = rejection(run_with(&n, r#"{"action":"closed"}"#, "{not json").await);
+        assert_eq!(r.rule, "headers");
+        // Not JSON is still a rejection, not a drop.
+        assert_eq!(rejection(run_with(&n, "{", ISSUES).await).rule, "json");
+    }
+
+    #[tokio::test]
+    async fn a_rejection_names_the_kind_tried_or_every_kind() {
+        let n = github();
+        let r = rejection(run_with(&n, r#"{"action":"opened","issue":{"id":1}}"#, ISSUES).await);
+        assert_eq!((r.field.as_deref(), r.rule.as_str()), (Some("/issue/number"), "required"));
+        assert!(r.message.starts_with("record kind `issue_opened` (schema v1): "), "{r}");
+        let r = rejection(
+            run_with(&n, r#"{"zen":"Keep it logically awesome."}"#, r#"{"x-github-event":"ping"}"#).await,
+        );
+        assert_eq!(r.rule, "record_kind");
+        assert_eq!(
+            r.message,
+            "matches none of the record kinds: issue_opened (when: (header x-github-event = \"issues\" and \
+             /action = \"opened\")), push (when: header x-github-event = \"push\")"
+        );
     }
 
     fn rejection(r: Result<Vec<Record>, Failure>) -> Rejection {

@@ -9,7 +9,7 @@ pub mod request;
 pub mod schema;
 pub mod stage;
 
-pub use declared::{DeclaredKind, DeclaredNormalizer};
+pub use declared::{DeclaredKind, DeclaredNormalizer, DropRule};
 pub use normalizer::{Normalizer, RawInput, Record, event_ref_at, parse_json, validate};
 pub use schema::JsonSchema;
 pub use stage::{NormalizeStage, Normalizers, normalize, record_row};

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-use layer1_ingest::json::{Value, escape_token, first_duplicate_key, scalar_text, value_at};
+use layer1_ingest::json::{Headers, Value, escape_token, first_duplicate_key, scalar_text, value_at};
 use layer1_ingest::{Failure, Rejection};
 
 /// A layer 1 row as a normalizer sees it.
@@ -21,6 +21,18 @@ pub struct RawInput<'a> {
     pub content_type: &'a str,
     /// The bytes exactly as received.
     pub body: &'a [u8],
+    /// The request headers kept with the message, as layer 1 stores them: a JSON object of
+    /// strings, names lowercased, secrets redacted (read it with [`RawInput::parsed_headers`]).
+    /// Empty when there are none (a message not received over HTTP, a hand-made input).
+    pub headers: &'a str,
+}
+
+impl RawInput<'_> {
+    /// The request headers, parsed. An error (a damaged stored text, never a sender's input)
+    /// says what is wrong; it is the caller's to decide whether it needs them.
+    pub fn parsed_headers(&self) -> Result<Headers, String> {
+        Headers::from_json(self.headers)
+    }
 }
 
 /// One validated record, ready for layer 3.

@@ -48,6 +48,7 @@ pub async fn normalize(normalizers: &Normalizers, row: &raw::Model) -> Result<Ve
         source_ref: row.source_ref.as_deref(),
         content_type: &row.content_type,
         body: &row.body,
+        headers: &row.headers,
     };
     let records = guarded(n.normalize(&input)).await?;
     for (i, r) in records.iter().enumerate() {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use layer1_ingest::json::Condition;
 use layer2_normalize::declared::{DEFAULT_MAX_RECORDS, ENVELOPE_KEY};
-use layer2_normalize::{DeclaredKind, DeclaredNormalizer, JsonSchema};
+use layer2_normalize::{DeclaredKind, DeclaredNormalizer, DropRule, JsonSchema};
 use layer3_translate::{Mapping, MappingIssue, MappingSpec, MappingTranslator};
 use layer4_dispatch::Route;
 
@@ -36,6 +36,9 @@ struct IntegrationFile {
     /// The upstream side: record kinds (none for a file with only a downstream side).
     #[serde(default)]
     kinds: BTreeMap<String, KindSpec>,
+    /// Events accepted and dropped (`[[drop]]`), tried in file order before the kinds.
+    #[serde(default)]
+    drop: Vec<DropSpec>,
     #[serde(default)]
     routes: Vec<Route>,
     /// The downstream side: the third party the source's name stands for...
@@ -68,9 +71,45 @@ struct KindSpec {
     schema_version: String,
     #[serde(default)]
     source_ref: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_condition")]
     when: Option<Condition>,
     mapping: MappingSpec,
+}
+
+/// `[[drop]]`: an event type the integration does not want, accepted and dropped.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropSpec {
+    name: String,
+    #[serde(deserialize_with = "one_condition")]
+    when: Condition,
+}
+
+/// What a `when` given as an array (a common mistake: several tests meant together) is told.
+const WHEN_TAKES_ONE: &str = "`when` takes one condition: { pointer = \"/action\", equals = \"opened\" } or \
+     { header = ... }; combine several with all = [...], any = [...], not = {...}";
+
+/// `when`: one condition (a table). serde alone would answer an array with "invalid type:
+/// sequence, expected struct Condition".
+fn one_condition<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Condition, D::Error> {
+    struct One;
+    impl<'de> serde::de::Visitor<'de> for One {
+        type Value = Condition;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(WHEN_TAKES_ONE)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Condition, A::Error> {
+            Condition::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Condition, A::Error> {
+            Err(serde::de::Error::custom(WHEN_TAKES_ONE))
+        }
+    }
+    d.deserialize_any(One)
+}
+
+fn some_condition<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Condition>, D::Error> {
+    one_condition(d).map(Some)
 }
 
 /// What the record kinds of a file built.
@@ -107,6 +146,7 @@ pub(super) fn load_integration(
     let base = file.parent().unwrap_or(dir);
     let envelope = check_payload(&mut d, &f.payload, base);
     check_sides(&mut d, &f);
+    check_drops(&mut d, &f.drop, envelope.as_ref());
     let kinds = load_kinds(&mut d, &f, base, catalogue, envelope.as_ref());
     let outbound =
         load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, secrets.targets);
@@ -129,6 +169,8 @@ pub(super) fn load_integration(
     if let Some(s) = envelope {
         normalizer = normalizer.with_envelope(s);
     }
+    let drops = f.drop.into_iter().map(|d| DropRule { name: d.name, when: d.when }).collect();
+    normalizer = normalizer.dropping(drops);
     normalizer = normalizer.carrying(&f.payload.carry);
     Some(Integration {
         description: f.description,
@@ -213,6 +255,7 @@ fn check_sides(d: &mut FileDiags<'_>, f: &IntegrationFile) {
             ("ingress", f.ingress.is_some()),
             ("payload", f.payload != PayloadSpec::default()),
             ("routes", !f.routes.is_empty()),
+            ("drop", !f.drop.is_empty()),
         ];
         for (key, given) in upstream_only {
             if given {
@@ -318,10 +361,12 @@ fn load_kind(
     if let Some(c) = &k.when {
         if let Some(why) = c.problem() {
             d.at_path(&at(&["when"]), why);
-        } else if schema.as_ref().is_some_and(|s| !s.can_exist(&c.pointer)) {
+        } else if let Some(p) =
+            c.pointers().into_iter().find(|p| schema.as_ref().is_some_and(|s| !s.can_exist(p)))
+        {
             d.at_path(
                 &at(&["when"]),
-                format!("`{}` cannot exist in a record: the schema does not allow it", c.pointer),
+                format!("`{p}` cannot exist in a record: the schema does not allow it"),
             );
         }
     }
@@ -372,6 +417,34 @@ fn load_kind(
     }
 }
 
+/// `[[drop]]`: each rule has a valid name no other rule has, and a valid `when` whose pointers
+/// can exist in a payload (when `[payload]` declares its schema). The rules test whole
+/// payloads, before any record is picked out of them.
+fn check_drops(d: &mut FileDiags<'_>, drops: &[DropSpec], envelope: Option<&JsonSchema>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, rule) in drops.iter().enumerate() {
+        let idx = i.to_string();
+        if !valid_name(&rule.name) {
+            d.at(
+                &["drop", &idx, "name"],
+                format!("drop rule `{}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`", rule.name),
+            );
+        } else if !seen.insert(rule.name.as_str()) {
+            d.at(&["drop", &idx, "name"], format!("drop rule `{}` is declared twice", rule.name));
+        }
+        if let Some(why) = rule.when.problem() {
+            d.at(&["drop", &idx, "when"], why);
+        } else if let Some(p) =
+            rule.when.pointers().into_iter().find(|p| envelope.is_some_and(|s| !s.can_exist(p)))
+        {
+            d.at(
+                &["drop", &idx, "when"],
+                format!("`{p}` cannot exist in a payload: the [payload] schema does not allow it"),
+            );
+        }
+    }
+}
+
 /// `[[routes]]`: each needs a type and declared destinations, a valid ordering key and filter,
 /// and applies to the file's own source; every type a mapping produces needs a route.
 fn check_routes(
@@ -415,7 +488,7 @@ fn check_routes(
             }
         }
         if let Some(c) = &r.filter
-            && let Some(why) = c.problem()
+            && let Some(why) = c.problem_without_headers()
         {
             d.at(&["routes", &idx, "filter"], why);
         }

@@ -25,6 +25,8 @@ mod integration;
 mod outbound;
 #[cfg(test)]
 mod outbound_tests;
+#[cfg(test)]
+mod selection_tests;
 mod target;
 
 use integration::load_integration;
@@ -412,6 +414,7 @@ mod tests {
             source_ref: None,
             content_type: "application/json",
             body: br#"{"a":1}"#,
+            headers: "",
         };
         let recs = loaded.integrations[0].normalizer.normalize(&raw).await.expect("normalizes");
         assert_eq!(recs[0].kind, "zeta", "the first kind in the file wins");

@@ -11,6 +11,7 @@ mod delivery_client;
 mod downstream;
 mod downstream_audit;
 mod downstream_examples;
+mod event_selection;
 mod files;
 mod front_door;
 mod ingest;
