@@ -237,10 +237,25 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Trace { id, db, json, raw } => {
-            use hub_worker::audit::{RawAccess, trace};
+            use hub_worker::audit::{AuditConfig, RawAccess, trace_with};
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
             let access = if raw { RawAccess::Shown } else { RawAccess::Withheld };
-            let mut views = trace(&conn, &id, access).await?;
+            // The integration files' `redact` rules, as the audit desk has them: from the config
+            // file (or the HUB_* environment) when there is one.
+            let audit = match Config::load(db.config.as_deref()) {
+                Ok(cfg) => cfg.audit_config().context("loading the integrations' redact rules")?,
+                Err(e) if db.config.is_some() => return Err(e.into()),
+                Err(_) => {
+                    if !raw {
+                        eprintln!(
+                            "note: no configuration (--config): the integrations' redact rules are unknown, \
+                             so every layer's content is shown as stored"
+                        );
+                    }
+                    AuditConfig::default()
+                }
+            };
+            let mut views = trace_with(&conn, &id, access, &audit).await?;
             if json {
                 // One message as `GET /v1/messages/{id}` answers it; a core id's flows as
                 // `GET /v1/core-messages/{id}` does.

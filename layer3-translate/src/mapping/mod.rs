@@ -26,6 +26,7 @@ use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Transla
 mod compile;
 mod eval;
 mod fidelity;
+mod reads;
 mod spec;
 
 pub use compile::LintSides;
