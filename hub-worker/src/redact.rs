@@ -261,6 +261,46 @@ mod tests {
         p.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    /// The loader refuses what is not a pointer and what no payload can have, at its line.
+    #[test]
+    fn the_loader_checks_each_pointer() {
+        let dir = std::env::temp_dir().join(format!("po-redact-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        w("core.toml", "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n");
+        w("any.json", "{}");
+        w(
+            "event.json",
+            r#"{"type":"object","additionalProperties":false,"properties":{"id":{"type":"string"},
+"data":{"type":"object","additionalProperties":false,"properties":{"object":{"type":"object",
+"additionalProperties":false,"properties":{"id":{"type":"string"},"client_secret":{"type":"string"}}}}}}}"#,
+        );
+        let file = |redact: &str| {
+            format!(
+                "source = \"s\"\n[payload]\nredact = {redact}\n[kinds.k]\nschema = \"event.json\"\n\
+                 schema_version = \"1\"\n[kinds.k.mapping]\nname = \"m\"\nversion = \"1\"\n\
+                 message_type = \"t\"\ntype_version = \"1\"\non_unmapped = \"ignore\"\n\
+                 fields = {{ \"/secret\" = {{ from = \"/data/object/client_secret\" }} }}\n\
+                 [[routes]]\ntype = \"t\"\ndestination = \"q\"\n"
+            )
+        };
+        w("s.toml", &file(r#"["/data/object/client_secret"]"#));
+        let loaded = crate::files::load_dir(&dir, false);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let r = loaded.integrations[0].redaction.as_ref().expect("rules");
+        assert_eq!(r.pointers(), ["/data/object/client_secret"]);
+        let mut body = value(r#"{"secret":"pi_secret"}"#);
+        assert_eq!(r.mask_core(Some("m"), "t", &mut body), vec!["/secret"]);
+
+        w("s.toml", &file(r#"["data/object/client_secret", "/data/object/card"]"#));
+        let loaded = crate::files::load_dir(&dir, false);
+        let got: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].contains("s.toml:3:") && got[0].contains("is not a JSON pointer"), "{got:?}");
+        assert!(got[1].contains("`/data/object/card` cannot exist"), "{got:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_payload_that_is_the_record_is_masked_as_is() {
         let r = SourceRedaction::new(&ptrs(&["/data/object/client_secret"]), None, &[]);

@@ -612,7 +612,10 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
         "{err}"
     );
     let out = hub_worker().args(["trace", &id, "--json", "--database-url", &url]).output().expect("runs");
-    let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json lineage");
+    // The story holds the payload's records with their numbers as written (`1e400`, which
+    // serde_json refuses): read exactly.
+    let lineage =
+        layer1_ingest::json::Value::parse(&out.stdout).expect("json lineage").to_serde_json();
     let by: Vec<&str> = lineage["entries"]
         .as_array()
         .expect("entries")
