@@ -27,8 +27,8 @@ mod downstream;
 
 pub use content::{AuditConfig, DispatchView, RecordView, TranslationView};
 pub use downstream::{
-    DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, core_message_with, trace,
-    trace_with,
+    DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, core_message_with,
+    trace, trace_with,
 };
 
 /// The raw bytes of a message, re-checked against their stored hash: a third party's payload

@@ -131,16 +131,12 @@ impl SourceRedaction {
     /// Adds the core fields `mapping` (named `name`) fills from redacted record fields.
     pub fn add_mapping(&mut self, mapping: &Mapping) {
         let spec = mapping.spec();
-        let fields: Vec<Vec<String>> = mapping
-            .outputs_reading(&|p| self.reads_redacted(p))
-            .iter()
-            .filter_map(|o| tokens(o))
-            .collect();
-        let extras = (spec.on_unmapped == OnUnmapped::KeepInExtras).then(|| tokens(&spec.extras_at)).flatten();
-        self.core.push((
-            spec.name.clone(),
-            InCore { message_type: spec.message_type.clone(), fields, extras },
-        ));
+        let fields: Vec<Vec<String>> =
+            mapping.outputs_reading(&|p| self.reads_redacted(p)).iter().filter_map(|o| tokens(o)).collect();
+        let extras =
+            (spec.on_unmapped == OnUnmapped::KeepInExtras).then(|| tokens(&spec.extras_at)).flatten();
+        self.core
+            .push((spec.name.clone(), InCore { message_type: spec.message_type.clone(), fields, extras }));
     }
 
     /// Masks the redacted fields of the layer 2 record number `index` of a payload; returns
@@ -239,7 +235,9 @@ fn mask_at(v: &mut Value, toks: &[String], at: &mut String, masked: &mut Vec<Str
                 child(tok, x, at);
             }
         }
-        Value::Array(a) if tok == "*" => a.iter_mut().enumerate().for_each(|(i, x)| child(&i.to_string(), x, at)),
+        Value::Array(a) if tok == "*" => {
+            a.iter_mut().enumerate().for_each(|(i, x)| child(&i.to_string(), x, at))
+        }
         Value::Array(a) => {
             if let Some(x) = tok.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
                 child(tok, x, at);
@@ -267,7 +265,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("po-redact-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
         let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
-        w("core.toml", "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n");
+        w(
+            "core.toml",
+            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
         w("any.json", "{}");
         w(
             "event.json",

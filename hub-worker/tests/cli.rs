@@ -614,8 +614,7 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
     let out = hub_worker().args(["trace", &id, "--json", "--database-url", &url]).output().expect("runs");
     // The story holds the payload's records with their numbers as written (`1e400`, which
     // serde_json refuses): read exactly.
-    let lineage =
-        layer1_ingest::json::Value::parse(&out.stdout).expect("json lineage").to_serde_json();
+    let lineage = layer1_ingest::json::Value::parse(&out.stdout).expect("json lineage").to_serde_json();
     let by: Vec<&str> = lineage["entries"]
         .as_array()
         .expect("entries")

@@ -129,7 +129,8 @@ pub(super) async fn content_of(
     cfg: &AuditConfig,
 ) -> Result<Content> {
     let chain = lineage.chain(lineage.focus);
-    let ids = |layer: Layer| -> Vec<Uuid> { chain.iter().filter(|e| e.layer == layer).map(|e| e.id).collect() };
+    let ids =
+        |layer: Layer| -> Vec<Uuid> { chain.iter().filter(|e| e.layer == layer).map(|e| e.id).collect() };
     let (mut r2, mut r3, mut r4) = (Vec::new(), Vec::new(), Vec::new());
     for c in ids(Layer::Normalized).chunks(CHUNK) {
         r2.extend(

@@ -174,9 +174,12 @@ fn redaction(
         // Inside a record: the pointer below the record (after the array index).
         let in_record = match &records {
             None => Some(ptr.clone()),
-            Some(r) if toks.len() > r.len() && toks[..r.len()] == r[..] => {
-                Some(toks[r.len() + 1..].iter().map(|t| format!("/{}", layer1_ingest::json::escape_token(t))).collect())
-            }
+            Some(r) if toks.len() > r.len() && toks[..r.len()] == r[..] => Some(
+                toks[r.len() + 1..]
+                    .iter()
+                    .map(|t| format!("/{}", layer1_ingest::json::escape_token(t)))
+                    .collect(),
+            ),
             Some(_) => None,
         };
         let in_payload = envelope.is_none_or(|s| s.can_exist(ptr));

@@ -18,7 +18,13 @@ impl Mapping {
     }
 }
 
-fn outputs_reading(fields: &[Field], rec_at: &str, out_at: &str, reads: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
+fn outputs_reading(
+    fields: &[Field],
+    rec_at: &str,
+    out_at: &str,
+    reads: &dyn Fn(&str) -> bool,
+    out: &mut Vec<String>,
+) {
     for f in fields {
         let here = format!("{out_at}{}", f.out);
         let read = |p: &String| reads(&format!("{rec_at}{p}"));
@@ -53,7 +59,8 @@ mod tests {
         }))
         .expect("spec");
         let m = Mapping::compile(spec).expect("compiles");
-        let mut got = m.outputs_reading(&|p| p == "/data/object/client_secret" || p == "/data/object/lines/*/key");
+        let mut got =
+            m.outputs_reading(&|p| p == "/data/object/client_secret" || p == "/data/object/lines/*/key");
         got.sort();
         assert_eq!(got, vec!["/both", "/lines/*/key", "/secret"]);
         assert!(m.outputs_reading(&|_| false).is_empty());

@@ -217,7 +217,8 @@ async fn every_layer_shown_and_redacted(backend: Backend) {
         format!("integrations_dir = \"integrations\"\n[database]\nurl = \"{}\"\n", tdb.url),
     )
     .expect("config");
-    let cfg = hub_worker::config::Config::load(Some(&cfg_path)).expect("config").audit_config().expect("rules");
+    let cfg =
+        hub_worker::config::Config::load(Some(&cfg_path)).expect("config").audit_config().expect("rules");
     let views = hub_worker::audit::trace_with(hub.db(), &good.to_string(), RawAccess::Withheld, &cfg)
         .await
         .expect("trace");
