@@ -43,7 +43,7 @@ pub struct RecordView {
     pub schema_version: Option<String>,
     /// The record as stored (numbers as written), with the redacted fields masked for a reader
     /// without scope `raw`; stored text that is not JSON is shown as a string.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub record: Value,
     /// The pointers in `record` shown as `"[redacted]"`; empty when nothing was masked.
     pub redacted: Vec<String>,
@@ -64,7 +64,7 @@ pub struct TranslationView {
     pub mapping_version: String,
     /// The translated message (downstream: in the third party's terms), with the fields made
     /// from redacted record fields masked for a reader without scope `raw`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub body: Value,
     /// The fidelity report: `mapped`, `ignored`, `defaulted`, `extras` and `lossy` pointers
     /// (names, not values: never masked).
@@ -92,7 +92,7 @@ pub struct DispatchView {
     pub ordering_key: Option<String>,
     /// The body, with the fields made from redacted record fields masked for a reader without
     /// scope `raw`. Downstream, a body kept as bytes (see `raw`) is an empty string here.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub body: Value,
     /// Upstream: the headers it is published with (`hub-message-id`, `hub-origin-id`,
     /// `hub-source`, `hub-source-ref`, `hub-type`, `hub-type-version`, `hub-receipt-to`,
