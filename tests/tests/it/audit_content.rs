@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use hub_worker::audit::RawAccess;
 use hub_worker::http::auth::{Scope, Token, Tokens};
 use hub_worker::{Hub, IngestMeta};
+use layer1_ingest::Layer;
 use layer4_dispatch::{InProcessTransport, Receiver};
 
 use crate::util::{Backend, Collect, TestDb, test_settings};
@@ -49,7 +50,7 @@ fn write_integrations(dir: &Path) {
     w(
         "core/payment.intent.v1.json",
         r#"{"type":"object","required":["intent_id","amount_minor","currency"],
-"properties":{"intent_id":{"type":"string"},"amount_minor":{"type":"integer"},"currency":{"type":"string"},
+"properties":{"intent_id":{"type":"string"},"amount_minor":{"type":"integer","minimum":1},"currency":{"type":"string"},
 "customer_ref":{"type":["string","null"]},"client_secret":{"type":"string"},"description":{"type":["string","null"]},
 "created":{"type":"integer"}}}"#,
     );
@@ -155,6 +156,11 @@ async fn every_layer_shown_and_redacted(backend: Backend) {
         .expect("utf-8")
         .replace("\"amount\":2000,", "\"amount\":\"20.00\",");
     let bad = hub.ingest("stripe", bad_body.as_bytes(), IngestMeta::default()).await.expect("ingest").id;
+    // A zero amount passes the event schema and breaks the core type's: refused at layer 3.
+    let zero_body = String::from_utf8(intent_succeeded("evt_1NG8Du2eZvKYlo2CzeroAmnt"))
+        .expect("utf-8")
+        .replace("\"amount\":2000,", "\"amount\":0,");
+    let zero = hub.ingest("stripe", zero_body.as_bytes(), IngestMeta::default()).await.expect("ingest").id;
     assert!(hub.wait_settled(Duration::from_secs(30)).await.expect("settle"), "did not settle");
 
     let tokens = Tokens::new(vec![
@@ -242,6 +248,17 @@ async fn every_layer_shown_and_redacted(backend: Backend) {
         line.contains("source=\"stripe\"")
             && line.contains("status=rejected")
             && line.contains("/data/object/amount"),
+        "{line}"
+    );
+    let record =
+        hub.lineage(zero).await.expect("lineage").entries.into_iter().find(|e| e.layer == Layer::Normalized);
+    let record = record.expect("a layer 2 row").id.to_string();
+    let line = logged
+        .iter()
+        .find(|l| l.contains(&record))
+        .unwrap_or_else(|| panic!("no WARN names the record {record}: {logged:#?}"));
+    assert!(
+        line.contains("layer=2") && line.contains("source=\"stripe\"") && line.contains("core_contract"),
         "{line}"
     );
     assert!(logged.iter().all(|l| !l.contains(SECRET)), "{logged:#?}");
