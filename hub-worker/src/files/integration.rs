@@ -187,10 +187,15 @@ fn redaction(
             Some(rp) if !kinds.declared.is_empty() => kinds.declared.iter().any(|k| k.schema.can_exist(rp)),
             _ => true,
         };
-        if !in_payload || !in_a_record {
+        if !in_payload {
             d.at(
                 &["payload", "redact", &idx],
                 format!("`{ptr}` cannot exist in a payload: its schema does not allow it"),
+            );
+        } else if !in_a_record {
+            d.at(
+                &["payload", "redact", &idx],
+                format!("`{ptr}` cannot exist in a payload: no record kind's schema allows it"),
             );
         }
     }
