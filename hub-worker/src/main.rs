@@ -72,7 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// With --json: include the raw bytes (payloads, requests delivered, the third party's
-        /// answers) in base64, as a token with scope `raw` sees them.
+        /// answers) in base64 and the integrations' `redact` fields unmasked, as a token with
+        /// scope `raw` sees them. Without it, those fields are masked as the `--config`'s
+        /// integration files say.
         #[arg(long, requires = "json")]
         raw: bool,
     },
