@@ -22,10 +22,13 @@ use crate::error::{Error, Result};
 use crate::hub::StatusCount;
 use crate::lineage::{Lineage, lineage};
 
+mod content;
 mod downstream;
 
+pub use content::{AuditConfig, DispatchView, RecordView, TranslationView};
 pub use downstream::{
-    DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, trace,
+    DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, core_message_with,
+    trace, trace_with,
 };
 
 /// The raw bytes of a message, re-checked against their stored hash: a third party's payload
@@ -87,6 +90,15 @@ pub struct MessageView {
     /// Downstream: the delivery receipts written for the core app about this message (one
     /// once it is final). Always present: empty upstream and while the message is moving.
     pub receipts: Vec<ReceiptView>,
+    /// The layer 2 records of the rows on the path through `focus` (asked by a layer 4 id,
+    /// that message's; by a layer 1 id, every record of the payload), the source's redacted
+    /// fields masked without scope `raw`.
+    pub records: Vec<RecordView>,
+    /// The layer 3 translations on that path, with their fidelity reports, masked likewise.
+    pub translations: Vec<TranslationView>,
+    /// The layer 4 messages on that path, with the headers they are published with, masked
+    /// likewise.
+    pub dispatches: Vec<DispatchView>,
 }
 
 /// Every flow a core app's `core-message-id` names: one per target it was sent to.
@@ -97,8 +109,21 @@ pub struct CoreMessageViews {
 }
 
 /// One message from any layer's id, with or without what the third party (or, downstream, the
-/// core app) sent.
+/// core app) sent, knowing nothing of the setup: every layer's content is shown as stored
+/// (no source's redaction rules are known) and `hub-receipt-to` is left out of the published
+/// headers. The audit desk and `hub-worker trace` use [`message_with`].
 pub async fn message(db: &DatabaseConnection, id: Uuid, access: RawAccess) -> Result<MessageView> {
+    message_with(db, id, access, &AuditConfig::default()).await
+}
+
+/// [`message`] with the setup's redaction rules and receipts queue: without scope `raw`
+/// (`access` withheld), each source's redacted fields are masked in every layer's content.
+pub async fn message_with(
+    db: &DatabaseConnection,
+    id: Uuid,
+    access: RawAccess,
+    cfg: &AuditConfig,
+) -> Result<MessageView> {
     let lineage = lineage(db, id).await?;
     let shown = access == RawAccess::Shown;
     let raw_ids: Vec<Uuid> = lineage.entries.iter().filter(|e| e.layer == Layer::Raw).map(|e| e.id).collect();
@@ -172,7 +197,9 @@ pub async fn message(db: &DatabaseConnection, id: Uuid, access: RawAccess) -> Re
     } else {
         (Vec::new(), Vec::new())
     };
-    Ok(MessageView { lineage, raw, deliveries, receipts })
+    let content::Content { records, translations, dispatches } =
+        content::content_of(db, &lineage, access, cfg).await?;
+    Ok(MessageView { lineage, raw, deliveries, receipts, records, translations, dispatches })
 }
 
 /// A listing's filters. Ordered by id (UUIDv7: creation order); `cursor` is the last id of the

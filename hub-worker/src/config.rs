@@ -841,6 +841,29 @@ impl Config {
         }
         Ok(b)
     }
+
+    /// What `hub-worker trace` needs to tell a message's story as the audit desk does: the
+    /// integration files' redaction rules (loaded without their secrets) and the receipts
+    /// queue's address on the transport. Integration files with problems are refused, listing
+    /// them: a file left out would have its source's redacted fields shown.
+    pub fn audit_config(&self) -> Result<crate::audit::AuditConfig> {
+        let mut redactions = crate::redact::Redactions::default();
+        if let Some(dir) = self.integrations_path() {
+            let loaded = files::load_dir(&dir, false);
+            if !loaded.diagnostics.is_empty() {
+                let all: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
+                return Err(Error::Config(all.join("\n")));
+            }
+            for i in loaded.integrations {
+                if let Some(r) = i.redaction {
+                    redactions.insert(i.source, r);
+                }
+            }
+        }
+        let receipts = self.settings().publish.receipts_queue;
+        let receipts_to = self.transport.queue_names().ok().and_then(|n| n.resolve(&receipts).ok());
+        Ok(crate::audit::AuditConfig { redactions, receipts_to })
+    }
 }
 
 /// Why a standalone worker refuses in-process queues, and what to do instead.

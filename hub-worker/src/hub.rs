@@ -80,6 +80,8 @@ pub struct HubBuilder {
     /// Downstream: the targets and outbound routes (integration files' `[target]` and
     /// `[outbound."<type>"]`, or [`HubBuilder::outbound`]).
     outbound: crate::outbound::Outbound,
+    /// What the audit desk masks, per source (integration files' `[payload] redact`).
+    redactions: crate::redact::Redactions,
 }
 
 impl HubBuilder {
@@ -88,6 +90,13 @@ impl HubBuilder {
     /// HTTP, and answered with a delivery receipt.
     pub fn outbound(mut self, o: crate::outbound::Outbound) -> Self {
         self.outbound.extend(o);
+        self
+    }
+
+    /// Masks `rules` (a source's `[payload] redact`, [`crate::redact`]) in what the audit desk
+    /// shows of `source`'s messages to readers without scope `raw`.
+    pub fn redaction(mut self, source: impl Into<String>, rules: crate::redact::SourceRedaction) -> Self {
+        self.redactions.insert(source, rules);
         self
     }
 
@@ -297,6 +306,7 @@ impl HubBuilder {
                 router,
                 settings: self.settings,
                 receipt_to,
+                redactions: self.redactions,
                 downstream,
                 wake: Wakes::default(),
                 cancel: CancellationToken::new(),
@@ -401,6 +411,8 @@ struct Inner {
     settings: HubSettings,
     /// The receipts queue's physical address (`hub-receipt-to`).
     receipt_to: String,
+    /// What the audit desk masks, per source.
+    redactions: crate::redact::Redactions,
     /// The downstream side, when the hub has outbound routes.
     downstream: Option<(crate::downstream::Downstream, Arc<layer1_ingest::deliver::Deliverer>)>,
     wake: Wakes,
@@ -464,6 +476,16 @@ impl Hub {
             settings: HubSettings::default(),
             wait: None,
             outbound: crate::outbound::Outbound::default(),
+            redactions: crate::redact::Redactions::default(),
+        }
+    }
+
+    /// What the audit desk needs of the setup to show a message's content: each source's
+    /// redaction rules and the receipts queue named in the published `hub-receipt-to`.
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        crate::audit::AuditConfig {
+            redactions: self.inner.redactions.clone(),
+            receipts_to: Some(self.inner.receipt_to.clone()),
         }
     }
 

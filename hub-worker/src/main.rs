@@ -72,7 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// With --json: include the raw bytes (payloads, requests delivered, the third party's
-        /// answers) in base64, as a token with scope `raw` sees them.
+        /// answers) in base64 and the integrations' `redact` fields unmasked, as a token with
+        /// scope `raw` sees them. Without it, those fields are masked as the `--config`'s
+        /// integration files say.
         #[arg(long, requires = "json")]
         raw: bool,
     },
@@ -237,10 +239,26 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Trace { id, db, json, raw } => {
-            use hub_worker::audit::{RawAccess, trace};
+            use hub_worker::audit::{AuditConfig, RawAccess, trace_with};
             let conn = layer1_ingest::db::connect(&db.url()?).await?;
             let access = if raw { RawAccess::Shown } else { RawAccess::Withheld };
-            let mut views = trace(&conn, &id, access).await?;
+            // The integration files' `redact` rules, as the audit desk has them: from the config
+            // file (or the HUB_* environment) when there is one.
+            // With --raw nothing is masked: the setup only names `hub-receipt-to`, if it loads.
+            let audit = match Config::load(db.config.as_deref()) {
+                Ok(cfg) if raw => cfg.audit_config().unwrap_or_default(),
+                Ok(cfg) => cfg.audit_config().context("loading the integrations' redact rules")?,
+                Err(_) if raw => AuditConfig::default(),
+                Err(e) if db.config.is_some() => return Err(e.into()),
+                Err(_) => {
+                    eprintln!(
+                        "note: no configuration (--config): the integrations' redact rules are unknown, \
+                         so every layer's content is shown as stored"
+                    );
+                    AuditConfig::default()
+                }
+            };
+            let mut views = trace_with(&conn, &id, access, &audit).await?;
             if json {
                 // One message as `GET /v1/messages/{id}` answers it; a core id's flows as
                 // `GET /v1/core-messages/{id}` does.

@@ -32,18 +32,45 @@ pub fn counts_table(counts: &[StatusCount]) -> String {
 /// per line, indented in the flow's order (upstream layer 1 first, downstream layer 4 first),
 /// with reasons for rejections and failures.
 pub fn lineage_text(lineage: &Lineage) -> String {
-    story(lineage, &[], &[])
+    story(lineage, &[], &[], None)
 }
 
 /// A message's whole story ([`crate::audit::message`], [`crate::audit::trace`]) as text: the
-/// rows as [`lineage_text`] shows them and, downstream, under each delivery (layer 1 row) every
-/// HTTP attempt with its answer, then the receipts to the core app. What `hub-worker trace`
-/// prints.
+/// rows as [`lineage_text`] shows them, each layer 2, 3 and 4 row with its content (record;
+/// translated body and fidelity report; published body and headers), masked as the view is,
+/// and, downstream, under each delivery (layer 1 row) every HTTP attempt with its answer, then
+/// the receipts to the core app. What `hub-worker trace` prints.
 pub fn message_text(view: &MessageView) -> String {
-    story(&view.lineage, &view.deliveries, &view.receipts)
+    story(&view.lineage, &view.deliveries, &view.receipts, Some(view))
 }
 
-fn story(lineage: &Lineage, deliveries: &[DeliveryAttemptView], receipts: &[ReceiptView]) -> String {
+/// The content lines of row `id` (layer 2, 3 or 4) in `view`.
+fn content_lines(view: &MessageView, id: uuid::Uuid, indent: &str, s: &mut String) {
+    let redacted = |r: &[String]| {
+        if r.is_empty() { String::new() } else { format!(" (redacted: {})", r.join(", ")) }
+    };
+    if let Some(r) = view.records.iter().find(|r| r.id == id) {
+        let _ = writeln!(s, "{indent}   record: {}{}", r.record, redacted(&r.redacted));
+    }
+    if let Some(t) = view.translations.iter().find(|t| t.id == id) {
+        let _ = writeln!(s, "{indent}   body: {}{}", t.body, redacted(&t.redacted));
+        let _ = writeln!(s, "{indent}   fidelity: {}", t.fidelity);
+    }
+    if let Some(d) = view.dispatches.iter().find(|d| d.id == id) {
+        let _ = writeln!(s, "{indent}   body: {}{}", d.body, redacted(&d.redacted));
+        if let Some(h) = &d.headers {
+            let pairs: Vec<String> = h.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(s, "{indent}   headers: {}", pairs.join(", "));
+        }
+    }
+}
+
+fn story(
+    lineage: &Lineage,
+    deliveries: &[DeliveryAttemptView],
+    receipts: &[ReceiptView],
+    view: Option<&MessageView>,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "lineage of {} (origin {})", lineage.focus, lineage.origin_id);
     for e in lineage.chain(lineage.focus) {
@@ -70,6 +97,9 @@ fn story(lineage: &Lineage, deliveries: &[DeliveryAttemptView], receipts: &[Rece
         }
         if let Some(err) = &e.last_error {
             let _ = writeln!(s, "{indent}   reason: {err}");
+        }
+        if let Some(v) = view {
+            content_lines(v, e.id, &indent, &mut s);
         }
         if e.layer == Layer::Raw {
             let tries: Vec<&DeliveryAttemptView> = deliveries.iter().filter(|a| a.raw_id == e.id).collect();

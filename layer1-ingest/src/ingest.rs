@@ -393,7 +393,13 @@ async fn settle_against<C: ConnectionTrait>(
                 m.body_sha256
             ));
             let id = if insert_new(conn, std::iter::once(&row)).await?.contains(&row.id) {
-                tracing::warn!(source = %m.source, conflict = %row.id, with = %stand.0, "different bytes under a key on record: stored as a conflict");
+                crate::table::log_given_up(
+                    crate::Layer::Raw,
+                    row.id,
+                    &m.source,
+                    row.status,
+                    row.last_error.as_deref(),
+                );
                 row.id
             } else {
                 let on_record = Entity::find()

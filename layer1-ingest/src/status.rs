@@ -141,6 +141,13 @@ impl Status {
     pub fn is_final(self) -> bool {
         matches!(self, Forwarded | Acknowledged | Rejected | Dead | Dropped)
     }
+
+    /// A status the hub gives a message up in: `rejected` (bad input, refused) or `dead`
+    /// (retries exhausted). Logged at WARN whenever a row takes it
+    /// ([`crate::table::log_given_up`]).
+    pub fn is_given_up(self) -> bool {
+        matches!(self, Rejected | Dead)
+    }
 }
 
 impl fmt::Display for Status {

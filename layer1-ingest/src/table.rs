@@ -200,7 +200,8 @@ pub async fn settle_leased<E: LayerTable, C: ConnectionTrait, M>(
             if t.to == Status::Dropped {
                 // A drop is the integration working as declared: nothing to look at.
                 tracing::debug!(table = E::LAYER.table(), %id, reason, "dropped");
-            } else {
+            } else if !t.to.is_given_up() {
+                // Rejected and dead rows were logged at WARN by `transition_leased`.
                 tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason, "not forwarded");
             }
         } else {
@@ -247,6 +248,16 @@ pub async fn transition_leased<E: LayerTable, C: ConnectionTrait>(
         .filter(E::ID.is_in(ids.iter().copied()))
         .filter(still_leased::<E>(until))
         .into_query();
+    if t.to.is_given_up() {
+        // Only for a rejection or a death: the source too, for the WARN line.
+        update.returning(sea_orm::sea_query::Query::returning().columns([E::ID, E::SOURCE]));
+        for row in conn.query_all(&update).await? {
+            let id = row.try_get_by_index::<Uuid>(0)?;
+            log_given_up(E::LAYER, id, &row.try_get_by_index::<String>(1)?, t.to, t.reason.as_deref());
+            kept.insert(id);
+        }
+        return Ok(kept);
+    }
     update.returning_col(E::ID);
     for row in conn.query_all(&update).await? {
         kept.insert(row.try_get_by_index::<Uuid>(0)?);
@@ -355,8 +366,43 @@ pub async fn transition<E: LayerTable, C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(0);
     }
-    let res = transition_update::<E>(t, now).filter(E::ID.is_in(ids.iter().copied())).exec(conn).await?;
+    let update = transition_update::<E>(t, now).filter(E::ID.is_in(ids.iter().copied()));
+    if t.to.is_given_up() {
+        // Only for a rejection or a death: which rows changed, and their source, for the WARN
+        // line (RETURNING: PostgreSQL, and SQLite since 3.35).
+        let mut update = update.into_query();
+        update.returning(sea_orm::sea_query::Query::returning().columns([E::ID, E::SOURCE]));
+        let rows = conn.query_all(&update).await?;
+        for row in &rows {
+            let id = row.try_get_by_index::<Uuid>(0)?;
+            log_given_up(E::LAYER, id, &row.try_get_by_index::<String>(1)?, t.to, t.reason.as_deref());
+        }
+        return Ok(rows.len() as u64);
+    }
+    let res = update.exec(conn).await?;
     Ok(res.rows_affected)
+}
+
+/// Logs at WARN a row that became `rejected` or `dead` (nothing for any other status): its
+/// table, id, source and reason, so that an operator sees every message the hub gave up on
+/// without querying the tables. Every way a row ends so goes through here: the guarded
+/// updates ([`transition`], [`transition_leased`]) call it for the rows they changed, and the
+/// few places that insert a row already rejected (a conflicting resend at ingest, a core
+/// message breaking the contract at intake, a request that could not be built) call it for
+/// the rows they wrote. The reason names a field and a rule; no payload content is logged.
+pub fn log_given_up(layer: Layer, id: Uuid, source: &str, status: Status, reason: Option<&str>) {
+    if status.is_given_up() {
+        tracing::warn!(
+            table = layer.table(),
+            layer = layer.number(),
+            %id,
+            source,
+            %status,
+            reason = reason.unwrap_or(""),
+            "message {status} at layer {}",
+            layer.number()
+        );
+    }
 }
 
 /// [`transition`] for rows the caller holds a claim on: all of them must change, or the
@@ -414,7 +460,10 @@ pub async fn record_failure<E: LayerTable, C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<Status> {
     let t = failure_transition(attempts, failure, settings, now);
-    tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+    // Rejected and dead rows are logged at WARN by `transition`.
+    if !t.to.is_given_up() {
+        tracing::info!(table = E::LAYER.table(), %id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "not forwarded");
+    }
     transition_claimed::<E, C>(conn, &[id], &t, now).await?;
     Ok(t.to)
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -146,8 +147,15 @@ pub async fn store_inbound(
     let now = Utc::now();
     let mut rows = Vec::with_capacity(msgs.len());
     let mut raw = Vec::new();
+    // Contract breaches (stored `rejected`): logged once stored, not when a copy was on record.
+    let mut breaches: Vec<(Uuid, String, Option<String>)> = Vec::new();
     for (h, b) in msgs {
         let (r, bytes) = row(h, b, now);
+        if let (Set(id), Set(Status::Rejected), Set(source), Set(why)) =
+            (&r.id, &r.status, &r.source, &r.last_error)
+        {
+            breaches.push((*id, source.clone(), why.clone()));
+        }
         rows.push(r);
         raw.extend(bytes);
     }
@@ -179,6 +187,24 @@ pub async fn store_inbound(
         sea_orm::TryInsertResult::Inserted(n) => usize::try_from(n).unwrap_or(0),
         _ => 0,
     };
+    if !breaches.is_empty() && stored > 0 {
+        let new: Vec<Uuid> = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(breaches.iter().map(|b| b.0)))
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (id, source, why) in breaches.iter().filter(|b| new.contains(&b.0)) {
+            layer1_ingest::table::log_given_up(
+                layer1_ingest::Layer::Dispatch,
+                *id,
+                source,
+                Status::Rejected,
+                why.as_deref(),
+            );
+        }
+    }
     Ok(IntakeOutcome { stored, duplicates: msgs.len() - stored })
 }
 

@@ -424,7 +424,11 @@ impl PublishStage {
                                 .because(e.to_string())
                                 .due_at(failed_at + self.settings.backoff(attempts))
                         };
-                        tracing::warn!(message_id = %row.id, error = %e, status = %t.to, "publish failed");
+                        // A rejection or a death is logged at WARN when it is recorded
+                        // (`transition`), with the row's source.
+                        if !t.to.is_given_up() {
+                            tracing::warn!(message_id = %row.id, error = %e, status = %t.to, "publish failed");
+                        }
                         Outcome::Failed(t)
                     }
                 };

@@ -27,7 +27,7 @@ use layer1_ingest::{Direction, Status};
 use layer4_dispatch::delivery_receipts as receipts;
 use layer4_dispatch::entity as l4;
 
-use super::{MessageView, RawAccess, WITHHELD};
+use super::{AuditConfig, MessageView, RawAccess, WITHHELD};
 use crate::error::{Error, Result};
 
 /// One HTTP attempt of a delivery (a `delivery_attempts` row): the request as it went on the
@@ -216,13 +216,23 @@ pub async fn core_message(
     core_id: &str,
     access: RawAccess,
 ) -> Result<Vec<MessageView>> {
+    core_message_with(db, core_id, access, &AuditConfig::default()).await
+}
+
+/// [`core_message`] as [`super::message_with`] tells each flow.
+pub async fn core_message_with(
+    db: &DatabaseConnection,
+    core_id: &str,
+    access: RawAccess,
+    cfg: &AuditConfig,
+) -> Result<Vec<MessageView>> {
     let ids = by_core_message_id(db, core_id).await?;
     if ids.is_empty() {
         return Err(Error::UnknownCoreMessage(core_id.to_owned()));
     }
     let mut views = Vec::with_capacity(ids.len());
     for id in ids {
-        views.push(super::message(db, id, access).await?);
+        views.push(super::message_with(db, id, access, cfg).await?);
     }
     Ok(views)
 }
@@ -232,11 +242,21 @@ pub async fn core_message(
 /// core app may well use UUIDs for its own ids); anything else is a core message id. One view
 /// per flow found.
 pub async fn trace(db: &DatabaseConnection, key: &str, access: RawAccess) -> Result<Vec<MessageView>> {
+    trace_with(db, key, access, &AuditConfig::default()).await
+}
+
+/// [`trace`] as [`super::message_with`] tells each flow: what `hub-worker trace` prints.
+pub async fn trace_with(
+    db: &DatabaseConnection,
+    key: &str,
+    access: RawAccess,
+    cfg: &AuditConfig,
+) -> Result<Vec<MessageView>> {
     if let Ok(id) = key.trim().parse::<Uuid>() {
-        match super::message(db, id, access).await {
+        match super::message_with(db, id, access, cfg).await {
             Ok(view) => return Ok(vec![view]),
             Err(Error::NotFound(_)) => {
-                return match core_message(db, key, access).await {
+                return match core_message_with(db, key, access, cfg).await {
                     // Neither: say so as a row id, the likelier meaning of a UUID.
                     Err(Error::UnknownCoreMessage(_)) => Err(Error::NotFound(id)),
                     other => other,
@@ -245,7 +265,7 @@ pub async fn trace(db: &DatabaseConnection, key: &str, access: RawAccess) -> Res
             Err(e) => return Err(e),
         }
     }
-    core_message(db, key, access).await
+    core_message_with(db, key, access, cfg).await
 }
 
 /// Per target: the deliveries (layer 1 downstream rows) by status, and how long the oldest

@@ -321,7 +321,10 @@ impl Stage for DeliverStage {
                 lost += 1;
                 continue;
             }
-            tracing::info!(%id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "delivery not acknowledged");
+            // Rejected and dead deliveries were logged at WARN by `transition_leased`.
+            if !t.to.is_given_up() {
+                tracing::info!(%id, status = %t.to, reason = t.reason.as_deref().unwrap_or(""), "delivery not acknowledged");
+            }
             finals.extend(f);
         }
         for (id, at) in later {

@@ -200,7 +200,10 @@ impl OutboundStage {
                 continue; // our lease ended and another worker has the row
             }
             let reason = t.reason.clone().unwrap_or_default();
-            tracing::info!(id = %row.id, target = %row.destination, status = %t.to, %reason, "core message not delivered");
+            // Rejected and dead rows were logged at WARN by `transition_leased`.
+            if !t.to.is_given_up() {
+                tracing::info!(id = %row.id, target = %row.destination, status = %t.to, %reason, "core message not delivered");
+            }
             match t.to {
                 Status::Rejected | Status::Dead => finals.push(self.receipt(row, t.to, reason)),
                 _ => {}
@@ -276,7 +279,13 @@ impl Stage for OutboundStage {
                     l1s.push(l1);
                 }
                 Made::Refused(l3, why) => {
-                    tracing::info!(id = %row.id, target = %row.destination, reason = %why, "request not built");
+                    layer1_ingest::table::log_given_up(
+                        layer1_ingest::Layer::Translated,
+                        l3.id,
+                        &l3.source,
+                        l3.status,
+                        l3.last_error.as_deref(),
+                    );
                     finals.push(self.receipt(row, Status::Rejected, why.to_string()));
                     l3s.push(*l3);
                 }

@@ -62,6 +62,9 @@ struct PayloadSpec {
     max_records: Option<usize>,
     #[serde(default)]
     carry: Vec<String>,
+    /// Payload fields shown masked to readers without scope `raw` ([`crate::redact`]).
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +124,8 @@ struct Kinds {
     translators: Vec<MappingTranslator>,
     /// Every (type, version) a mapping produces, for the route check.
     produced: Vec<(String, String)>,
+    /// The compiled mappings, for the redaction rules of their core fields.
+    mappings: Vec<Mapping>,
 }
 
 pub(super) fn load_integration(
@@ -151,6 +156,7 @@ pub(super) fn load_integration(
     let outbound =
         load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, secrets.targets);
     let routes = check_routes(&mut d, &f.source, f.routes, catalogue, &kinds.produced);
+    let redaction = redaction(&mut d, &f.payload, envelope.as_ref(), &kinds);
     if secrets.ingress
         && let Some(ing) = &f.ingress
     {
@@ -181,7 +187,65 @@ pub(super) fn load_integration(
         routes,
         ingress: f.ingress,
         outbound,
+        redaction,
     })
+}
+
+/// `[payload] redact`: each a JSON pointer (`*` for any array index) that can exist in a
+/// payload (its schema's, when there is one; a record's, when it points into the records or
+/// the payload is the record); the rules they make for the audit desk, none without pointers.
+fn redaction(
+    d: &mut FileDiags<'_>,
+    p: &PayloadSpec,
+    envelope: Option<&JsonSchema>,
+    kinds: &Kinds,
+) -> Option<crate::redact::SourceRedaction> {
+    if p.redact.is_empty() {
+        return None;
+    }
+    let records = p.records.as_deref().and_then(layer1_ingest::json::tokens);
+    for (i, ptr) in p.redact.iter().enumerate() {
+        let idx = i.to_string();
+        let Some(toks) = layer1_ingest::json::tokens(ptr).filter(|t| !t.is_empty()) else {
+            d.at(
+                &["payload", "redact", &idx],
+                format!("`{ptr}` is not a JSON pointer like /data/object/client_secret"),
+            );
+            continue;
+        };
+        // Inside a record: the pointer below the record (after the array index).
+        let in_record = match &records {
+            None => Some(ptr.clone()),
+            Some(r) if toks.len() > r.len() && toks[..r.len()] == r[..] => Some(
+                toks[r.len() + 1..]
+                    .iter()
+                    .map(|t| format!("/{}", layer1_ingest::json::escape_token(t)))
+                    .collect(),
+            ),
+            Some(_) => None,
+        };
+        let in_payload = envelope.is_none_or(|s| s.can_exist(ptr));
+        let in_a_record = match &in_record {
+            Some(rp) if !kinds.declared.is_empty() => kinds.declared.iter().any(|k| k.schema.can_exist(rp)),
+            _ => true,
+        };
+        if !in_payload {
+            d.at(
+                &["payload", "redact", &idx],
+                format!("`{ptr}` cannot exist in a payload: its schema does not allow it"),
+            );
+        } else if !in_a_record {
+            d.at(
+                &["payload", "redact", &idx],
+                format!("`{ptr}` cannot exist in a payload: no record kind's schema allows it"),
+            );
+        }
+    }
+    let mut rules = crate::redact::SourceRedaction::new(&p.redact, p.records.as_deref(), &p.carry);
+    for m in &kinds.mappings {
+        rules.add_mapping(m);
+    }
+    Some(rules)
 }
 
 /// `[payload]`: its pointers, its schema (returned, for the envelope check at layer 2), and the
@@ -406,6 +470,7 @@ fn load_kind(
         }
     };
     if let (true, Some(s)) = (compiled, schema) {
+        kinds.mappings.push(mapping.clone());
         kinds.translators.push(MappingTranslator::new(f.source.clone(), name.to_owned(), mapping, core));
         kinds.declared.push(DeclaredKind {
             name: name.to_owned(),

@@ -170,6 +170,9 @@ pub struct Integration {
     /// The downstream side: the file's `[target]` (named after the source) and its
     /// `[outbound."<core type>"]` routes, when it delivers to the third party.
     pub outbound: Option<crate::outbound::Outbound>,
+    /// `[payload] redact`: what the audit desk masks of this source's messages for readers
+    /// without scope `raw`; `None` when the file names nothing.
+    pub redaction: Option<crate::redact::SourceRedaction>,
 }
 
 impl Integration {
@@ -187,6 +190,9 @@ impl Integration {
         }
         if let Some(o) = self.outbound {
             builder = builder.outbound(o);
+        }
+        if let Some(r) = self.redaction {
+            builder = builder.redaction(self.source, r);
         }
         builder
     }

@@ -23,6 +23,8 @@ use layer1_ingest::Status;
 pub struct AuditState {
     hub: Hub,
     tokens: Tokens,
+    /// The hub's redaction rules and receipts queue, read once.
+    config: std::sync::Arc<audit::AuditConfig>,
 }
 
 impl AuditState {
@@ -34,7 +36,8 @@ impl AuditState {
 
     /// The desk over `hub`, opened by `tokens`.
     pub fn with_tokens(hub: Hub, tokens: Tokens) -> Self {
-        Self { hub, tokens }
+        let config = std::sync::Arc::new(hub.audit_config());
+        Self { hub, tokens, config }
     }
 
     /// The tokens the desk accepts.
@@ -92,7 +95,7 @@ fn raw_access(caller: &Caller) -> RawAccess {
     security(("token" = ["read"])),
     params(("id" = Uuid, Path, description = "Any layer's id of the message")),
     responses(
-        (status = 200, description = "Every row of the message, and its raw bytes' SHA-256 re-checked; the bytes and headers themselves only for a token with scope `raw`", body = crate::audit::MessageView),
+        (status = 200, description = "Every row of the message, and its raw bytes' SHA-256 re-checked; the bytes and headers themselves only for a token with scope `raw`. Each layer's content on the path through the id asked for: the layer 2 records, the layer 3 translations with their fidelity reports, the layer 4 bodies with the headers they are published with; the source's `redact` fields shown as \"[redacted]\" (and listed in each `redacted`) to a token without scope `raw`", body = crate::audit::MessageView),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
@@ -105,7 +108,7 @@ pub async fn message(
     Path(id): Path<Uuid>,
 ) -> Response {
     let access = raw_access(&caller);
-    answer(audit::message(s.hub.db(), id, access).await)
+    answer(audit::message_with(s.hub.db(), id, access, &s.config).await)
 }
 
 /// `GET /v1/core-messages/{core_message_id}`
@@ -130,7 +133,7 @@ pub async fn core_message(
 ) -> Response {
     let access = raw_access(&caller);
     answer(
-        audit::core_message(s.hub.db(), &core_id, access)
+        audit::core_message_with(s.hub.db(), &core_id, access, &s.config)
             .await
             .map(|items| audit::CoreMessageViews { items }),
     )

@@ -67,6 +67,7 @@ mod expr;
 mod fidelity;
 mod money;
 mod paths;
+mod reads;
 mod spec;
 #[cfg(test)]
 mod tests_paths;

@@ -3,6 +3,7 @@
 mod scripted_http;
 mod util;
 
+mod audit_content;
 mod audit_desk;
 mod brokers;
 mod concurrency;
