@@ -19,6 +19,7 @@ mod ingest;
 mod isolation;
 mod pipeline;
 mod queries;
+mod real_payloads;
 mod receipts;
 mod reliability;
 mod transitions;
