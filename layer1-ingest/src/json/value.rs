@@ -190,6 +190,18 @@ impl Value {
         })
     }
 
+    /// The value's JSON type with its article, for messages: `a string`, `an array`, `null`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        }
+    }
+
     /// The JSON text (numbers as written, keys sorted).
     pub fn to_json(&self) -> String {
         // Writing into a String cannot fail, and every number is valid JSON text already.

@@ -87,18 +87,6 @@ pub(super) fn scalar_text(v: &Value) -> Option<&str> {
     }
 }
 
-/// A JSON type's name, for messages.
-pub(super) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// `application/x-www-form-urlencoded` in bracket notation, as Stripe and most payment APIs
 /// read it: `{"amount": 1234, "metadata": {"order_id": "7"}, "items": [{"sku": "A"}]}` is
 /// `amount=1234&items[0][sku]=A&metadata[order_id]=7`.
@@ -115,7 +103,7 @@ pub(super) fn kind(v: &Value) -> &'static str {
 /// in the message, for the rejection.
 pub(super) fn form_body(body: &Value, at: &str) -> Result<String, Rejection> {
     let Value::Object(m) = body else {
-        let msg = format!("a form body must be an object of fields, not {}", kind(body));
+        let msg = format!("a form body must be an object of fields, not {}", body.kind_name());
         return Err(if at.is_empty() {
             Rejection::whole("type", msg)
         } else {

@@ -29,7 +29,7 @@ mod template;
 #[cfg(test)]
 mod tests;
 
-use encode::{Ptr, child, form_body, kind, percent_encode_into, scalar_text};
+use encode::{Ptr, child, form_body, percent_encode_into, scalar_text};
 use template::{compile_header, compile_path, compile_query};
 
 /// How the body is written on the wire.
@@ -451,7 +451,7 @@ fn not_scalar(at: &str, what: &str, v: &Value) -> Rejection {
     Rejection::field(
         at,
         "type",
-        format!("the {what} at `{at}` takes a string, number or boolean, not {}", kind(v)),
+        format!("the {what} at `{at}` takes a string, number or boolean, not {}", v.kind_name()),
     )
 }
 

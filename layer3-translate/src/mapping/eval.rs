@@ -116,7 +116,7 @@ pub(super) fn eval_field(
                     return Err(reject(
                         &at,
                         "type",
-                        format!("`each` needs an array; `{at}` is {}", kind_of(v)),
+                        format!("`each` needs an array; `{at}` is {}", v.kind_name()),
                     ));
                 }
             }

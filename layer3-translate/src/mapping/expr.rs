@@ -323,6 +323,15 @@ impl Num {
 }
 
 /// Work on big numbers costs in proportion to their digits.
+/// Both operands of arithmetic, read (marked) and as decimals within the digit budget.
+fn operands(l: &Val, r: &Val, a: &Num, b: &Num) -> Result<(BigDecimal, BigDecimal), JError> {
+    mark(l);
+    mark(r);
+    let (a, b) = (a.dec()?, b.dec()?);
+    charge_digits(&a, &b)?;
+    Ok((a, b))
+}
+
 fn charge_digits(a: &BigDecimal, b: &BigDecimal) -> Result<(), JError> {
     charge(1 + (a.digits() + b.digits()) / 64, 0)
 }
@@ -698,10 +707,7 @@ impl std::ops::Add for Val {
                 Ok(self)
             }
             (K::Num(a), K::Num(b)) => {
-                mark(&self);
-                mark(&r);
-                let (a, b) = (a.dec()?, b.dec()?);
-                charge_digits(&a, &b)?;
+                let (a, b) = operands(&self, &r, a, b)?;
                 aligned_ok(&a, &b)?;
                 dec_val(a + b)
             }
@@ -727,10 +733,7 @@ impl std::ops::Sub for Val {
         use jaq_core::ops::Math::Sub;
         match (&self.k, &r.k) {
             (K::Num(a), K::Num(b)) => {
-                mark(&self);
-                mark(&r);
-                let (a, b) = (a.dec()?, b.dec()?);
-                charge_digits(&a, &b)?;
+                let (a, b) = operands(&self, &r, a, b)?;
                 aligned_ok(&a, &b)?;
                 dec_val(a - b)
             }
@@ -762,10 +765,7 @@ impl std::ops::Mul for Val {
         use jaq_core::ops::Math::Mul;
         match (&self.k, &r.k) {
             (K::Num(a), K::Num(b)) => {
-                mark(&self);
-                mark(&r);
-                let (a, b) = (a.dec()?, b.dec()?);
-                charge_digits(&a, &b)?;
+                let (a, b) = operands(&self, &r, a, b)?;
                 if a.digits() + b.digits() > MAX_DIGITS {
                     return Err(too_big());
                 }
@@ -798,10 +798,7 @@ impl std::ops::Div for Val {
         use jaq_core::ops::Math::Div;
         match (&self.k, &r.k) {
             (K::Num(a), K::Num(b)) => {
-                mark(&self);
-                mark(&r);
-                let (a, b) = (a.dec()?, b.dec()?);
-                charge_digits(&a, &b)?;
+                let (a, b) = operands(&self, &r, a, b)?;
                 dec_val(exact_div(&a, &b)?)
             }
             (K::Str(a), K::Str(b)) => {
@@ -820,10 +817,7 @@ impl std::ops::Rem for Val {
         use jaq_core::ops::Math::Rem;
         match (&self.k, &r.k) {
             (K::Num(a), K::Num(b)) => {
-                mark(&self);
-                mark(&r);
-                let (a, b) = (a.dec()?, b.dec()?);
-                charge_digits(&a, &b)?;
+                let (a, b) = operands(&self, &r, a, b)?;
                 if !a.is_integer() || !b.is_integer() {
                     return Err(JError::str(format!(
                         "{} % {}: `%` takes integers",

@@ -21,18 +21,6 @@ pub(super) enum Got {
     Absent,
 }
 
-/// The kind of a JSON value, for messages.
-pub(super) fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// An array position as RFC 6901 writes it: digits, no leading zero.
 fn array_index(tok: &str) -> Option<usize> {
     if tok.is_empty() || tok.len() > 1 && tok.starts_with('0') || !tok.bytes().all(|b| b.is_ascii_digit()) {
@@ -83,7 +71,7 @@ pub(super) fn follow<'a>(
                     "path",
                     format!(
                         "`{key}` pointer `{whole}`: `{here}` is {}, which has no `{}`",
-                        kind_of(other),
+                        other.kind_name(),
                         joined(&toks[i..]).trim_start_matches('/')
                     ),
                 ));
@@ -168,7 +156,7 @@ fn project(
         return Err(reject(
             at,
             "type",
-            format!("`from` pointer `{whole}`: `{at}` is {} where `*` needs an array", kind_of(v)),
+            format!("`from` pointer `{whole}`: `{at}` is {} where `*` needs an array", v.kind_name()),
         ));
     };
     if items.is_empty() {

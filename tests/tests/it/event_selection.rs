@@ -18,10 +18,9 @@ use hub_worker::http::auth::Tokens;
 use hub_worker::http::ingest::IngestState;
 use layer1_ingest::{Status, entity as l1};
 use layer2_normalize::entity as l2;
-use layer4_dispatch::{InProcessTransport, Receiver};
 
 use crate::on_both;
-use crate::util::{Backend, Collect, TestDb, test_settings};
+use crate::util::{Backend, Collect, TestDb, hub_on_files};
 
 const SECRET: &str = "It's a Secret to Everybody";
 const ADMIN: &str = "admin-token-for-event-selection";
@@ -158,18 +157,7 @@ impl Github {
         let ingress = loaded.integrations[0].ingress.as_ref().expect("[ingress]");
         let doors = HashMap::from([("github".to_owned(), ingress.door("github").expect("door"))]);
 
-        let transport = Arc::new(InProcessTransport::default());
-        let hub = Hub::builder(url)
-            .settings(test_settings())
-            .transport(transport.clone())
-            .integrations_dir(&dir)
-            .build()
-            .await
-            .expect("hub");
-        hub.start();
-        let core = Arc::new(Collect::default());
-        let cancel = CancellationToken::new();
-        tokio::spawn(Receiver::new(transport, "core.dev", core.clone()).run(cancel.clone()));
+        let (hub, core, cancel) = hub_on_files(url, &dir, &["core.dev"]).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let audit = hub_worker::http::audit::AuditState::with_tokens(hub.clone(), Tokens::admin(ADMIN));

@@ -13,10 +13,9 @@ use hub_worker::{Hub, IngestMeta};
 use layer1_ingest::Status;
 use layer2_normalize::entity as l2;
 use layer3_translate::entity as l3;
-use layer4_dispatch::{InProcessTransport, Receiver};
 
 use crate::on_both;
-use crate::util::{Backend, Collect, TestDb, test_settings};
+use crate::util::{Backend, Collect, TestDb, hub_on_files};
 
 const DESTINATIONS: &[&str] = &["core.members", "core.payments", "core.ledger", "core.telemetry"];
 
@@ -42,16 +41,7 @@ fn load(dir: &Path) -> Loaded {
 /// `HubBuilder::integrations_dir` wires them) and a core app collecting every destination.
 async fn start(url: &str, dir: &Path) -> (Hub, Arc<Collect>, CancellationToken) {
     load(dir); // the directory is clean: a failing build below is the builder's doing
-    let transport = Arc::new(InProcessTransport::default());
-    let b = Hub::builder(url).settings(test_settings()).transport(transport.clone()).integrations_dir(dir);
-    let hub = b.build().await.expect("hub");
-    hub.start();
-    let core = Arc::new(Collect::default());
-    let cancel = CancellationToken::new();
-    for &q in DESTINATIONS {
-        tokio::spawn(Receiver::new(transport.clone(), q, core.clone()).run(cancel.clone()));
-    }
-    (hub, core, cancel)
+    hub_on_files(url, dir, DESTINATIONS).await
 }
 
 async fn settle(hub: &Hub) {

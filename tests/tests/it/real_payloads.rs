@@ -16,10 +16,10 @@ use layer1_ingest::Status;
 use layer1_ingest::entity as l1;
 use layer2_normalize::entity as l2;
 use layer3_translate::entity as l3;
-use layer4_dispatch::{InProcessTransport, InboundMessage, Receiver};
+use layer4_dispatch::InboundMessage;
 
 use crate::on_both;
-use crate::util::{Backend, Collect, TestDb, test_settings};
+use crate::util::{Backend, Collect, TestDb, hub_on_files};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -43,22 +43,7 @@ fn github(event: &str, delivery: &str) -> IngestMeta {
 }
 
 async fn start(url: &str) -> (Hub, Arc<Collect>, CancellationToken) {
-    let dir = repo().join("examples/integrations");
-    let transport = Arc::new(InProcessTransport::default());
-    let hub = Hub::builder(url)
-        .settings(test_settings())
-        .transport(transport.clone())
-        .integrations_dir(&dir)
-        .build()
-        .await
-        .expect("the examples build");
-    hub.start();
-    let core = Arc::new(Collect::default());
-    let cancel = CancellationToken::new();
-    for q in ["core.engineering", "core.payments"] {
-        tokio::spawn(Receiver::new(transport.clone(), q, core.clone()).run(cancel.clone()));
-    }
-    (hub, core, cancel)
+    hub_on_files(url, &repo().join("examples/integrations"), &["core.engineering", "core.payments"]).await
 }
 
 fn by_type<'a>(got: &'a [InboundMessage], t: &str) -> Vec<&'a InboundMessage> {

@@ -306,3 +306,28 @@ pub fn l4_row(
         updated_at: sea_orm::ActiveValue::Set(now),
     }
 }
+
+/// A started hub running the integration files in `dir` over an in-process transport, and a
+/// core app collecting what reaches `queues`; cancel the token to stop the receivers.
+pub async fn hub_on_files(
+    url: &str,
+    dir: &std::path::Path,
+    queues: &[&str],
+) -> (Hub, Arc<Collect>, tokio_util::sync::CancellationToken) {
+    let transport = Arc::new(InProcessTransport::default());
+    let hub = Hub::builder(url)
+        .settings(test_settings())
+        .transport(transport.clone())
+        .integrations_dir(dir)
+        .build()
+        .await
+        .expect("the integrations build");
+    hub.start();
+    let core = Arc::new(Collect::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    for &q in queues {
+        let r = layer4_dispatch::Receiver::new(transport.clone(), q, core.clone());
+        tokio::spawn(r.run(cancel.clone()));
+    }
+    (hub, core, cancel)
+}
