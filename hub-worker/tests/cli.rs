@@ -345,7 +345,7 @@ fn the_example_integrations_pass_the_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 file integration(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("8 file integration(s)"));
     // With the HTTP server on, their front doors' and targets' secrets must be there: set, it
     // passes.
     let dir = std::env::temp_dir().join(format!("po-chk-{}", uuid::Uuid::now_v7().simple()));
@@ -362,7 +362,7 @@ fn the_example_integrations_pass_the_check() {
     )
     .expect("write");
     // The front doors' secrets are checked because the HTTP server is on, the targets' because
-    // deliveries run (an inbound queue): six in all.
+    // deliveries run (an inbound queue): eight in all.
     let run = |secrets: bool| {
         let mut c = hub_worker();
         c.args(["check", "--config"]).arg(&cfg).env("HUB_ADMIN_TOKEN", "0123456789abcdef-admin");
@@ -372,21 +372,25 @@ fn the_example_integrations_pass_the_check() {
                 .env("IOT_GATEWAY_KEYS", "gateway-key-0123456789")
                 .env("CRM_API_TOKEN", "crm-api-token-0123456789")
                 .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
-                .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+                .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+                .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef");
         } else {
             c.env_remove("CRM_WEBHOOK_SECRET")
                 .env_remove("PAYMENTS_WEBHOOK_SECRET")
                 .env_remove("IOT_GATEWAY_KEYS")
                 .env_remove("CRM_API_TOKEN")
                 .env_remove("PAYMENTS_API_KEY")
-                .env_remove("PARTNER_WEBHOOK_SECRET");
+                .env_remove("PARTNER_WEBHOOK_SECRET")
+                .env_remove("GITHUB_WEBHOOK_SECRET")
+                .env_remove("STRIPE_WEBHOOK_SECRET");
         }
         c.env("RUST_BACKTRACE", "0").output().expect("runs")
     };
     let out = run(false);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("6 problem(s)"),
+        String::from_utf8_lossy(&out.stderr).contains("8 problem(s)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -424,6 +428,8 @@ async fn run_serves_file_integrations_over_http() {
         .env("CRM_API_TOKEN", "crm-api-token-0123456789")
         .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
@@ -512,6 +518,8 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
         .env("CRM_API_TOKEN", "crm-api-token-0123456789")
         .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");

@@ -150,6 +150,8 @@ impl Worker {
             .env("CRM_API_TOKEN", "crm-api-token-0123456789")
             .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
             .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+            .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
             .env_remove("HUB_LOG")
             .stderr(Stdio::piped())
             .spawn()
@@ -409,6 +411,8 @@ async fn ctrl_c_while_waiting_exits_cleanly_and_refusals_are_not_waited_for() {
         .env("CRM_API_TOKEN", "crm-api-token-0123456789")
         .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
         .output()
         .expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);

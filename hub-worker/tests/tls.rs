@@ -49,6 +49,8 @@ fn with_secrets(c: &mut Command) -> &mut Command {
         .env("CRM_API_TOKEN", "crm-api-token-0123456789")
         .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
         .env("RUST_BACKTRACE", "0")
 }
 
