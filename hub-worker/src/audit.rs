@@ -124,7 +124,8 @@ pub async fn message_with(
     access: RawAccess,
     cfg: &AuditConfig,
 ) -> Result<MessageView> {
-    let lineage = lineage(db, id).await?;
+    let mut lineage = lineage(db, id).await?;
+    withhold_reasons(&mut lineage.entries, access, cfg);
     let shown = access == RawAccess::Shown;
     let raw_ids: Vec<Uuid> = lineage.entries.iter().filter(|e| e.layer == Layer::Raw).map(|e| e.id).collect();
     let rows = l1::Entity::find().filter(l1::Column::Id.is_in(raw_ids)).all(db).await?;
@@ -200,6 +201,23 @@ pub async fn message_with(
     let content::Content { records, translations, dispatches } =
         content::content_of(db, &lineage, access, cfg).await?;
     Ok(MessageView { lineage, raw, deliveries, receipts, records, translations, dispatches })
+}
+
+/// What a rejection says after its field and rule may quote the offending value (a schema
+/// error does): for a source that redacts fields, a reader without scope `raw` sees only where
+/// and which rule ([`layer1_ingest::reason_summary`]), as the WARN log does.
+pub fn withhold_reasons(entries: &mut [LineageEntry], access: RawAccess, cfg: &AuditConfig) {
+    if access == RawAccess::Shown {
+        return;
+    }
+    for e in entries.iter_mut().filter(|e| cfg.redactions.get(&e.source).is_some()) {
+        if let Some(reason) = &e.last_error {
+            let short = layer1_ingest::reason_summary(reason);
+            if short.len() < reason.len() {
+                e.last_error = Some(format!("{short} (the rest {WITHHELD}: this source redacts fields)"));
+            }
+        }
+    }
 }
 
 /// A listing's filters. Ordered by id (UUIDv7: creation order); `cursor` is the last id of the

@@ -72,8 +72,8 @@ struct InCore {
 pub struct SourceRedaction {
     pointers: Vec<String>,
     record: Vec<InRecord>,
-    /// By mapping name.
-    core: Vec<(String, InCore)>,
+    /// By mapping name and version.
+    core: Vec<(String, String, InCore)>,
 }
 
 impl SourceRedaction {
@@ -135,8 +135,17 @@ impl SourceRedaction {
             mapping.outputs_reading(&|p| self.reads_redacted(p)).iter().filter_map(|o| tokens(o)).collect();
         let extras =
             (spec.on_unmapped == OnUnmapped::KeepInExtras).then(|| tokens(&spec.extras_at)).flatten();
+        let rules = InCore { message_type: spec.message_type.clone(), fields, extras };
+        self.core.push((spec.name.clone(), spec.version.clone(), rules));
+    }
+
+    /// Whether a core message of `message_type` has `pointer` (or a field around or inside it)
+    /// masked: what a route's ordering key must not read, as it is shown unmasked.
+    pub fn masks_core_field(&self, message_type: &str, pointer: &str) -> bool {
+        let Some(p) = tokens(pointer) else { return false };
         self.core
-            .push((spec.name.clone(), InCore { message_type: spec.message_type.clone(), fields, extras }));
+            .iter()
+            .any(|(_, _, c)| c.message_type == message_type && c.fields.iter().any(|f| overlaps(f, &p)))
     }
 
     /// Masks the redacted fields of the layer 2 record number `index` of a payload; returns
@@ -151,15 +160,32 @@ impl SourceRedaction {
         masked
     }
 
-    /// Masks the fields of a core message that mapping `mapping` (by name) filled from
+    /// Masks the fields of a core message that mapping `mapping` (name, version) filled from
     /// redacted record fields; when the mapping is not known (`None`, or a mapping no longer
-    /// in the file), those of every mapping of the source producing `message_type`. Returns
-    /// the pointers masked.
-    pub fn mask_core(&self, mapping: Option<&str>, message_type: &str, body: &mut Value) -> Vec<String> {
-        let named: Vec<&InCore> =
-            self.core.iter().filter(|(n, _)| Some(n.as_str()) == mapping).map(|(_, c)| c).collect();
+    /// in the file), those of every mapping of the source producing `message_type`. A message
+    /// made by another version of a mapping still in the file is masked whole: what that
+    /// version read is not known any more. Returns the pointers masked.
+    pub fn mask_core(
+        &self,
+        mapping: Option<(&str, &str)>,
+        message_type: &str,
+        body: &mut Value,
+    ) -> Vec<String> {
+        if let Some((name, version)) = mapping
+            && self.core.iter().any(|(n, v, _)| n == name && v != version)
+            && !self.core.iter().any(|(n, v, _)| n == name && v == version)
+        {
+            *body = Value::String(MASK.to_owned());
+            return vec![String::new()];
+        }
+        let named: Vec<&InCore> = self
+            .core
+            .iter()
+            .filter(|(n, v, _)| mapping == Some((n.as_str(), v.as_str())))
+            .map(|(_, _, c)| c)
+            .collect();
         let rules: Vec<&InCore> = if named.is_empty() {
-            self.core.iter().filter(|(_, c)| c.message_type == message_type).map(|(_, c)| c).collect()
+            self.core.iter().filter(|(_, _, c)| c.message_type == message_type).map(|(_, _, c)| c).collect()
         } else {
             named
         };
@@ -291,7 +317,11 @@ mod tests {
         let r = loaded.integrations[0].redaction.as_ref().expect("rules");
         assert_eq!(r.pointers(), ["/data/object/client_secret"]);
         let mut body = value(r#"{"secret":"pi_secret"}"#);
-        assert_eq!(r.mask_core(Some("m"), "t", &mut body), vec!["/secret"]);
+        assert_eq!(r.mask_core(Some(("m", "1")), "t", &mut body), vec!["/secret"]);
+        // A message made by another version of the mapping: what it read is unknown, all masked.
+        let mut old = value(r#"{"token":"pi_secret","id":"pi_1"}"#);
+        assert_eq!(r.mask_core(Some(("m", "0")), "t", &mut old), vec![""]);
+        assert_eq!(old.as_str(), Some(MASK));
 
         w("s.toml", &file(r#"["data/object/client_secret", "/data/object/card"]"#));
         let loaded = crate::files::load_dir(&dir, false);
@@ -299,6 +329,19 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[0].contains("s.toml:3:") && got[0].contains("is not a JSON pointer"), "{got:?}");
         assert!(got[1].contains("`/data/object/card` cannot exist"), "{got:?}");
+
+        // Ids and ordering keys are shown unmasked: reading them from a redacted field is refused.
+        let leaky = file(r#"["/data/object/client_secret"]"#)
+            .replace("[kinds.k]\n", "[kinds.k]\nsource_ref = \"/data/object/client_secret\"\n")
+            .replace("destination = \"q\"\n", "destination = \"q\"\nordering_key = \"/secret\"\n")
+            .replace("[payload]\n", "[payload]\nevent_ref = \"/data/object/client_secret\"\n");
+        w("s.toml", &leaky);
+        let loaded = crate::files::load_dir(&dir, false);
+        let got: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.iter().any(|g| g.contains("an event id is shown on every row")), "{got:?}");
+        assert!(got.iter().any(|g| g.contains("a record id is shown on every row")), "{got:?}");
+        assert!(got.iter().any(|g| g.contains("an ordering key is shown on every row")), "{got:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -355,7 +398,7 @@ mod tests {
         let mut body = value(
             r#"{"intent_id":"pi_3Q","secret":"s","object":{"pin":"1"},"extras":{"/data/object/client_secret":"s","/livemode":false}}"#,
         );
-        let masked = r.mask_core(Some("intent"), "payment.intent", &mut body);
+        let masked = r.mask_core(Some(("intent", "1")), "payment.intent", &mut body);
         assert_eq!(masked, vec!["/extras/~1data~1object~1client_secret", "/object", "/secret"]);
         assert_eq!(body.pointer("/intent_id").and_then(Value::as_str), Some("pi_3Q"));
         assert_eq!(body.pointer("/extras/~1livemode").map(Value::to_json).as_deref(), Some("false"));

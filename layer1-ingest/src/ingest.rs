@@ -29,6 +29,13 @@ pub const MAX_HEADERS: usize = 64;
 const SECRET_HEADER_PARTS: &[&str] =
     &["authorization", "signature", "cookie", "token", "secret", "key", "password", "auth"];
 
+/// Whether ingest stores this header's value as `[redacted]` (its name, in any case, holds a
+/// part of [`SECRET_HEADER_PARTS`]): nothing can test such a value later.
+pub fn is_redacted_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_HEADER_PARTS.iter().any(|p| name.contains(p))
+}
+
 /// What a caller hands to layer 1.
 #[derive(Debug, Clone)]
 pub struct NewRaw<'a> {

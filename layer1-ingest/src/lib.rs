@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use ids::{CoreMessageId, DispatchId, RawId, RecordId};
 pub use ingest::{IngestOutcome, Ingested, NewRaw, ingest, ingest_many};
 pub use lineage::{LineageEntry, LineageTable};
-pub use outcome::{Failure, Rejection, guarded};
+pub use outcome::{Failure, Rejection, guarded, reason_summary};
 pub use stage::{Stage, StageSettings, Wakeup, run_stage};
 pub use status::{Direction, Layer, Status};
 pub use table::{LayerTable, Transition};

@@ -43,6 +43,23 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The part of a stored rejection reason that names where and which rule, without the
+/// sentence after it: `field \`/email\` failed rule \`format\``. The sentence may quote the
+/// offending value (a schema error does), so it is left out of logs and of views for readers
+/// who may not see payload values. A reason of another shape (a transient failure's) is
+/// returned whole: it holds no payload.
+pub fn reason_summary(reason: &str) -> &str {
+    let shaped = reason.starts_with("field `") || reason.starts_with("input failed rule `");
+    if !shaped {
+        return reason;
+    }
+    // The rule name is the last backquoted word before the first "`: ".
+    match reason.find("failed rule `").and_then(|i| reason[i..].find("`: ").map(|j| i + j + 1)) {
+        Some(end) => &reason[..end],
+        None => reason,
+    }
+}
+
 /// Why an integration could not process a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -99,5 +116,23 @@ where
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(Failure::Transient(format!("integration panicked: {msg}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_summary_keeps_where_and_which_rule_only() {
+        let r = Rejection::field("/customer/email", "format", "\"ada@\" is not a \"email\"").to_string();
+        assert_eq!(reason_summary(&r), "field `/customer/email` failed rule `format`");
+        let w = Rejection::whole("json", "payload is not JSON: `{x` at 1:2").to_string();
+        assert_eq!(reason_summary(&w), "input failed rule `json`");
+        assert_eq!(
+            reason_summary("broker unreachable: connection refused"),
+            "broker unreachable: connection refused"
+        );
+        assert_eq!(reason_summary("field `/a` failed rule"), "field `/a` failed rule");
     }
 }

@@ -389,9 +389,12 @@ pub async fn transition<E: LayerTable, C: ConnectionTrait>(
 /// updates ([`transition`], [`transition_leased`]) call it for the rows they changed, and the
 /// few places that insert a row already rejected (a conflicting resend at ingest, a core
 /// message breaking the contract at intake, a request that could not be built) call it for
-/// the rows they wrote. The reason names a field and a rule; no payload content is logged.
+/// the rows they wrote. Only the reason's field and rule are logged
+/// ([`crate::reason_summary`]): its sentence may quote a payload value, which the audit desk
+/// shows to those allowed to see it.
 pub fn log_given_up(layer: Layer, id: Uuid, source: &str, status: Status, reason: Option<&str>) {
     if status.is_given_up() {
+        let reason = reason.map(crate::reason_summary);
         tracing::warn!(
             table = layer.table(),
             layer = layer.number(),

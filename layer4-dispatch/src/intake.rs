@@ -188,13 +188,22 @@ pub async fn store_inbound(
         _ => 0,
     };
     if !breaches.is_empty() && stored > 0 {
-        let new: Vec<Uuid> = Entity::find()
+        // Only to log which breaches were stored (not already on record): the messages are
+        // committed, so a failing lookup must not fail the intake.
+        let new: Vec<Uuid> = match Entity::find()
             .select_only()
             .column(Column::Id)
             .filter(Column::Id.is_in(breaches.iter().map(|b| b.0)))
             .into_tuple()
             .all(db)
-            .await?;
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read back the stored contract breaches to log them");
+                Vec::new()
+            }
+        };
         for (id, source, why) in breaches.iter().filter(|b| new.contains(&b.0)) {
             layer1_ingest::table::log_given_up(
                 layer1_ingest::Layer::Dispatch,

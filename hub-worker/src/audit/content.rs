@@ -183,13 +183,14 @@ pub(super) async fn content_of(
             }
         })
         .collect();
-    let mapping_of: BTreeMap<Uuid, String> = r3.iter().map(|r| (r.id, r.mapping_name.clone())).collect();
+    let mapping_of: BTreeMap<Uuid, (String, String)> =
+        r3.iter().map(|r| (r.id, (r.mapping_name.clone(), r.mapping_version.clone()))).collect();
     let translations = r3
         .into_iter()
         .map(|r| {
             let mut body = document(&r.body);
             let redacted = rules(&r.source, r.direction)
-                .map(|x| x.mask_core(Some(&r.mapping_name), &r.message_type, &mut body))
+                .map(|x| x.mask_core(Some((&r.mapping_name, &r.mapping_version)), &r.message_type, &mut body))
                 .unwrap_or_default();
             TranslationView {
                 id: r.id,
@@ -209,7 +210,7 @@ pub(super) async fn content_of(
         .map(|r| {
             let mut body = document(&r.body);
             // A layer 4 body is its layer 3 parent's: masked by the same mapping.
-            let mapping = r.parent_id.and_then(|p| mapping_of.get(&p)).map(String::as_str);
+            let mapping = r.parent_id.and_then(|p| mapping_of.get(&p)).map(|(n, v)| (n.as_str(), v.as_str()));
             let redacted = rules(&r.source, r.direction)
                 .map(|x| x.mask_core(mapping, &r.message_type, &mut body))
                 .unwrap_or_default();

@@ -195,6 +195,15 @@ impl OutboundStage {
     ) -> layer1_ingest::Result<Vec<Final>> {
         let mut finals = Vec::new();
         for (row, failure) in failed {
+            // Downstream has no drop rules: a translator that says "dropped" refuses the core
+            // message, which then gets its receipt like any refusal.
+            let failure = match failure {
+                Failure::Dropped { rule } => Failure::Rejected(Rejection::whole(
+                    "dropped",
+                    format!("the outbound translator dropped it (rule `{rule}`)"),
+                )),
+                other => other,
+            };
             let t = failure_transition(row.attempts, &failure, &self.settings, now);
             if transition_leased::<CoreTable, C>(txn, lease.until, &[row.id], &t, now).await?.is_empty() {
                 continue; // our lease ended and another worker has the row

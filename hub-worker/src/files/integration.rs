@@ -156,7 +156,7 @@ pub(super) fn load_integration(
     let outbound =
         load_downstream(&mut d, &f.source, f.target.as_ref(), &f.outbound, base, catalogue, secrets.targets);
     let routes = check_routes(&mut d, &f.source, f.routes, catalogue, &kinds.produced);
-    let redaction = redaction(&mut d, &f.payload, envelope.as_ref(), &kinds);
+    let redaction = redaction(&mut d, &f.payload, envelope.as_ref(), &kinds, &routes);
     if secrets.ingress
         && let Some(ing) = &f.ingress
     {
@@ -194,11 +194,13 @@ pub(super) fn load_integration(
 /// `[payload] redact`: each a JSON pointer (`*` for any array index) that can exist in a
 /// payload (its schema's, when there is one; a record's, when it points into the records or
 /// the payload is the record); the rules they make for the audit desk, none without pointers.
+/// The event id, record ids and ordering keys, shown unmasked, must not read redacted fields.
 fn redaction(
     d: &mut FileDiags<'_>,
     p: &PayloadSpec,
     envelope: Option<&JsonSchema>,
     kinds: &Kinds,
+    routes: &[Route],
 ) -> Option<crate::redact::SourceRedaction> {
     if p.redact.is_empty() {
         return None;
@@ -244,6 +246,41 @@ fn redaction(
     let mut rules = crate::redact::SourceRedaction::new(&p.redact, p.records.as_deref(), &p.carry);
     for m in &kinds.mappings {
         rules.add_mapping(m);
+    }
+    // Ids and ordering keys are shown on every row, unmasked: they must not be read from a
+    // redacted field.
+    let payload_pointers: Vec<Vec<String>> =
+        p.redact.iter().filter_map(|r| layer1_ingest::json::tokens(r)).collect();
+    if let Some(e) = &p.event_ref
+        && let Some(t) = layer1_ingest::json::tokens(e)
+        && payload_pointers.iter().any(|r| r.iter().zip(&t).all(|(a, b)| a == b || a == "*" || b == "*"))
+    {
+        d.at(
+            &["payload", "event_ref"],
+            format!("`{e}` is redacted: an event id is shown on every row, unmasked"),
+        );
+    }
+    for k in &kinds.declared {
+        if let Some(sref) = &k.source_ref
+            && rules.reads_redacted(sref)
+        {
+            d.at(
+                &["kinds", &k.name, "source_ref"],
+                format!("`{sref}` is redacted: a record id is shown on every row, unmasked"),
+            );
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(key) = &r.ordering_key
+            && kinds.produced.iter().any(|(t, _)| r.matches_type(t) && rules.masks_core_field(t, key))
+        {
+            d.at(
+                &["routes", &i.to_string(), "ordering_key"],
+                format!(
+                    "`{key}` is filled from a redacted field: an ordering key is shown on every row, unmasked"
+                ),
+            );
+        }
     }
     Some(rules)
 }

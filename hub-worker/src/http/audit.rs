@@ -154,8 +154,16 @@ pub async fn core_message(
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(State(s): State<AuditState>, Query(q): Query<ListQuery>) -> Response {
-    answer(audit::list(s.hub.db(), &q).await)
+pub async fn list(
+    State(s): State<AuditState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let access = raw_access(&caller);
+    answer(audit::list(s.hub.db(), &q).await.map(|mut page| {
+        audit::withhold_reasons(&mut page.items, access, &s.config);
+        page
+    }))
 }
 
 /// `GET /v1/stats`

@@ -240,6 +240,15 @@ impl Condition {
                 Some(format!("`{h}` is not a header name (letters, digits and `-`, like X-GitHub-Event)"))
             }
             Shape::Header(h)
+                if (self.equals.is_some() || self.one_of.is_some())
+                    && crate::ingest::is_redacted_header(h) =>
+            {
+                Some(format!(
+                    "header `{h}` is stored as [redacted] (its name looks like a credential's): only \
+                     `exists` can test it"
+                ))
+            }
+            Shape::Header(h)
                 if self.equals.iter().chain(self.one_of.iter().flatten()).any(|v| !v.is_string()) =>
             {
                 Some(format!("header `{h}` is text: compare it with strings (equals = \"...\")"))
@@ -430,6 +439,10 @@ mod tests {
     #[test]
     fn problems_name_what_is_wrong_and_where() {
         let p = |s: &str| c(s).problem().unwrap_or_default();
+        // Bitbucket's event type is in `X-Event-Key`: ingest stores it redacted, so an equality
+        // test would never hold; refused, `exists` allowed.
+        assert!(p(r#"{"header":"X-Event-Key","equals":"repo:push"}"#).contains("stored as [redacted]"));
+        assert!(c(r#"{"header":"X-Event-Key","exists":true}"#).problem().is_none());
         assert!(
             p(r#"{"pointer":"/a","header":"x"}"#).contains("exactly one of"),
             "{}",
