@@ -305,6 +305,19 @@ pub(super) fn timestamp(
             }
         },
     };
+    // RFC 3339 (and JSON Schema's `date-time`) writes four-digit years; chrono would write
+    // `+55840-11-08T...` for milliseconds read as seconds.
+    let year = t.with_timezone(&Utc).year();
+    if !(0..=9999).contains(&year) || !(0..=9999).contains(&t.year()) {
+        return Err(bad(format!("`{text}` is outside the years 0000 to 9999 that RFC 3339 can write")));
+    }
+    // chrono takes `:60` anywhere as a leap second; one is only ever inserted at 23:59:60 UTC.
+    if t.nanosecond() >= 1_000_000_000 {
+        let u = t.with_timezone(&Utc);
+        if (u.hour(), u.minute(), u.second()) != (23, 59, 59) {
+            return Err(bad(format!("`{text}` has a second 60 that is not a leap second (23:59:60 UTC)")));
+        }
+    }
     let digits = match precision {
         None => SecondsFormat::AutoSi,
         Some(Precision::Seconds) => SecondsFormat::Secs,

@@ -301,6 +301,14 @@ impl Num {
         }
     }
 
+    /// The length of its text (or of its digits), for the budget.
+    fn text_len(&self) -> usize {
+        match self {
+            Num::Text(t) => t.len(),
+            Num::Dec(d) => d.digits() as usize,
+        }
+    }
+
     fn text(&self) -> String {
         match self {
             Num::Text(t) => t.to_string(),
@@ -315,6 +323,9 @@ impl Num {
         {
             return Ordering::Equal;
         }
+        // Each comparison reads both numbers again: charged by their length (the next
+        // fallible step ends a run that went over).
+        note(1 + (self.text_len() + other.text_len()) as u64 / 16, 0);
         match (self.dec(), other.dec()) {
             (Ok(a), Ok(b)) => a.cmp(&b),
             _ => Ordering::Equal,
@@ -948,10 +959,13 @@ impl ValT for Val {
             K::Null => Ok(self),
             K::Arr(a) => {
                 let (s, e) = Val::bounds(&range, a.len())?;
+                charge((e.saturating_sub(s)) as u64 / 64, 0)?;
                 Val::arr(a[s..e].to_vec())
             }
             K::Str(t) => {
                 mark(&self);
+                // Slicing walks the whole text: charged by its length, not as one step.
+                charge(t.len() as u64 / 64, 0)?;
                 let chars: Vec<char> = t.chars().collect();
                 let (s, e) = Val::bounds(&range, chars.len())?;
                 Val::str(chars[s..e].iter().collect::<String>())
@@ -1481,9 +1495,10 @@ fn fan(t: &load::parse::Term<&str>) -> Result<u64, String> {
         Term::IfThenElse(branches, els) => {
             let mut conds = 1u64;
             let mut outs = els.as_deref().map(fan).transpose()?.unwrap_or(1);
+            // Each value of a condition runs one branch: the widest one bounds the outputs.
             for (c, b) in branches {
                 conds = conds.saturating_mul(fan(c)?);
-                outs = outs.saturating_add(fan(b)?);
+                outs = outs.max(fan(b)?);
             }
             conds.saturating_mul(outs)
         }

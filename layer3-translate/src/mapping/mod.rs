@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Timelike, Utc};
 use layer1_ingest::json::{Map, Number, Value};
 use serde::Deserialize;
 
@@ -69,6 +69,8 @@ mod money;
 mod paths;
 mod reads;
 mod spec;
+#[cfg(test)]
+mod tests_adversarial;
 #[cfg(test)]
 mod tests_paths;
 #[cfg(test)]

@@ -126,6 +126,11 @@ fn to_minor_units(v: &Value, exp: u16, at: &str, code: &str) -> Result<Value, Re
         Some(b) => (true, b),
         None => (false, text.as_str()),
     };
+    // Zero is zero whatever its exponent (`0e5000`, `0.0e-99999999999999999999`).
+    let mantissa_only = body.split(['e', 'E']).next().unwrap_or("");
+    if mantissa_only.bytes().all(|b| b == b'0' || b == b'.') {
+        return Ok(Value::Number(Number::parse("0").ok_or_else(not_amount)?));
+    }
     let (mantissa, e10) = match body.split_once(['e', 'E']) {
         Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<i64>().map_err(|_| not_amount())?),
         None => (body, 0),
@@ -144,7 +149,7 @@ fn to_minor_units(v: &Value, exp: u16, at: &str, code: &str) -> Result<Value, Re
         };
         digits.push_str(&"0".repeat(zeros));
     } else {
-        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
+        let cut = shift.checked_neg().and_then(|c| usize::try_from(c).ok()).unwrap_or(usize::MAX);
         let (kept, below) =
             if cut >= digits.len() { ("", digits.as_str()) } else { digits.split_at(digits.len() - cut) };
         if below.bytes().any(|b| b != b'0') {
