@@ -61,6 +61,20 @@ use layer2_normalize::JsonSchema;
 
 use crate::translator::{CoreMessage, Fidelity, RecordInput, Translation, Translator};
 
+/// serde_json's `json!`, as the hub's document: for the tests of this module and its files.
+#[cfg(test)]
+macro_rules! json {
+    ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
+}
+
+/// A mapping named `m` producing `t` v1 with these `fields`, `ignore` list and `on_unmapped`.
+#[cfg(test)]
+fn test_mapping(fields: Value, ignore: Value, on_unmapped: &str) -> Result<Mapping, Vec<MappingIssue>> {
+    let spec = json!({"name": "m", "version": "1", "message_type": "t", "type_version": "1",
+        "on_unmapped": on_unmapped, "ignore": ignore, "fields": fields});
+    Mapping::compile(serde_json::from_str(&spec.to_json()).expect("spec"))
+}
+
 mod compile;
 mod eval;
 mod expr;
@@ -199,11 +213,6 @@ impl Translator for MappingTranslator {
 mod tests {
     use super::compile::parse_offset;
     use super::*;
-
-    /// serde_json's `json!`, as the hub's document.
-    macro_rules! json {
-        ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
-    }
 
     fn spec(v: Value) -> MappingSpec {
         serde_json::from_str(&v.to_json()).expect("spec")

@@ -4,18 +4,8 @@
 use super::*;
 use std::time::Instant;
 
-macro_rules! json {
-    ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
-}
-
 fn mapping(fields: Value) -> Result<Mapping, Vec<MappingIssue>> {
-    let spec: MappingSpec = serde_json::from_str(
-        &json!({"name": "m", "version": "1", "message_type": "t", "type_version": "1",
-            "on_unmapped": "ignore", "fields": fields})
-        .to_json(),
-    )
-    .expect("spec");
-    Mapping::compile(spec)
+    test_mapping(fields, json!([]), "ignore")
 }
 
 /// Runs `f` on a thread with a 2 MiB stack (a tokio worker's), reporting a panic as Err.

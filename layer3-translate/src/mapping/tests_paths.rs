@@ -5,11 +5,6 @@
 use super::fidelity::matches_ignore;
 use super::*;
 
-/// serde_json's `json!`, as the hub's document.
-macro_rules! json {
-    ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
-}
-
 const USER: &str = r#"{"login": "octocat", "id": 583231, "node_id": "MDQ6VXNlcjU4MzIzMQ==",
     "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4", "gravatar_id": "",
     "url": "https://api.github.com/users/octocat", "html_url": "https://github.com/octocat",
@@ -64,9 +59,7 @@ fn mapping(fields: Value) -> Result<Mapping, Vec<MappingIssue>> {
 }
 
 fn mapping_with(fields: Value, ignore: Value, on_unmapped: &str) -> Result<Mapping, Vec<MappingIssue>> {
-    let spec = json!({"name": "gh", "version": "1", "message_type": "issue.opened", "type_version": "1",
-        "on_unmapped": on_unmapped, "ignore": ignore, "fields": fields});
-    Mapping::compile(serde_json::from_str(&spec.to_json()).expect("spec"))
+    test_mapping(fields, ignore, on_unmapped)
 }
 
 fn text(v: &Value) -> String {

@@ -3,19 +3,8 @@
 
 use super::*;
 
-/// serde_json's `json!`, as the hub's document.
-macro_rules! json {
-    ($($t:tt)+) => { Value::from(serde_json::json!($($t)+)) };
-}
-
 fn mapping(fields: Value) -> Result<Mapping, Vec<MappingIssue>> {
-    let spec: MappingSpec = serde_json::from_str(
-        &json!({"name": "m", "version": "1", "message_type": "t", "type_version": "1",
-            "on_unmapped": "ignore", "fields": fields})
-        .to_json(),
-    )
-    .expect("spec");
-    Mapping::compile(spec)
+    test_mapping(fields, json!([]), "ignore")
 }
 
 fn compiled(fields: Value) -> Mapping {
