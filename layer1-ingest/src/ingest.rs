@@ -30,7 +30,7 @@ const SECRET_HEADER_PARTS: &[&str] =
     &["authorization", "signature", "cookie", "token", "secret", "key", "password", "auth"];
 
 /// Whether ingest stores this header's value as `[redacted]` (its name, in any case, holds a
-/// part of [`SECRET_HEADER_PARTS`]): nothing can test such a value later.
+/// part of the names ingest treats as secret): nothing can test such a value later.
 pub fn is_redacted_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SECRET_HEADER_PARTS.iter().any(|p| name.contains(p))

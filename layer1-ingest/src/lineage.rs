@@ -74,7 +74,7 @@ pub trait LineageTable: LayerTable {
     /// The columns [`LineageTable::select_entries`] reads.
     type EntryRow: FromQueryResult + Into<LineageEntry> + Send + Sync;
 
-    /// The columns of an entry besides [`select_entries`]' common ones: `source_ref`,
+    /// The columns of an entry besides `select_entries`' common ones: `source_ref`,
     /// `replayed_by` where the layer has it, and the summary's.
     fn entry_columns(select: Select<Self>) -> Select<Self>;
 

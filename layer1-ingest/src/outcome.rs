@@ -70,7 +70,7 @@ pub enum Failure {
     /// with backoff, then `dead`.
     Transient(String),
     /// Good input that a declared rule (named here) says the hub does not want: the row becomes
-    /// `dropped`, final, with `dropped by rule \`<rule>\`` as its reason, and has no children.
+    /// `dropped`, final, with ``dropped by rule `name` `` as its reason, and has no children.
     ///
     /// A variant here rather than an `Ok` with no records: a stage settles every row it could
     /// not carry on through one path (the guarded, leased write of [`Failure`]s), and a drop is

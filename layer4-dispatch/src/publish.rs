@@ -10,7 +10,7 @@
 //! copy would only lengthen the queue it is waiting on. Waiting for a receipt never kills a
 //! message: past `max_attempts` publishes the row stays `queued`, its `last_error` says how long
 //! it has waited, and the condition is logged and counted as an alert. Rows with an ordering
-//! key are claimed by [`crate::ordered`] and published in per-key chains.
+//! key are claimed by the `ordered` module and published in per-key chains.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -53,9 +53,11 @@ impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
-/// A test on a JSON document and the request headers it came with. See the
-/// [module](self) for the syntax. Numbers compare by their exact text (`1.0` is not `1`); a
-/// header's value is text and compares with strings. Build one in code with [`Condition::at`],
+/// A test on a JSON document and the request headers it came with:
+/// `{ pointer = "/type", equals = "x" }` (or `in = [...]`, `exists = true|false`),
+/// `{ header = "X-GitHub-Event", equals = "issues" }`, `{ all = [...] }`, `{ any = [...] }`,
+/// `{ not = {...} }`. Numbers compare by their exact text (`1.0` is not `1`); a header's value
+/// is text and compares with strings. Build one in code with [`Condition::at`],
 /// [`Condition::header`], [`Condition::all`], [`Condition::any`], `!condition` and the
 /// tests [`Condition::equals`], [`Condition::one_of`], [`Condition::exists`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
