@@ -16,6 +16,7 @@ pub mod json;
 pub mod lineage;
 pub mod metrics;
 pub mod outcome;
+pub mod pull;
 pub mod stage;
 pub mod status;
 pub mod table;
