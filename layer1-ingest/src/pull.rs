@@ -148,6 +148,16 @@ pub struct Position {
     pub since: Option<String>,
 }
 
+impl Position {
+    /// The position for the next run to continue a listing that one run left at
+    /// [`Next::PageLimit`]: the same page and saved cursor, the page count back to zero. (A run
+    /// resumed after a crash keeps its count: use the saved position as it is.)
+    pub fn new_run(mut self) -> Position {
+        self.pages = 0;
+        self
+    }
+}
+
 /// The next page of a [`Position`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -659,32 +669,35 @@ pub fn link_next(header: &str) -> Option<String> {
         let end = start + header.get(start..)?.find('>')?;
         let target = header.get(start..end)?.trim();
         i = end + 1;
-        // Parameters up to the next `,` outside quotes.
-        let mut params = String::new();
+        // Parameters up to the next `,` outside quotes, split at `;` outside quotes, so that a
+        // quoted title holding `, <...>; rel=next` is never read as a link or a relation.
+        let mut params: Vec<String> = vec![String::new()];
         let mut quoted = false;
         while i < b.len() {
             let c = b[i];
-            if c == b'\\' && quoted && i + 1 < b.len() {
-                params.push(char::from(b[i + 1]));
-                i += 2;
+            i += 1;
+            if quoted && c == b'\\' && i < b.len() {
+                i += 1;
                 continue;
             }
-            if c == b'"' {
-                quoted = !quoted;
-            } else if c == b',' && !quoted {
-                i += 1;
-                break;
+            match c {
+                b'"' => quoted = !quoted,
+                b',' if !quoted => break,
+                b';' if !quoted => params.push(String::new()),
+                // Only ASCII matters for `rel`; other bytes of quoted values are dropped.
+                _ if c.is_ascii() => {
+                    if let Some(last) = params.last_mut() {
+                        last.push(char::from(c));
+                    }
+                }
+                _ => {}
             }
-            params.push(char::from(c));
-            i += 1;
         }
-        // `params` holds bytes as chars; only ASCII matters for `rel`.
-        for p in params.split(';') {
+        for p in &params {
             let Some((name, value)) = p.split_once('=') else { continue };
             if !name.trim().eq_ignore_ascii_case("rel") {
                 continue;
             }
-            let value = value.trim().trim_matches('"');
             if value.split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next")) {
                 return Some(target.to_owned());
             }

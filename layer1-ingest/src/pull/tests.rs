@@ -164,6 +164,11 @@ fn link_header_parsing() {
     assert_eq!(link_next(r#"<https://x.example/p>; rel="nextish""#), None);
     assert_eq!(link_next(r#"<https://x.example/p; title="rel=next""#), None);
     assert_eq!(link_next(""), None);
+    // A quoted value holding a comma and a link-like text must not be split into a link.
+    let h = r#"<https://x.example/a>; title="x, <https://x.example/evil>; rel=next"; rel="prev", <https://x.example/b>; rel="next""#;
+    assert_eq!(link_next(h).as_deref(), Some("https://x.example/b"));
+    let h = r#"<https://x.example/a>; title="say \"hi, <https://x.example/evil>; rel=next"; rel=prev, <https://x.example/c>; rel=next"#;
+    assert_eq!(link_next(h).as_deref(), Some("https://x.example/c"));
 }
 
 #[test]
@@ -185,6 +190,13 @@ fn the_same_cursor_twice_is_a_loop() {
     let err = run(&spec, &server).expect_err("loop");
     assert!(matches!(&err, PullError::Loop { next, .. } if next.ends_with("cursor=c2")), "{err}");
     assert!(err.to_string().contains("`/next`"), "{err}");
+    // A Link header naming the page itself as next (relative, with a fragment) loops at once.
+    spec.pagination = Pagination::LinkHeader;
+    spec.records = None;
+    let (_, pos) = spec.first(None).expect("first");
+    let headers = vec![("LINK".to_owned(), r#"<orders#top>; rel="next""#.to_owned())];
+    let err = spec.next(&pos, b"[]", &headers, &mut RunMemory::default()).expect_err("self loop");
+    assert!(matches!(err, PullError::Loop { .. }), "{err}");
 }
 
 #[test]
@@ -280,6 +292,12 @@ fn max_pages_pauses_the_run_with_a_position() {
     let out = spec.next(&pos, orders(3..6).as_bytes(), &[], &mut m).expect("page 2");
     assert_eq!(out.records.len(), 3, "the last page's records are kept");
     assert_eq!(out.next, Next::PageLimit(Position { pages: 2, at: At::Page { number: 3 }, since: None }));
+    // The next run continues at page 3 with a fresh page count.
+    let Next::PageLimit(saved) = out.next else { panic!("page limit expected") };
+    let pos = saved.new_run();
+    assert!(spec.request(&pos).expect("request").url.ends_with("?page=3"));
+    let out = spec.next(&pos, orders(6..9).as_bytes(), &[], &mut RunMemory::default()).expect("page 3");
+    assert!(matches!(out.next, Next::Request(_, Position { pages: 1, at: At::Page { number: 4 }, .. })));
 }
 
 #[test]
