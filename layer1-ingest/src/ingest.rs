@@ -32,8 +32,12 @@ const SECRET_HEADER_PARTS: &[&str] =
 /// Whether ingest stores this header's value as `[redacted]` (its name, in any case, holds a
 /// part of the names ingest treats as secret): nothing can test such a value later.
 pub fn is_redacted_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_HEADER_PARTS.iter().any(|p| name.contains(p))
+    is_secret_name(&name.to_ascii_lowercase())
+}
+
+/// The one test of a lowercased header name against [`SECRET_HEADER_PARTS`].
+fn is_secret_name(lowercased: &str) -> bool {
+    SECRET_HEADER_PARTS.iter().any(|p| lowercased.contains(p))
 }
 
 /// What a caller hands to layer 1.
@@ -126,8 +130,7 @@ fn redacted_headers(headers: &[(String, String)]) -> Result<String> {
         .iter()
         .map(|(k, v)| {
             let name = k.to_ascii_lowercase();
-            let value =
-                if SECRET_HEADER_PARTS.iter().any(|p| name.contains(p)) { "[redacted]" } else { v.as_str() };
+            let value = if is_secret_name(&name) { "[redacted]" } else { v.as_str() };
             (name, serde_json::Value::String(value.to_owned()))
         })
         .collect();

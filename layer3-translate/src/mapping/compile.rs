@@ -97,7 +97,7 @@ pub(super) fn compile_rule(
     }
     let source = if let Some(p) = &rule.from {
         check_pointer(p, at, "from", issues);
-        Source::From(p.clone())
+        Source::From(Pointer::new(p))
     } else if let Some(v) = &rule.constant {
         Source::Const(v.clone())
     } else if let Some(parts) = &rule.concat {
@@ -117,7 +117,10 @@ pub(super) fn compile_rule(
                 ));
             }
         }
-        Source::Concat(parts.clone(), rule.separator.clone().unwrap_or_default())
+        Source::Concat(
+            parts.iter().map(|p| Pointer::new(p)).collect(),
+            rule.separator.clone().unwrap_or_default(),
+        )
     } else if let Some(p) = &rule.each {
         check_pointer(p, at, "each", issues);
         if projects(p) {
@@ -137,7 +140,7 @@ pub(super) fn compile_rule(
         };
         let mut inner_at = at.to_vec();
         inner_at.push("fields".into());
-        Source::Each(p.clone(), compile_fields(inner, &inner_at, issues))
+        Source::Each(Pointer::new(p), compile_fields(inner, &inner_at, issues))
     } else if let Some(code) = &rule.expr {
         match expr::Expr::compile(code) {
             Ok(e) => Source::Expr(e),

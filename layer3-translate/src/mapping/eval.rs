@@ -69,8 +69,7 @@ pub(super) fn eval_field(
             let mut texts = Vec::new();
             for p in parts {
                 let whole = format!("{rec_at}{p}");
-                let toks = tokens(p).unwrap_or_default();
-                match follow(record, rec_at, &toks, &whole, "concat")? {
+                match follow(record, rec_at, p.tokens(), &whole, "concat")? {
                     Found::Absent(_) => {}
                     Found::Null(at) => {
                         trail.consumed.insert(at);
@@ -93,8 +92,7 @@ pub(super) fn eval_field(
         },
         Source::Each(p, inner) => {
             let at = format!("{rec_at}{p}");
-            let toks = tokens(p).unwrap_or_default();
-            match follow(record, rec_at, &toks, &at, "each")? {
+            match follow(record, rec_at, p.tokens(), &at, "each")? {
                 Found::Absent(_) => Got::Absent,
                 Found::Null(null_at) => {
                     trail.consumed.insert(null_at);

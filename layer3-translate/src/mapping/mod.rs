@@ -119,12 +119,44 @@ struct Transforms {
     case: Option<Case>,
 }
 
+/// A rule's record pointer, split into tokens once when the mapping compiles (not on every
+/// record): its tokens between `*`s (`/a/*/b` is `[[a], [b]]`; one segment without `*`).
+#[derive(Debug, Clone)]
+struct Pointer {
+    text: String,
+    segs: Vec<Vec<String>>,
+}
+
+impl Pointer {
+    fn new(p: &str) -> Self {
+        Self { text: p.to_owned(), segs: segments(p).unwrap_or_default() }
+    }
+
+    /// The tokens of a pointer without `*` (`concat` and `each` refuse one at compile).
+    fn tokens(&self) -> &[String] {
+        self.segs.first().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::Deref for Pointer {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Pointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Source {
-    From(String),
+    From(Pointer),
     Const(Value),
-    Concat(Vec<String>, String),
-    Each(String, Vec<Field>),
+    Concat(Vec<Pointer>, String),
+    Each(Pointer, Vec<Field>),
     Expr(expr::Expr),
 }
 

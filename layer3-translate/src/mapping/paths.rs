@@ -112,15 +112,14 @@ pub(super) fn projects(p: &str) -> bool {
 /// source, or nothing. Every leaf read (and every `null` met) is marked consumed.
 pub(super) fn eval_from(
     f: &Field,
-    p: &str,
+    p: &Pointer,
     record: &Value,
     rec_at: &str,
     out_ptr: &str,
     trail: &mut Trail,
 ) -> Result<Got, Rejection> {
     let whole = format!("{rec_at}{p}");
-    let segs = segments(p).ok_or_else(|| reject("", "path", format!("`{whole}` is not a JSON pointer")))?;
-    let (first, rest): (&[String], &[Vec<String>]) = segs.split_first().map_or((&[], &[]), |(a, b)| (a, b));
+    let (first, rest): (&[String], &[Vec<String>]) = p.segs.split_first().map_or((&[], &[]), |(a, b)| (a, b));
     let found = follow(record, rec_at, first, &whole, "from")?;
     let (v, at) = match found {
         Found::Absent(_) => return Ok(Got::Absent),

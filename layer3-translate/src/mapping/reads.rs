@@ -28,7 +28,7 @@ fn outputs_reading(
 ) {
     for f in fields {
         let here = format!("{out_at}{}", f.out);
-        let read = |p: &String| reads(&format!("{rec_at}{p}"));
+        let read = |p: &Pointer| reads(&format!("{rec_at}{p}"));
         match &f.source {
             Source::From(p) if read(p) => out.push(here),
             Source::Concat(parts, _) if parts.iter().any(read) => out.push(here),
