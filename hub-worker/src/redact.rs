@@ -288,9 +288,11 @@ mod tests {
     /// The loader refuses what is not a pointer and what no payload can have, at its line.
     #[test]
     fn the_loader_checks_each_pointer() {
-        let dir = std::env::temp_dir().join(format!("po-redact-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let scratch = crate::files::scratch::ScratchDir::new("po-redact");
+        let dir = scratch.path().to_owned();
+        let w = |name: &str, text: &str| {
+            scratch.write(name, text);
+        };
         w(
             "core.toml",
             "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
@@ -342,7 +344,6 @@ mod tests {
         assert!(got.iter().any(|g| g.contains("an event id is shown on every row")), "{got:?}");
         assert!(got.iter().any(|g| g.contains("a record id is shown on every row")), "{got:?}");
         assert!(got.iter().any(|g| g.contains("an ordering key is shown on every row")), "{got:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

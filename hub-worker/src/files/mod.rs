@@ -26,6 +26,8 @@ mod outbound;
 #[cfg(test)]
 mod outbound_tests;
 #[cfg(test)]
+pub(crate) mod scratch;
+#[cfg(test)]
 mod selection_tests;
 mod target;
 
@@ -389,9 +391,11 @@ mod tests {
     /// Kinds are tried in the order the file lists them, not by name.
     #[tokio::test]
     async fn kinds_keep_file_order_and_diagnostics_have_lines() {
-        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let scratch = super::scratch::ScratchDir::new("po-files");
+        let dir = scratch.path().to_owned();
+        let w = |name: &str, text: &str| {
+            scratch.write(name, text);
+        };
         w(
             "core.toml",
             "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
@@ -429,16 +433,17 @@ mod tests {
         let loaded = load_dir(&dir, false);
         let d = &loaded.diagnostics[0];
         assert_eq!((d.line, d.message.contains("missing field")), (Some(3), true), "{d}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A bad `ignore` element is reported at its own line of a multi-line array, both when it
     /// is no pointer (compile) and when the schema rules it out (lint).
     #[test]
     fn a_bad_ignore_element_is_reported_at_its_line() {
-        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let scratch = super::scratch::ScratchDir::new("po-files");
+        let dir = scratch.path().to_owned();
+        let w = |name: &str, text: &str| {
+            scratch.write(name, text);
+        };
         w(
             "core.toml",
             "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
@@ -466,16 +471,17 @@ mod tests {
         assert_eq!(found[1].0, line("/repository/id"), "{found:#?}");
         assert!(found[1].1.starts_with("ignore[3] `/repository/id` cannot exist in a record"), "{found:#?}");
         assert_ne!(line("/repository/id"), line("ignore = ["));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `check` reads the record schema's types: a text timestamp format on a field that is only
     /// ever an integer (a GitHub push's `created_at`) is an error at the rule's line.
     #[test]
     fn a_conversion_the_schema_type_rules_out_is_reported_at_its_line() {
-        let dir = std::env::temp_dir().join(format!("po-files-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let scratch = super::scratch::ScratchDir::new("po-files");
+        let dir = scratch.path().to_owned();
+        let w = |name: &str, text: &str| {
+            scratch.write(name, text);
+        };
         w(
             "core.toml",
             "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
@@ -517,6 +523,5 @@ mod tests {
         w("github.toml", &file("unix"));
         let loaded = load_dir(&dir, false);
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

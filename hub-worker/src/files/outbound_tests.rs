@@ -1,7 +1,7 @@
 //! The downstream side of integration files: a good file loads into the routes it declares and
 //! they build the third party's request; each mistake is reported at its line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use layer1_ingest::json::Value;
 use layer2_normalize::request::BuiltRequest;
@@ -10,28 +10,7 @@ use layer3_translate::RecordInput;
 use super::*;
 use crate::outbound::{AuthSpec, OutboundRoute};
 
-/// A scratch integrations directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("po-outbound-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use super::scratch::ScratchDir as Dir;
 
 const CORE: &str = r#"destinations = ["core.members"]
 [[message_types]]
@@ -84,7 +63,7 @@ fields = { crm_id = "/id", updated_at = "/updatedAt" }
 "#;
 
 fn setup() -> Dir {
-    let dir = Dir::new();
+    let dir = Dir::new("po-outbound");
     dir.write("core.toml", CORE);
     dir.write("member.updated.json", MEMBER_UPDATED);
     dir.write(

@@ -1,21 +1,18 @@
 //! Event selection in integration files: record kinds picked by request header, `[[drop]]`
 //! rules, and the mistakes in them, each reported at its line.
 
-use std::path::PathBuf;
-
 use layer1_ingest::Failure;
 use layer2_normalize::{Normalizer, RawInput, Record};
 
+use super::scratch::ScratchDir;
 use super::*;
 
-/// A scratch integrations directory, removed on drop.
-struct Dir(PathBuf);
+/// A scratch integrations directory with the core catalogue and the schemas these tests use.
+struct Dir(ScratchDir);
 
 impl Dir {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("po-select-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let d = Self(dir);
+        let d = Self(ScratchDir::new("po-select"));
         d.write(
             "core.toml",
             "destinations = [\"core.dev\"]\n[[message_types]]\ntype = \"dev.event\"\nversion = \"1\"\nschema = \"any.json\"\n",
@@ -36,19 +33,13 @@ impl Dir {
     }
 
     fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.0.join(name), text).expect("write");
+        self.0.write(name, text);
     }
 
     /// Loads the directory with `github.toml` as given; the diagnostics of that file.
     fn load(&self, github: &str) -> Loaded {
         self.write("github.toml", github);
-        load_dir(&self.0, false)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        load_dir(self.0.path(), false)
     }
 }
 
