@@ -249,13 +249,7 @@ pub async fn transition_leased<E: LayerTable, C: ConnectionTrait>(
         .filter(still_leased::<E>(until))
         .into_query();
     if t.to.is_given_up() {
-        // Only for a rejection or a death: the source too, for the WARN line.
-        update.returning(sea_orm::sea_query::Query::returning().columns([E::ID, E::SOURCE]));
-        for row in conn.query_all(&update).await? {
-            let id = row.try_get_by_index::<Uuid>(0)?;
-            log_given_up(E::LAYER, id, &row.try_get_by_index::<String>(1)?, t.to, t.reason.as_deref());
-            kept.insert(id);
-        }
+        kept.extend(given_up::<E, C>(conn, update, t).await?);
         return Ok(kept);
     }
     update.returning_col(E::ID);
@@ -368,19 +362,28 @@ pub async fn transition<E: LayerTable, C: ConnectionTrait>(
     }
     let update = transition_update::<E>(t, now).filter(E::ID.is_in(ids.iter().copied()));
     if t.to.is_given_up() {
-        // Only for a rejection or a death: which rows changed, and their source, for the WARN
-        // line (RETURNING: PostgreSQL, and SQLite since 3.35).
-        let mut update = update.into_query();
-        update.returning(sea_orm::sea_query::Query::returning().columns([E::ID, E::SOURCE]));
-        let rows = conn.query_all(&update).await?;
-        for row in &rows {
-            let id = row.try_get_by_index::<Uuid>(0)?;
-            log_given_up(E::LAYER, id, &row.try_get_by_index::<String>(1)?, t.to, t.reason.as_deref());
-        }
-        return Ok(rows.len() as u64);
+        return Ok(given_up::<E, C>(conn, update.into_query(), t).await?.len() as u64);
     }
     let res = update.exec(conn).await?;
     Ok(res.rows_affected)
+}
+
+/// Runs a transition `update` to `rejected` or `dead`, returning the ids it changed and logging
+/// each with its source ([`log_given_up`]). Only those transitions pay for the `RETURNING` of
+/// the source (PostgreSQL, and SQLite since 3.35); the others run as before.
+async fn given_up<E: LayerTable, C: ConnectionTrait>(
+    conn: &C,
+    mut update: sea_orm::sea_query::UpdateStatement,
+    t: &Transition,
+) -> Result<Vec<Uuid>> {
+    update.returning(sea_orm::sea_query::Query::returning().columns([E::ID, E::SOURCE]));
+    let mut ids = Vec::new();
+    for row in conn.query_all(&update).await? {
+        let id = row.try_get_by_index::<Uuid>(0)?;
+        log_given_up(E::LAYER, id, &row.try_get_by_index::<String>(1)?, t.to, t.reason.as_deref());
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// Logs at WARN a row that became `rejected` or `dead` (nothing for any other status): its
