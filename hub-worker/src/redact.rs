@@ -235,7 +235,7 @@ fn starts_with(toks: &[String], prefix: &[String]) -> bool {
 
 /// Whether two pointers lie on one path (one is the other, or inside it), `*` in either
 /// matching any one token.
-fn overlaps(a: &[String], b: &[String]) -> bool {
+pub(crate) fn overlaps(a: &[String], b: &[String]) -> bool {
     a.iter().zip(b).all(|(x, y)| x == y || x == "*" || y == "*")
 }
 

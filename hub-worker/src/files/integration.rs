@@ -253,7 +253,7 @@ fn redaction(
         p.redact.iter().filter_map(|r| layer1_ingest::json::tokens(r)).collect();
     if let Some(e) = &p.event_ref
         && let Some(t) = layer1_ingest::json::tokens(e)
-        && payload_pointers.iter().any(|r| r.iter().zip(&t).all(|(a, b)| a == b || a == "*" || b == "*"))
+        && payload_pointers.iter().any(|r| crate::redact::overlaps(r, &t))
     {
         d.at(
             &["payload", "event_ref"],
