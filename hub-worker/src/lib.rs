@@ -34,6 +34,7 @@ pub mod integrations;
 pub mod lineage;
 pub mod outbound;
 pub mod prelude;
+pub mod pull;
 pub mod redact;
 pub mod report;
 pub mod startup;

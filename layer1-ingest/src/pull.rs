@@ -18,6 +18,8 @@ use url::Url;
 
 use crate::json::{Number, Value, scalar_text, tokens};
 
+pub mod run;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
@@ -207,6 +209,10 @@ pub enum Next {
     /// There are more pages but the run reached [`PullSpec::max_pages`]: this page's records are
     /// good; save the position, and the next run continues from it.
     PageLimit(Position),
+    /// This page's records are good but its next page is not usable (a pagination loop, a
+    /// next link to another host, a next cursor that is an object): take the records, keep
+    /// the position at this page, and stop the run with the error.
+    Stop(PullError),
 }
 
 /// One page, understood.
@@ -297,6 +303,20 @@ pub enum PullError {
         next: String,
         /// Where it came from.
         from: String,
+    },
+    /// A record older than the saved cursor from an API asked for newer ones only.
+    #[error(
+        "the cursor went backwards: record {index} has `{field}` = `{cursor}`, before the saved cursor `{since}` the API was asked to start after"
+    )]
+    Backwards {
+        /// The record's index in the page.
+        index: usize,
+        /// The cursor field.
+        field: String,
+        /// Its value.
+        cursor: String,
+        /// The saved cursor.
+        since: String,
     },
     /// A position that does not fit the spec's pagination (a state saved under other settings).
     #[error("saved position {0} does not fit this source's pagination; reset the state")]
@@ -502,17 +522,21 @@ impl PullSpec {
 
         let (high_water, behind_saved, without_cursor) = self.cursors(&records, pos.since.as_deref());
         let pages = pos.pages.saturating_add(1);
-        let at = self.next_at(pos, &doc, headers, records.len())?;
+        let at = self.next_at(pos, &doc, headers, records.len());
         let next = match at {
-            None => Next::Done,
-            Some(at) => {
+            Ok(Some(at)) => {
                 let next_pos = Position { pages, at, since: pos.since.clone() };
-                let req = self.request(&next_pos)?;
-                if memory.seen.contains(&req.url) {
-                    return Err(PullError::Loop { next: req.url, from: self.next_source() });
+                match self.request(&next_pos) {
+                    Err(e) => Next::Stop(e),
+                    Ok(req) if memory.seen.contains(&req.url) => {
+                        Next::Stop(PullError::Loop { next: req.url, from: self.next_source() })
+                    }
+                    Ok(_) if pages >= self.max_pages => Next::PageLimit(next_pos),
+                    Ok(req) => Next::Request(req, next_pos),
                 }
-                if pages >= self.max_pages { Next::PageLimit(next_pos) } else { Next::Request(req, next_pos) }
             }
+            Ok(None) => Next::Done,
+            Err(e) => Next::Stop(e),
         };
         Ok(PageOutcome { records, high_water, behind_saved, without_cursor, next })
     }
@@ -781,4 +805,148 @@ impl Ord for Decimal {
         let magnitude = self.exp.cmp(&other.exp).then_with(|| self.digits.cmp(&other.digits));
         if self.negative { magnitude.reverse() } else { magnitude }
     }
+}
+
+/// How a pulled source's runs read, as Airbyte names the modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Every run reads the whole listing; every record of a run is taken (once per run, by
+    /// primary key, when one is declared).
+    #[default]
+    FullRefresh,
+    /// A run takes only the records whose cursor value is past the saved cursor.
+    Incremental,
+    /// As incremental, but a record at exactly the saved cursor is taken unless the same
+    /// (primary key, cursor value) was taken before: an API whose `updated_since` is inclusive
+    /// neither loses a record updated in the same instant as the cursor nor repeats one.
+    IncrementalDedup,
+}
+
+impl SyncMode {
+    /// The mode's name, as the file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::FullRefresh => "full_refresh",
+            SyncMode::Incremental => "incremental",
+            SyncMode::IncrementalDedup => "incremental_dedup",
+        }
+    }
+
+    /// Whether runs start from the saved cursor.
+    pub fn is_incremental(self) -> bool {
+        !matches!(self, SyncMode::FullRefresh)
+    }
+
+    /// What the mode needs of the spec and the primary key, each problem naming its key.
+    pub fn check(self, spec: &PullSpec, primary_key: Option<&str>) -> Result<(), Vec<String>> {
+        let mut out = Vec::new();
+        if let Some(p) = primary_key
+            && (tokens(p).is_none() || p.is_empty())
+        {
+            out.push(format!(
+                "primary_key: `{p}` is not a JSON pointer inside the record (starting with `/`)"
+            ));
+        }
+        match self {
+            SyncMode::FullRefresh if spec.cursor_param.is_some() => out.push(
+                "cursor_param: a full_refresh run reads everything and sends no cursor (use mode = \"incremental\")"
+                    .into(),
+            ),
+            SyncMode::Incremental | SyncMode::IncrementalDedup if spec.cursor_field.is_none() => {
+                out.push(format!("cursor_field: mode `{}` needs one (for example \"/updated_at\")", self.as_str()))
+            }
+            SyncMode::IncrementalDedup if primary_key.is_none() => out.push(
+                "primary_key: mode `incremental_dedup` needs one (for example \"/id\"): records are told apart by it"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if out.is_empty() { Ok(()) } else { Err(out) }
+    }
+}
+
+/// A record a page yields to take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// Its index in the page's records.
+    pub index: usize,
+    /// Its key ([`record_key`]).
+    pub key: String,
+    /// Its cursor value, if the spec has a cursor field and the record one.
+    pub cursor: Option<String>,
+}
+
+/// Which of a page's records a run takes, before the records already taken are set aside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// The records to take, unless taken already (see [`record_key`]).
+    pub take: Vec<Pick>,
+    /// Indices of records not past the run's saved cursor (incremental modes).
+    pub not_past: Vec<usize>,
+}
+
+/// Keys longer than this are replaced by their hash.
+const MAX_KEY_LEN: usize = 1000;
+
+/// A record's key for deduplication: its primary key's value (or, without one, the SHA-256 of
+/// its JSON text) and, in the incremental modes, `@` and its cursor value. Full refresh keys a
+/// record by primary key alone: within one run, a record served on two pages (a listing that
+/// shifted under offset pagination) is taken once.
+pub fn record_key(record: &Value, mode: SyncMode, primary_key: Option<&str>, cursor: Option<&str>) -> String {
+    use sha2::Digest;
+    let hash = |text: &str| format!("sha256:{}", hex::encode(sha2::Sha256::digest(text.as_bytes())));
+    let id = primary_key.and_then(|p| record.pointer(p)).and_then(scalar_text);
+    let id = match id {
+        Some(id) => format!("id:{id}"),
+        None => hash(&record.to_json()),
+    };
+    let key = match (mode.is_incremental(), cursor) {
+        (true, Some(c)) => format!("{id}@{c}"),
+        _ => id,
+    };
+    if key.len() > MAX_KEY_LEN { hash(&key) } else { key }
+}
+
+/// Which records of a page a run in `mode` takes, given the cursor the run started from.
+///
+/// Incremental: a record is taken when its cursor value is after `since` (or it has none, or
+/// there is no saved cursor); incremental with dedup: at or after. When the API was asked for
+/// records after `since` (the spec has a `cursor_param`) and sends one before it, the cursor
+/// went backwards: the page is refused ([`PullError::Backwards`]) rather than trusted.
+pub fn select(
+    spec: &PullSpec,
+    mode: SyncMode,
+    primary_key: Option<&str>,
+    records: &[Value],
+    since: Option<&str>,
+) -> Result<Selection, PullError> {
+    let mut out = Selection::default();
+    for (index, record) in records.iter().enumerate() {
+        let cursor = spec.cursor_of(record);
+        if mode.is_incremental()
+            && let (Some(c), Some(s)) = (&cursor, since)
+        {
+            let order = compare_cursors(c, s);
+            if order == Ordering::Less && spec.cursor_param.is_some() {
+                return Err(PullError::Backwards {
+                    index,
+                    field: spec.cursor_field.clone().unwrap_or_default(),
+                    cursor: c.clone(),
+                    since: s.to_owned(),
+                });
+            }
+            let past = match mode {
+                SyncMode::IncrementalDedup => order != Ordering::Less,
+                _ => order == Ordering::Greater,
+            };
+            if !past {
+                out.not_past.push(index);
+                continue;
+            }
+        }
+        let key = record_key(record, mode, primary_key, cursor.as_deref());
+        out.take.push(Pick { index, key, cursor });
+    }
+    Ok(out)
 }

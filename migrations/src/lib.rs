@@ -13,6 +13,7 @@ mod m20261121_000007_replayed_by;
 mod m20261121_000009_dispatch_raw_body;
 mod m20261121_000010_bounded_queries;
 mod m20261121_000011_downstream_delivery;
+mod m20261122_000012_pulled_sources;
 
 /// The post office's migrations, in order.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000009_dispatch_raw_body::Migration),
             Box::new(m20261121_000010_bounded_queries::Migration),
             Box::new(m20261121_000011_downstream_delivery::Migration),
+            Box::new(m20261122_000012_pulled_sources::Migration),
         ]
     }
 }
