@@ -82,9 +82,30 @@ pub struct HubBuilder {
     outbound: crate::outbound::Outbound,
     /// What the audit desk masks, per source (integration files' `[payload] redact`).
     redactions: crate::redact::Redactions,
+    /// Pulled sources (integration files' `[pull]`, or [`HubBuilder::pull`]).
+    pulls: Vec<(crate::pull::PullSettings, Option<crate::pull::Schedule>)>,
 }
 
 impl HubBuilder {
+    /// Adds a source the hub polls itself: runs on `schedule` (none: only by hand, with
+    /// [`Hub::sync_now`]), pages stored in layer 1 and processed like any payload of the
+    /// source (its normalizer splits each page into records).
+    pub fn pull(
+        mut self,
+        settings: crate::pull::PullSettings,
+        schedule: Option<crate::pull::Schedule>,
+    ) -> Self {
+        self.pulls.push((settings, schedule));
+        self
+    }
+
+    /// Records a problem found while setting the hub up (`file:line: error: ...`): `build`
+    /// refuses to start with any.
+    pub fn problem(mut self, problem: impl Into<String>) -> Self {
+        self.diagnostics.push(problem.into());
+        self
+    }
+
     /// Adds downstream targets and outbound routes: core messages the hub takes from
     /// `publish.inbound_queue` are translated, built into the target's request, delivered over
     /// HTTP, and answered with a delivery receipt.
@@ -477,6 +498,7 @@ impl Hub {
             wait: None,
             outbound: crate::outbound::Outbound::default(),
             redactions: crate::redact::Redactions::default(),
+            pulls: Vec::new(),
         }
     }
 
