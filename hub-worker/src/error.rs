@@ -21,6 +21,9 @@ pub enum Error {
     /// Ingest for a source no integration serves.
     #[error("unknown source `{0}`: no integration is registered under that name")]
     UnknownSource(String),
+    /// A source that is not pulled (its integration has no `[pull]`), asked to sync.
+    #[error("source `{0}` is not a pulled source: no integration declares [pull] for it")]
+    NotPulled(String),
     /// No row in any layer has this id.
     #[error("no message with id {0} in any layer")]
     NotFound(Uuid),
@@ -56,7 +59,7 @@ impl Error {
             Error::Db(_) => "database",
             Error::Transport(_) => "transport",
             Error::UnknownSource(_) => "unknown-source",
-            Error::NotFound(_) | Error::UnknownCoreMessage(_) => "not-found",
+            Error::NotFound(_) | Error::UnknownCoreMessage(_) | Error::NotPulled(_) => "not-found",
             Error::BadRequest(_) => "bad-request",
             Error::Conflict(_) => "conflict",
             Error::Config(_) => "configuration",

@@ -227,8 +227,17 @@ impl HubBuilder {
         };
         let downstream_only =
             !self.outbound.routes.is_empty() && self.normalizers.is_empty() && self.translators.is_empty();
+        let mut diagnostics = self.diagnostics;
+        for (p, _) in &self.pulls {
+            if !self.normalizers.contains_key(&p.source) {
+                diagnostics.push(format!(
+                    "pulled source `{}` has no normalizer: its pages could never be read (HubBuilder::normalizer)",
+                    p.source
+                ));
+            }
+        }
         let problems = consistency(
-            &self.diagnostics,
+            &diagnostics,
             &self.normalizers,
             &self.translators,
             router.as_deref(),
@@ -318,8 +327,19 @@ impl HubBuilder {
         if self.settings.migrate {
             Migrator::up(&db, None).await?;
         }
+        let wake = Wakes::default();
+        let mut pullers = BTreeMap::new();
+        for (settings, schedule) in self.pulls {
+            let name = settings.source.clone();
+            let puller = crate::pull::Puller::new(settings, worker_name(), Some(wake.normalize.clone()))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            if pullers.insert(name.clone(), (puller, schedule)).is_some() {
+                return Err(Error::Config(format!("pulled source `{name}` is declared twice")));
+            }
+        }
         Ok(Hub {
             inner: Arc::new(Inner {
+                pullers,
                 db,
                 transport,
                 normalizers: Arc::new(self.normalizers),
@@ -329,12 +349,18 @@ impl HubBuilder {
                 receipt_to,
                 redactions: self.redactions,
                 downstream,
-                wake: Wakes::default(),
+                wake,
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         })
     }
+}
+
+/// This process's name in leases and run records: the host (`HOSTNAME`) and the process id.
+fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Every reason a hub so set up cannot work, one line each.
@@ -436,6 +462,8 @@ struct Inner {
     redactions: crate::redact::Redactions,
     /// The downstream side, when the hub has outbound routes.
     downstream: Option<(crate::downstream::Downstream, Arc<layer1_ingest::deliver::Deliverer>)>,
+    /// Pulled sources, by name, with their schedules.
+    pullers: BTreeMap<String, (crate::pull::Puller, Option<crate::pull::Schedule>)>,
     wake: Wakes,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -720,6 +748,101 @@ impl Hub {
         if !layer1_ingest::db::is_sqlite(&i.db) {
             tasks.push(tokio::spawn(fold_counts(i.db.clone(), i.cancel.child_token())));
         }
+        for (puller, schedule) in i.pullers.values() {
+            if let Some(schedule) = schedule {
+                tasks.push(tokio::spawn(crate::pull::scheduled(
+                    puller.clone(),
+                    schedule.clone(),
+                    i.db.clone(),
+                    i.cancel.child_token(),
+                )));
+            }
+        }
+    }
+
+    /// The pulled sources: name, schedule (expression and zone) and settings.
+    pub fn pulled_sources(&self) -> Vec<(&str, Option<&crate::pull::Schedule>, &crate::pull::PullSettings)> {
+        self.inner.pullers.iter().map(|(n, (p, s))| (n.as_str(), s.as_ref(), p.settings())).collect()
+    }
+
+    fn puller(&self, source: &str) -> Result<&crate::pull::Puller> {
+        self.inner.pullers.get(source).map(|(p, _)| p).ok_or_else(|| Error::NotPulled(source.to_owned()))
+    }
+
+    /// Runs `source` once, now, to the end of its listing (or its page bound, or an error, which
+    /// the report carries and `sync_runs` keeps). [`Error::Conflict`] when a run of the source
+    /// is under way on any worker.
+    pub async fn sync_now(
+        &self,
+        source: &str,
+        trigger: crate::pull::Trigger,
+    ) -> Result<crate::pull::RunReport> {
+        let run = self.begin_sync(source, trigger).await?;
+        Ok(run.finish(&self.inner.cancel.child_token()).await?)
+    }
+
+    /// Starts a run of `source` in the background and answers its id at once, once the run
+    /// holds the source; the run's progress and end are in `sync_runs` ([`Hub::sync_run`]).
+    pub async fn start_sync(&self, source: &str, trigger: crate::pull::Trigger) -> Result<Uuid> {
+        let run = self.begin_sync(source, trigger).await?;
+        let id = run.id();
+        let stop = self.inner.cancel.child_token();
+        let task = tokio::spawn(async move {
+            if let Err(e) = run.finish(&stop).await {
+                tracing::error!(run = %id, error = %e, "sync run could not record its end");
+            }
+        });
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        Ok(id)
+    }
+
+    async fn begin_sync(
+        &self,
+        source: &str,
+        trigger: crate::pull::Trigger,
+    ) -> Result<layer1_ingest::pull::run::Run> {
+        match self.puller(source)?.start(&self.inner.db, trigger).await? {
+            layer1_ingest::pull::run::Started::Run(run) => Ok(run),
+            layer1_ingest::pull::run::Started::Busy { holder, until } => Err(Error::Conflict(format!(
+                "source `{source}` is being synced by {holder}{}: one run at a time",
+                until.map(|u| format!(" (lease until {})", u.to_rfc3339())).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The saved state of a pulled source (none before its first run).
+    pub async fn pull_state(&self, source: &str) -> Result<Option<layer1_ingest::pull::store::state::Model>> {
+        self.puller(source)?;
+        Ok(layer1_ingest::pull::store::load(&self.inner.db, source).await?)
+    }
+
+    /// Forgets a pulled source's cursor, unfinished listing and taken records: the next run
+    /// reads everything. [`Error::Conflict`] while a run holds the source.
+    pub async fn reset_pull_state(&self, source: &str) -> Result<()> {
+        self.puller(source)?;
+        layer1_ingest::pull::store::reset(&self.inner.db, source, chrono::Utc::now()).await.map_err(|e| {
+            match e {
+                layer1_ingest::Error::InvalidInput(m) => Error::Conflict(m),
+                other => other.into(),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// A pulled source's runs, newest first (`before`: a run id, to page on).
+    pub async fn sync_runs(
+        &self,
+        source: &str,
+        before: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<layer1_ingest::pull::store::runs::Model>> {
+        self.puller(source)?;
+        Ok(layer1_ingest::pull::store::recent_runs(&self.inner.db, source, before, limit).await?)
+    }
+
+    /// One run, by id.
+    pub async fn sync_run(&self, id: Uuid) -> Result<layer1_ingest::pull::store::runs::Model> {
+        layer1_ingest::pull::store::run(&self.inner.db, id).await?.ok_or(Error::NotFound(id))
     }
 
     /// Stops the stages: each finishes the batch it holds (committing it) and claims no more.

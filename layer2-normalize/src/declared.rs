@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 
 use layer1_ingest::json::{Condition, Headers, Map, Value, scalar_text};
+use layer1_ingest::pull::run::SKIP_HEADER;
 use layer1_ingest::{Failure, Rejection};
 
 use crate::normalizer::{Normalizer, RawInput, Record};
@@ -152,10 +153,28 @@ impl Normalizer for DeclaredNormalizer {
         // Exact parsing: numbers keep their text and a repeated key is an error, not a loss.
         let payload = Value::parse(raw.body)
             .map_err(|e| Rejection::whole("json", format!("payload is not JSON: {e}")))?;
-        let headers = if self.uses_headers() {
+        let pulled_page = raw.headers.contains(SKIP_HEADER);
+        let headers = if self.uses_headers() || pulled_page {
             raw.parsed_headers().map_err(|e| Rejection::whole("headers", e))?
         } else {
             Headers::default()
+        };
+        // A pulled page lists the records its run did not take (already taken, or not past the
+        // saved cursor): they get no record here. Only the hub's puller writes this header
+        // (the front door drops incoming `hub-pull-*` headers).
+        let skip: std::collections::HashSet<usize> = match headers.get(SKIP_HEADER) {
+            None => Default::default(),
+            Some(list) => list
+                .split(',')
+                .map(|i| {
+                    i.trim().parse::<usize>().map_err(|_| {
+                        Rejection::whole(
+                            "headers",
+                            format!("`{SKIP_HEADER}` holds `{i}`, not a record index"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         // Before the envelope and the kinds: a dropped event need not fit what the integration
         // reads (GitHub sends every event type to one URL).
@@ -193,6 +212,9 @@ impl Normalizer for DeclaredNormalizer {
         }
         let mut out = Vec::with_capacity(records.len());
         for (i, record) in records.into_iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
             let at = if self.records.is_some() { format!("{prefix}/{i}") } else { String::new() };
             let Some(kind) = self.kind_of(record, &headers) else {
                 let why = self.no_kind();
@@ -360,6 +382,22 @@ mod tests {
         assert!(r.message.contains("record kind `push` (schema v1)"), "{r}");
         let out = run_with(&n, r#"{"ref":"refs/heads/main","commits":[]}"#, PUSH).await.expect("a push");
         assert_eq!(out[0].kind, "push");
+    }
+
+    #[tokio::test]
+    async fn a_pulled_page_yields_only_the_records_its_run_took() {
+        let n = normalizer();
+        let page = r#"{"batch":"b1","readings":[{"id":"r1","value":1},{"id":"r2","value":2},{"id":"r3","value":3}]}"#;
+        let out = run_with(&n, page, r#"{"hub-pull-run":"x","hub-pull-skip":"0,2"}"#).await.expect("page");
+        let ids: Vec<_> = out.iter().map(|r| r.source_ref.as_deref()).collect();
+        assert_eq!(ids, [Some("r2")]);
+        // A skipped record is not checked either (it was taken, and checked, before).
+        let page = r#"{"batch":"b1","readings":[{"id":"r1"},{"id":"r2","value":2}]}"#;
+        assert_eq!(run_with(&n, page, r#"{"hub-pull-skip":"0"}"#).await.expect("page").len(), 1);
+        assert_eq!(rejection(run_with(&n, page, "{}").await).rule, "required");
+        // A damaged list is refused, never read as "skip nothing".
+        let r = rejection(run_with(&n, page, r#"{"hub-pull-skip":"0,x"}"#).await);
+        assert!(r.message.contains("`x`, not a record index"), "{r}");
     }
 
     #[tokio::test]

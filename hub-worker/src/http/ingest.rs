@@ -138,9 +138,12 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
+/// The request headers stored with a webhook, except the hub's own `hub-pull-*` metadata,
+/// which only the puller writes (a sender setting `hub-pull-skip` would hide records).
 fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
+        .filter(|(k, _)| !k.as_str().starts_with(layer1_ingest::pull::run::PULL_HEADER_PREFIX))
         .filter_map(|(k, v)| {
             v.to_str().ok().map(|v| (k.as_str().to_owned(), v.chars().take(KEEP_HEADER_BYTES).collect()))
         })

@@ -203,6 +203,8 @@ struct PullerInner {
     settings: PullSettings,
     deliverer: Deliverer,
     worker: String,
+    /// Woken after each stored page (the stage that normalizes layer 1 rows).
+    wake: Option<crate::stage::Wakeup>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -238,8 +240,12 @@ pub struct Run {
 
 impl Puller {
     /// Checks the settings and builds the HTTP client. `worker` names this process in leases
-    /// and run records (host and pid, say).
-    pub fn new(settings: PullSettings, worker: impl Into<String>) -> Result<Self> {
+    /// and run records (host and pid, say); `wake` is woken after each stored page.
+    pub fn new(
+        settings: PullSettings,
+        worker: impl Into<String>,
+        wake: Option<crate::stage::Wakeup>,
+    ) -> Result<Self> {
         let problems = [
             settings.spec.validate().err(),
             settings.mode.check(&settings.spec, settings.primary_key.as_deref()).err(),
@@ -270,7 +276,7 @@ impl Puller {
         target.auth = settings.auth.clone();
         target.keep_response_headers = KEPT_RESPONSE_HEADERS.iter().map(|h| (*h).to_owned()).collect();
         let deliverer = Deliverer::new(vec![target])?;
-        Ok(Puller { inner: Arc::new(PullerInner { settings, deliverer, worker: worker.into() }) })
+        Ok(Puller { inner: Arc::new(PullerInner { settings, deliverer, worker: worker.into(), wake }) })
     }
 
     /// The source's name.
@@ -513,6 +519,9 @@ impl Run {
             )
             .await?;
             *renewed = Instant::now();
+            if let Some(w) = &self.puller.inner.wake {
+                w.wake();
+            }
             if let Some(e) = stop_with {
                 return Err(Stop::Failed(format!("page {}: {e}", tally.pages)));
             }

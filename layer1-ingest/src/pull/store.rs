@@ -374,3 +374,14 @@ pub(crate) async fn prune_taken<C: ConnectionTrait>(
     q.exec(db).await?;
     Ok(())
 }
+
+/// Notes when the scheduler means to run `source` next (shown by stats and the audit desk).
+pub async fn note_next_run<C: ConnectionTrait>(db: &C, source: &str, at: DateTime<Utc>) -> Result<()> {
+    ensure(db, source, Utc::now()).await?;
+    state::Entity::update_many()
+        .col_expr(state::Column::NextRunAt, Expr::value(at))
+        .filter(state::Column::Source.eq(source))
+        .exec(db)
+        .await?;
+    Ok(())
+}
