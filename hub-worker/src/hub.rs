@@ -800,7 +800,7 @@ impl Hub {
         &self,
         source: &str,
         trigger: crate::pull::Trigger,
-    ) -> Result<layer1_ingest::pull::run::Run> {
+    ) -> Result<Box<layer1_ingest::pull::run::Run>> {
         match self.puller(source)?.start(&self.inner.db, trigger).await? {
             layer1_ingest::pull::run::Started::Run(run) => Ok(run),
             layer1_ingest::pull::run::Started::Busy { holder, until } => Err(Error::Conflict(format!(

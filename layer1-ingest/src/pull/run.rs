@@ -217,7 +217,7 @@ impl std::fmt::Debug for Puller {
 #[derive(Debug)]
 pub enum Started {
     /// The run holds the source: drive it with [`Run::finish`].
-    Run(Run),
+    Run(Box<Run>),
     /// Another run holds the source.
     Busy {
         /// Its lease owner (`<worker>/<run id>`).
@@ -336,7 +336,7 @@ impl Puller {
             .await?;
         txn.commit().await?;
         tracing::info!(source = %s.source, run = %id, trigger = trigger.as_str(), resumed = state.position.is_some(), "sync run started");
-        Ok(Started::Run(Run { puller: self.clone(), db: db.clone(), id, owner, state, trigger }))
+        Ok(Started::Run(Box::new(Run { puller: self.clone(), db: db.clone(), id, owner, state, trigger })))
     }
 }
 
