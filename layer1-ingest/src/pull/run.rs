@@ -471,7 +471,7 @@ impl Run {
                     "stopped: the worker is shutting down; the next run resumes from here".into(),
                 ));
             }
-            let answer = self.fetch(&req, tally, renewed).await?;
+            let answer = self.fetch(&req, tally, renewed, stop).await?;
             tally.bytes += answer.body.len() as u64;
             if answer.truncated || answer.body.len() > spec.max_page_bytes {
                 return Err(Stop::Failed(format!(
@@ -540,6 +540,7 @@ impl Run {
         req: &super::PageRequest,
         tally: &mut Tally,
         renewed: &mut Instant,
+        stop: &CancellationToken,
     ) -> std::result::Result<Answer, Stop> {
         let inner = &self.puller.inner;
         let s = &inner.settings;
@@ -613,16 +614,24 @@ impl Run {
                     until.unwrap_or(Duration::from_millis(50))
                 }
             };
-            self.sleep(wait, renewed).await?;
+            self.sleep(wait, renewed, stop).await?;
         }
     }
 
-    /// Sleeps `wait`, renewing the lease on the way.
-    async fn sleep(&self, wait: Duration, renewed: &mut Instant) -> std::result::Result<(), Stop> {
+    /// Sleeps `wait`, renewing the lease on the way; a shutdown ends the wait and the run.
+    async fn sleep(
+        &self,
+        wait: Duration,
+        renewed: &mut Instant,
+        stop: &CancellationToken,
+    ) -> std::result::Result<(), Stop> {
         let step = self.puller.inner.settings.lease / 3;
         let end = Instant::now() + wait;
         while Instant::now() < end {
-            tokio::time::sleep_until(end.min(Instant::now() + step)).await;
+            tokio::select! {
+                () = stop.cancelled() => return Err(Stop::Failed(SHUTTING_DOWN.into())),
+                () = tokio::time::sleep_until(end.min(Instant::now() + step)) => {}
+            }
             self.keep_lease(renewed).await?;
         }
         Ok(())
@@ -816,6 +825,10 @@ impl Run {
         Ok(cursor)
     }
 }
+
+/// Why a run ended on a shutdown.
+const SHUTTING_DOWN: &str =
+    "stopped: the worker is shutting down; the next run resumes from the last committed page";
 
 fn lost_lease(source: &str) -> String {
     format!(
