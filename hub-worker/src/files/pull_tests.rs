@@ -1,7 +1,11 @@
 //! `[pull]` in integration files: a good pulled source loads and registers; each mistake is
-//! reported at the line of the key it is about.
+//! reported at the line of the key it is about; the shop example reads its fixture page.
 
 use std::path::Path;
+
+use layer1_ingest::json::Value;
+use layer2_normalize::{Normalizer, RawInput};
+use layer3_translate::{RecordInput, Translator};
 
 use super::scratch::ScratchDir;
 use super::*;
@@ -389,4 +393,58 @@ fn a_pull_without_record_kinds_is_an_error() {
         problems.iter().any(|p| p.starts_with(&at_pull) && p.contains("nothing could read its pages")),
         "{problems:#?}"
     );
+}
+
+/// The shop example loads cleanly, and its fixture page (as the runner stores it) is split into
+/// its three orders by `[payload] records` and translated with every digit kept.
+#[tokio::test]
+async fn the_shop_example_reads_its_fixture_page() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let loaded = load_dir(&repo.join("examples/integrations"), false);
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    let shop = loaded.integrations.iter().find(|i| i.source == "shop").expect("shop.toml");
+    let pull = shop.pull.as_ref().expect("shop is pulled");
+    assert_eq!(pull.records.as_deref(), Some("/orders"));
+    assert_eq!(pull.schedule.as_deref(), Some("0 */5 * * * *"));
+    assert!(shop.ingress.is_none(), "no webhooks: polled only");
+
+    let page = std::fs::read(repo.join("tests/fixtures/shop/orders.page1.json")).expect("fixture");
+    let raw = RawInput {
+        id: uuid::Uuid::now_v7().into(),
+        source: "shop",
+        source_ref: Some("sync:run:1"),
+        content_type: "application/json",
+        body: &page,
+        headers: "",
+    };
+    let records = shop.normalizer.normalize(&raw).await.expect("the page normalizes");
+    assert_eq!(records.len(), 3, "one record per order");
+    assert_eq!(records[0].source_ref.as_deref(), Some("12345678901234567890"));
+    let translator = shop.translators.iter().find(|t| t.record_kind() == "order").expect("order");
+    let mut bodies = Vec::new();
+    for r in &records {
+        let input = RecordInput {
+            id: uuid::Uuid::now_v7().into(),
+            origin_id: raw.id,
+            source: "shop",
+            source_ref: r.source_ref.as_deref(),
+            kind: &r.kind,
+            schema_version: r.schema_version.as_deref(),
+            data: &r.data,
+        };
+        let t = translator.translate(&input).await.expect("translates");
+        assert_eq!(t.message.message_type, "order.changed");
+        bodies.push(t.message.body);
+    }
+    let text = |v: &Value| v.to_json();
+    let big = &bodies[0];
+    assert_eq!(text(&big["order_id"]), r#""12345678901234567890""#);
+    assert_eq!(text(&big["total"]), r#"{"currency":"EUR","value":"1234567.890123456789"}"#);
+    assert_eq!(text(&big["tax"]), r#""197110.416827208617""#);
+    assert_eq!(text(&big["lines"][0]["unit_price"]), r#""1037457.473296248172""#);
+    assert_eq!(big["fulfillment"].as_str(), Some("unfulfilled"), "null: the default");
+    assert_eq!(big["updated_at"].as_str(), Some("2026-11-20T14:05:41.873+01:00"), "offset kept");
+    assert_eq!(text(&bodies[1]["customer_email"]), "null");
+    assert_eq!(text(&bodies[2]["total"]), r#"{"currency":"JPY","value":"4800"}"#);
+    assert_eq!(text(&bodies[2]["lines"][0]["quantity"]), "3");
 }
