@@ -947,9 +947,13 @@ pub fn prepare(path: &Path) -> std::result::Result<(Config, Vec<Integration>), V
         return if out.is_empty() { Ok((cfg, Vec::new())) } else { Err(out) };
     };
     // Front doors (and their secrets) are only used with the HTTP server on; targets' secrets
-    // only when deliveries run (an inbound queue to take core messages from).
-    let secrets =
-        files::Secrets { ingress: cfg.http.is_some(), targets: cfg.publish.inbound_queue.is_some() };
+    // only when deliveries run (an inbound queue to take core messages from); pulled sources'
+    // always (the hub polls them, and registering one reads its secrets).
+    let secrets = files::Secrets {
+        ingress: cfg.http.is_some(),
+        targets: cfg.publish.inbound_queue.is_some(),
+        pulls: true,
+    };
     let mut loaded = files::load_dir_with(&dir, secrets);
     out.append(&mut loaded.diagnostics);
     // The core app's destinations on the configured transport, beside the config's own queues

@@ -173,9 +173,11 @@ fn run_example_until(signal: &str) -> (std::process::ExitStatus, String) {
         .replace("\"../examples/integrations\"", &format!("{ints:?}"))
         .replace(broker, IN_PROCESS_TRIAL.trim_end());
     std::fs::write(&cfg, text).expect("write");
+    // The example's pulled source (`shop.toml`) needs its API token whenever the hub runs.
     let mut child = hub_worker()
         .args(["run", "--config"])
         .arg(&cfg)
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
@@ -277,7 +279,12 @@ fn check_and_run_refuse_in_process_queues_without_a_consumer() {
     }
     let cfg = dir.join("trial.toml");
     std::fs::write(&cfg, format!("{base}{IN_PROCESS_TRIAL}max_queued = 5\n")).expect("write");
-    let out = hub_worker().args(["check", "--config"]).arg(&cfg).output().expect("runs");
+    let out = hub_worker()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
+        .output()
+        .expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -338,14 +345,19 @@ fn check_finds_every_class_of_error_with_file_and_line() {
 #[test]
 fn the_example_integrations_pass_the_check() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hub-worker.example.toml");
-    let out = hub_worker().args(["check", "--config", example]).output().expect("runs");
+    // A pulled source's secret is needed whenever the hub runs: `check` wants it in any case.
+    let out = hub_worker()
+        .args(["check", "--config", example])
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
+        .output()
+        .expect("runs");
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("8 file integration(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("9 file integration(s)"));
     // With the HTTP server on, their front doors' and targets' secrets must be there: set, it
     // passes.
     let dir = std::env::temp_dir().join(format!("po-chk-{}", uuid::Uuid::now_v7().simple()));
@@ -362,7 +374,7 @@ fn the_example_integrations_pass_the_check() {
     )
     .expect("write");
     // The front doors' secrets are checked because the HTTP server is on, the targets' because
-    // deliveries run (an inbound queue): eight in all.
+    // deliveries run (an inbound queue), the pulled source's always: nine in all.
     let run = |secrets: bool| {
         let mut c = hub_worker();
         c.args(["check", "--config"]).arg(&cfg).env("HUB_ADMIN_TOKEN", "0123456789abcdef-admin");
@@ -374,7 +386,8 @@ fn the_example_integrations_pass_the_check() {
                 .env("PAYMENTS_API_KEY", "sk_test_0123456789abcdef")
                 .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
                 .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
-                .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef");
+                .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+                .env("SHOP_API_TOKEN", "shop-api-token-0123456789");
         } else {
             c.env_remove("CRM_WEBHOOK_SECRET")
                 .env_remove("PAYMENTS_WEBHOOK_SECRET")
@@ -383,14 +396,15 @@ fn the_example_integrations_pass_the_check() {
                 .env_remove("PAYMENTS_API_KEY")
                 .env_remove("PARTNER_WEBHOOK_SECRET")
                 .env_remove("GITHUB_WEBHOOK_SECRET")
-                .env_remove("STRIPE_WEBHOOK_SECRET");
+                .env_remove("STRIPE_WEBHOOK_SECRET")
+                .env_remove("SHOP_API_TOKEN");
         }
         c.env("RUST_BACKTRACE", "0").output().expect("runs")
     };
     let out = run(false);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("8 problem(s)"),
+        String::from_utf8_lossy(&out.stderr).contains("9 problem(s)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -430,6 +444,7 @@ async fn run_serves_file_integrations_over_http() {
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
         .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
@@ -520,6 +535,7 @@ async fn run_with_named_tokens_audits_refusals_and_replays() {
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
         .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");

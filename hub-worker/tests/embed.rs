@@ -59,13 +59,23 @@ impl Handler for Collect {
 
 /// A hub wired from `examples/integrations` alone (normalizers, mappings and the files' own
 /// routes; no router given) takes a payment from ingest to the core app's queue. No webhook
-/// secret is set: embedding has no front door.
+/// secret is set: embedding has no front door. The pulled source's API token is (the hub polls
+/// it, so its secret is read when it registers): a file in the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_from_an_integrations_dir_runs_a_payment_end_to_end() {
+    let dir = examples_copy();
+    let token = dir.join("shop.token");
+    std::fs::write(&token, "shop-api-token-0123456789").expect("token");
+    let shop = dir.join("shop.toml");
+    let text = std::fs::read_to_string(&shop).expect("shop.toml");
+    let with_file = text
+        .replace("{ env = \"SHOP_API_TOKEN\" }", &format!("{{ file = {:?} }}", token.display().to_string()));
+    assert_ne!(with_file, text, "shop.toml reads SHOP_API_TOKEN");
+    std::fs::write(&shop, with_file).expect("write");
     let transport = Arc::new(InProcessTransport::default());
     let hub = Hub::builder("sqlite::memory:")
         .transport(transport.clone())
-        .integrations_dir(repo().join("examples/integrations"))
+        .integrations_dir(&dir)
         .build()
         .await
         .expect("the examples build a hub");
@@ -92,6 +102,7 @@ async fn a_hub_from_an_integrations_dir_runs_a_payment_end_to_end() {
     assert_eq!(lineage.entries.len(), 4, "one row per layer: {lineage:?}");
     cancel.cancel();
     hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A directory with broken files does not build, and the error names every problem with its

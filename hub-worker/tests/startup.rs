@@ -152,6 +152,7 @@ impl Worker {
             .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
             .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+            .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
             .env_remove("HUB_LOG")
             .stderr(Stdio::piped())
             .spawn()
@@ -413,6 +414,7 @@ async fn ctrl_c_while_waiting_exits_cleanly_and_refusals_are_not_waited_for() {
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
         .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
         .output()
         .expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -51,6 +51,7 @@ fn with_secrets(c: &mut Command) -> &mut Command {
         .env("PARTNER_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("GITHUB_WEBHOOK_SECRET", "gh-hook-secret-0123456789")
         .env("STRIPE_WEBHOOK_SECRET", "whsec_stripe_test_0123456789abcdef")
+        .env("SHOP_API_TOKEN", "shop-api-token-0123456789")
         .env("RUST_BACKTRACE", "0")
 }
 

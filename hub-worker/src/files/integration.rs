@@ -21,6 +21,7 @@ use super::{
 };
 use crate::config::SourceConfig;
 use crate::outbound::TargetSpec;
+use crate::pull::PullConfig;
 
 /// An integration file.
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,10 @@ struct IntegrationFile {
     description: Option<String>,
     #[serde(default)]
     ingress: Option<SourceConfig>,
+    /// A source the hub polls itself (instead of, or besides, `[ingress]`): its pages are read
+    /// like batch payloads, by `[payload]` and the record kinds.
+    #[serde(default)]
+    pull: Option<PullConfig>,
     #[serde(default)]
     payload: PayloadSpec,
     /// The upstream side: record kinds (none for a file with only a downstream side).
@@ -162,9 +167,31 @@ pub(super) fn load_integration(
     {
         check_ingress(&mut d, &f.source, ing);
     }
+    if let Some(p) = &f.pull {
+        let page = super::pull::PagePayload {
+            records: f.payload.records.as_deref(),
+            max_records: f.payload.max_records.unwrap_or(DEFAULT_MAX_RECORDS),
+            schema: envelope.as_ref(),
+        };
+        let kinds: Vec<super::pull::KindSchema<'_>> = kinds
+            .declared
+            .iter()
+            .filter_map(|k| {
+                let file = &f.kinds.get(&k.name)?.schema;
+                Some(super::pull::KindSchema { name: &k.name, file, schema: &k.schema })
+            })
+            .collect();
+        super::pull::check_pull(&mut d, &f.source, p, &page, &kinds, secrets.pulls);
+    }
     if d.out.len() > before {
         return None;
     }
+    // The pages are split at `[payload] records` (the check made sure `[pull] records`, if
+    // given, is the same): the runner reads them there too.
+    let pull = f.pull.map(|mut p| {
+        p.records.clone_from(&f.payload.records);
+        p
+    });
     let mut normalizer = DeclaredNormalizer::new(
         f.source.clone(),
         f.payload.records,
@@ -186,6 +213,7 @@ pub(super) fn load_integration(
         translators: kinds.translators,
         routes,
         ingress: f.ingress,
+        pull,
         outbound,
         redaction,
     })
@@ -350,6 +378,13 @@ fn check_sides(d: &mut FileDiags<'_>, f: &IntegrationFile) {
                 &["kinds"],
                 "declare at least one record kind under [kinds.<name>] (webhooks in) or a [target] with \
                  [outbound.\"<core type>\"] (deliveries out)",
+            );
+        }
+        if f.pull.is_some() {
+            d.at(
+                &["pull"],
+                "[pull] fetches pages that record kinds read, and this file declares no [kinds.<name>]: \
+                 nothing could read its pages",
             );
         }
         let upstream_only = [

@@ -25,6 +25,9 @@ mod integration;
 mod outbound;
 #[cfg(test)]
 mod outbound_tests;
+mod pull;
+#[cfg(test)]
+mod pull_tests;
 #[cfg(test)]
 pub(crate) mod scratch;
 #[cfg(test)]
@@ -169,6 +172,9 @@ pub struct Integration {
     pub routes: Vec<Route>,
     /// The front door, if the source takes webhooks.
     pub ingress: Option<SourceConfig>,
+    /// `[pull]`, if the hub polls the source itself, with `records` set to `[payload] records`
+    /// (where layer 2 splits each page).
+    pub pull: Option<crate::pull::PullConfig>,
     /// The downstream side: the file's `[target]` (named after the source) and its
     /// `[outbound."<core type>"]` routes, when it delivers to the third party.
     pub outbound: Option<crate::outbound::Outbound>,
@@ -179,9 +185,23 @@ pub struct Integration {
 
 impl Integration {
     /// Registers the integration on `builder`: its normalizer, its translators and its routes
-    /// (added with [`crate::HubBuilder::routes`], so they are asked beside any router), and its
-    /// target and outbound routes.
+    /// (added with [`crate::HubBuilder::routes`], so they are asked beside any router), its
+    /// target and outbound routes, and its pulled source ([`crate::HubBuilder::pull`]). A pulled
+    /// source whose settings cannot be built now (a secret that is not set) is a
+    /// [`crate::HubBuilder::problem`], `file:line: error: ...`: `build` refuses to start.
     pub fn register(self, mut builder: crate::HubBuilder) -> crate::HubBuilder {
+        if let Some(p) = &self.pull {
+            let built = p.settings(&self.source).and_then(|s| match p.schedule() {
+                Ok(schedule) => Ok((s, schedule)),
+                Err(e) => Err(vec![e]),
+            });
+            builder = match built {
+                Ok((settings, schedule)) => builder.pull(settings, schedule),
+                Err(messages) => pull::problems(&self.file, &self.source, &messages)
+                    .into_iter()
+                    .fold(builder, crate::HubBuilder::problem),
+            };
+        }
         // A file with only a downstream side has no record kinds: a normalizer for it would
         // take the source's payloads only to reject every one.
         if !self.translators.is_empty() {
@@ -255,9 +275,10 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Loads `dir`. With `check_secrets`, a secret that is not available (a front door's, a
-/// target's) is an error (what `check` and `run` want; tests of the files alone may skip it).
+/// target's, a pulled source's) is an error (what `check` and `run` want; tests of the files
+/// alone may skip it).
 pub fn load_dir(dir: &Path, check_secrets: bool) -> Loaded {
-    load_dir_with(dir, Secrets { ingress: check_secrets, targets: check_secrets })
+    load_dir_with(dir, Secrets { ingress: check_secrets, targets: check_secrets, pulls: check_secrets })
 }
 
 /// Which secrets [`load_dir_with`] requires to be available.
@@ -267,6 +288,9 @@ pub struct Secrets {
     pub ingress: bool,
     /// Targets' (`[target.auth]`): needed when deliveries run (`publish.inbound_queue` set).
     pub targets: bool,
+    /// Pulled sources' (`[pull.auth]`): needed whenever the hub runs (it polls them), and
+    /// read by [`Integration::register`] in any case.
+    pub pulls: bool,
 }
 
 /// [`load_dir`], saying which secrets must be available.

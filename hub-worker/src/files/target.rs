@@ -82,7 +82,7 @@ pub(super) fn check_target(d: &mut FileDiags<'_>, t: &TargetSpec, check_secrets:
     {
         d.at(&["target", "receipts_to"], format!("receipts_to `{q}` is not 1 to 255 characters"));
     }
-    check_auth(d, &t.auth, check_secrets);
+    check_auth(d, &["target", "auth"], &t.auth, check_secrets);
 }
 
 /// An `http`/`https` URL with a host and no credentials, fragment or (for a base URL) query,
@@ -114,10 +114,12 @@ fn check_url(url: &str, query_allowed: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `[target.auth]`: the fields each kind needs, and its secret.
-fn check_auth(d: &mut FileDiags<'_>, auth: &AuthSpec, check_secrets: bool) {
-    let secret = |d: &mut FileDiags<'_>, key: &str, s: &SecretRef, what: &str| {
-        check_secret(d, &["target", "auth", key], s, what, check_secrets)
+/// An authentication table (`at`: `["target", "auth"]` or `["pull", "auth"]`): the fields each
+/// kind needs, and its secret.
+pub(super) fn check_auth(d: &mut FileDiags<'_>, at: &[&str], auth: &AuthSpec, check_secrets: bool) {
+    let key_at = |key: &'static str| -> Vec<&str> { at.iter().copied().chain([key]).collect() };
+    let secret = |d: &mut FileDiags<'_>, key: &'static str, s: &SecretRef, what: &str| {
+        check_secret(d, &key_at(key), s, what, check_secrets)
     };
     match auth {
         AuthSpec::None => {}
@@ -126,32 +128,32 @@ fn check_auth(d: &mut FileDiags<'_>, auth: &AuthSpec, check_secrets: bool) {
         }
         AuthSpec::ApiKey { header, key } => {
             if !is_header_name(header) {
-                d.at(&["target", "auth", "header"], format!("`{header}` is not an HTTP header name"));
+                d.at(&key_at("header"), format!("`{header}` is not an HTTP header name"));
             } else if let Some((_, why)) = layer2_normalize::request::RESERVED_HEADERS
                 .iter()
                 .find(|(h, _)| h.eq_ignore_ascii_case(header) && *h != "authorization")
             {
-                d.at(&["target", "auth", "header"], format!("the API key cannot go in `{header}`: {why}"));
+                d.at(&key_at("header"), format!("the API key cannot go in `{header}`: {why}"));
             }
             secret(d, "key", key, "the API key");
         }
         AuthSpec::Basic { username, password } => {
             // RFC 7617: the user-id is everything before the first colon.
             if username.is_empty() || username.contains(':') || username.chars().any(char::is_control) {
-                d.at(&["target", "auth", "username"], "username must be non-empty text without `:`");
+                d.at(&key_at("username"), "username must be non-empty text without `:`");
             }
             secret(d, "password", password, "the password");
         }
         AuthSpec::Oauth2 { token_url, client_id, client_secret, scope, audience } => {
             if let Err(e) = check_url(token_url, true) {
-                d.at(&["target", "auth", "token_url"], format!("token_url `{token_url}` {e}"));
+                d.at(&key_at("token_url"), format!("token_url `{token_url}` {e}"));
             }
             if client_id.is_empty() || client_id.chars().any(char::is_control) {
-                d.at(&["target", "auth", "client_id"], "client_id must be non-empty text");
+                d.at(&key_at("client_id"), "client_id must be non-empty text");
             }
             for (key, v) in [("scope", scope), ("audience", audience)] {
                 if v.as_ref().is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
-                    d.at(&["target", "auth", key], format!("{key} must be non-empty text (or left out)"));
+                    d.at(&key_at(key), format!("{key} must be non-empty text (or left out)"));
                 }
             }
             secret(d, "client_secret", client_secret, "the client secret");
@@ -160,7 +162,7 @@ fn check_auth(d: &mut FileDiags<'_>, auth: &AuthSpec, check_secrets: bool) {
             if let Some(value) = secret(d, "secret", s, "the signing secret")
                 && let Err(e) = crate::http::verify::standard_webhooks_key(value.trim())
             {
-                d.at(&["target", "auth", "secret"], format!("{}: {e}", describe(s)));
+                d.at(&key_at("secret"), format!("{}: {e}", describe(s)));
             }
         }
     }

@@ -59,6 +59,7 @@ fn examples_for(base: &str) -> PathBuf {
         }
         std::fs::write(&path, text).expect("write example");
     }
+    crate::util::shop_token_as_file(&dst);
     dst
 }
 

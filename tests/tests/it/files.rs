@@ -23,8 +23,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn examples() -> PathBuf {
-    repo().join("examples/integrations")
+/// A copy of the examples a hub builds from (the pulled source's token in a file of its own).
+fn examples() -> crate::util::Examples {
+    crate::util::Examples::new()
 }
 
 fn read(rel: &str) -> Vec<u8> {
@@ -174,14 +175,8 @@ async fn fidelity_and_schema_violations(backend: Backend) {
 /// the payment id as well).
 fn examples_with_payments_v2() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("po-ints-{}", uuid::Uuid::now_v7().simple()));
-    for sub in ["", "core", "schemas"] {
-        std::fs::create_dir_all(dir.join(sub)).expect("dir");
-        for e in std::fs::read_dir(examples().join(sub)).expect("read").flatten() {
-            if e.path().is_file() {
-                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).expect("copy");
-            }
-        }
-    }
+    crate::util::copy_tree(&repo().join("examples/integrations"), &dir);
+    crate::util::shop_token_as_file(&dir);
     let p = dir.join("payments.toml");
     let text = std::fs::read_to_string(&p).expect("payments.toml");
     let changed = text.replacen("version = \"1\"", "version = \"2\"", 1).replace(

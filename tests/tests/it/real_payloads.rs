@@ -1,8 +1,9 @@
-//! The example integrations `github.toml` and `stripe.toml` on providers' real-shaped payloads
-//! (tests/fixtures, hand-picked from GitHub's and Stripe's published examples): GitHub events
-//! selected by their `X-GitHub-Event` header, other issue actions dropped by rule, label names
-//! projected to strings, URL leaves ignored by `**` patterns; Stripe minor units to exact decimal
-//! text by the currency's ISO 4217 exponent.
+//! The example integrations `github.toml`, `stripe.toml` and `shop.toml` on providers'
+//! real-shaped payloads (tests/fixtures, hand-picked from GitHub's and Stripe's published
+//! examples): GitHub events selected by their `X-GitHub-Event` header, other issue actions
+//! dropped by rule, label names projected to strings, URL leaves ignored by `**` patterns;
+//! Stripe minor units to exact decimal text by the currency's ISO 4217 exponent; a pulled page
+//! of shop orders split into its orders, ids and totals exact.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +44,8 @@ fn github(event: &str, delivery: &str) -> IngestMeta {
 }
 
 async fn start(url: &str) -> (Hub, Arc<Collect>, CancellationToken) {
-    hub_on_files(url, &repo().join("examples/integrations"), &["core.engineering", "core.payments"]).await
+    let examples = crate::util::Examples::new();
+    hub_on_files(url, &examples, &["core.engineering", "core.payments", "core.orders"]).await
 }
 
 fn by_type<'a>(got: &'a [InboundMessage], t: &str) -> Vec<&'a InboundMessage> {
@@ -197,4 +199,77 @@ async fn stripe_minor_units_become_exact_decimals_by_currency(backend: Backend) 
     tdb.cleanup().await;
 }
 
-on_both!(github_issues_and_pushes_on_one_source, stripe_minor_units_become_exact_decimals_by_currency);
+/// A page of the shop's orders API (`shop.toml`, a pulled source), stored in layer 1 as the
+/// runner stores it: one row, byte for byte, split at layer 2 by `[payload] records` into its
+/// three orders, each an `order.changed` ordered by its order id; the id beyond 2^63 and the
+/// long decimal total arrive exactly as the shop wrote them.
+async fn a_pulled_shop_page_becomes_one_message_per_order(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let (hub, core, cancel) = start(&tdb.url).await;
+    let page = fixture("shop/orders.page1.json");
+    let meta = IngestMeta {
+        source_ref: Some("sync:0193a0c4-run:1".into()),
+        content_type: Some("application/json".into()),
+        headers: vec![
+            ("hub-pull-page".into(), "1".into()),
+            (
+                "hub-pull-request".into(),
+                "GET https://shop.example/api/2026-10/orders?limit=100&status=any".into(),
+            ),
+            ("hub-pull-mode".into(), "incremental_dedup".into()),
+        ],
+    };
+    let stored = hub.ingest("shop", &page, meta).await.expect("the page is stored");
+    assert!(hub.wait_settled(Duration::from_secs(30)).await.expect("settle"), "did not settle");
+
+    let raw = l1::Entity::find_by_id(stored.id).one(hub.db()).await.expect("l1").expect("row");
+    assert_eq!(raw.body, page, "the page byte for byte");
+    let rows2 =
+        l2::Entity::find().filter(l2::Column::OriginId.eq(stored.id)).all(hub.db()).await.expect("l2");
+    assert_eq!(rows2.len(), 3, "one record per order");
+    assert!(rows2.iter().all(|r| r.record_kind == "order" && r.schema_version.as_deref() == Some("2026-10")));
+
+    let got = core.got.lock().expect("lock").clone();
+    let orders = by_type(&got, "order.changed");
+    assert_eq!(orders.len(), 3);
+    let of = |id: &str| {
+        orders.iter().find(|m| m.body["order_id"].as_str() == Some(id)).expect("order").body.clone()
+    };
+    let big = of("12345678901234567890");
+    assert_eq!(big["total"]["value"].as_str(), Some("1234567.890123456789"));
+    assert_eq!(big["total"]["currency"].as_str(), Some("EUR"));
+    assert_eq!(big["tax"].as_str(), Some("197110.416827208617"));
+    assert_eq!(big["lines"][0]["unit_price"].as_str(), Some("1037457.473296248172"));
+    assert_eq!(big["customer_id"].as_str(), Some("7301884512"));
+    assert_eq!(big["updated_at"].as_str(), Some("2026-11-20T14:05:41.873+01:00"));
+    assert_eq!(big["fulfillment"].as_str(), Some("unfulfilled"));
+    assert_eq!(of("5987360022")["total"]["value"].as_str(), Some("4800"));
+
+    let rows4 = layer4_dispatch::entity::Entity::find()
+        .filter(layer4_dispatch::entity::Column::OriginId.eq(stored.id))
+        .all(hub.db())
+        .await
+        .expect("l4");
+    let mut keys: Vec<_> =
+        rows4.iter().map(|r| (r.destination.as_str(), r.ordering_key.as_deref())).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("core.orders", Some("12345678901234567890")),
+            ("core.orders", Some("5987360021")),
+            ("core.orders", Some("5987360022")),
+        ],
+        "ordered per order"
+    );
+
+    cancel.cancel();
+    hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+on_both!(
+    github_issues_and_pushes_on_one_source,
+    stripe_minor_units_become_exact_decimals_by_currency,
+    a_pulled_shop_page_becomes_one_message_per_order
+);

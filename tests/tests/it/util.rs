@@ -331,3 +331,58 @@ pub async fn hub_on_files(
     }
     (hub, core, cancel)
 }
+
+/// The examples' pulled source (`shop.toml`) reads its API token from `SHOP_API_TOKEN` when it
+/// registers (the hub polls it): a test that builds a hub from a copy of the examples points it
+/// at a file of the copy instead, as the tests cannot set environment variables.
+pub fn shop_token_as_file(dir: &std::path::Path) {
+    let token = dir.join("shop-api-token.secret");
+    std::fs::write(&token, "shop-api-token-0123456789").expect("token file");
+    let shop = dir.join("shop.toml");
+    let text = std::fs::read_to_string(&shop).expect("shop.toml");
+    let with_file = text
+        .replace("{ env = \"SHOP_API_TOKEN\" }", &format!("{{ file = {:?} }}", token.display().to_string()));
+    assert_ne!(with_file, text, "shop.toml reads SHOP_API_TOKEN");
+    std::fs::write(&shop, with_file).expect("write shop.toml");
+}
+
+/// A copy of `examples/integrations` a hub builds from (see [`shop_token_as_file`]), removed
+/// on drop: the integrations read nothing from it once built.
+pub struct Examples(std::path::PathBuf);
+
+impl Examples {
+    pub fn new() -> Examples {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/integrations");
+        let dst = std::env::temp_dir().join(format!("po-examples-{}", Uuid::now_v7().simple()));
+        copy_tree(&src, &dst);
+        shop_token_as_file(&dst);
+        Examples(dst)
+    }
+}
+
+impl std::ops::Deref for Examples {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Examples {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the directory `from` (files and subdirectories) to `to`.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
