@@ -164,9 +164,12 @@ impl HubBuilder {
     /// integration with an error is never left out silently.
     ///
     /// `[ingress]` (a source's front door and its webhook secret) serves the worker's HTTP
-    /// server only; an embedding has none, so its secrets need not be set.
+    /// server only; an embedding has none, so its secrets need not be set. A pulled source's
+    /// (`[pull.auth]`) must be: the hub polls wherever it runs (the example below needs
+    /// `SHOP_API_TOKEN`, for `examples/integrations/shop.toml`; the tests build it from a copy
+    /// that reads the token from a file).
     ///
-    /// ```
+    /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> hub_worker::Result<()> {
     /// use hub_worker::Hub;
