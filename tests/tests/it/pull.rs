@@ -70,6 +70,10 @@ struct Shop {
     ignore_since: bool,
     /// The cursor style answers this cursor forever (a pagination loop).
     loop_cursor: bool,
+    /// The bearer token the listing wants, when not [`TOKEN`] (an OAuth2 one).
+    token: Option<String>,
+    /// Token requests to `/oauth/token`.
+    token_requests: usize,
 }
 
 type Shared = Arc<Mutex<Shop>>;
@@ -90,7 +94,8 @@ async fn listing(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
+    let want = shop.lock().expect("lock").token.clone().unwrap_or_else(|| TOKEN.to_owned());
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {want}")) {
         return (StatusCode::UNAUTHORIZED, "no token").into_response();
     }
     let fault = {
@@ -174,9 +179,26 @@ fn answer(shop: &Shared, style: &str, q: &BTreeMap<String, String>, fault: Optio
     r
 }
 
+/// The shop's OAuth2 token endpoint (client credentials, client authenticated with HTTP Basic).
+async fn token(State(shop): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("hub-client:client-s3cret");
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
+    if !authorized || !body.contains("grant_type=client_credentials") {
+        return (StatusCode::UNAUTHORIZED, "bad client").into_response();
+    }
+    let mut s = shop.lock().expect("lock");
+    s.token_requests += 1;
+    let body = r#"{"access_token":"oauth-tok-1","token_type":"Bearer","expires_in":3600}"#;
+    ([("content-type", "application/json")], body).into_response()
+}
+
 /// Starts the shop on a free port; returns its base URL.
 async fn serve(shop: Shared) -> String {
-    let app = axum::Router::new().route("/api/{style}", axum::routing::get(listing)).with_state(shop);
+    let app = axum::Router::new()
+        .route("/api/{style}", axum::routing::get(listing))
+        .route("/oauth/token", axum::routing::post(token))
+        .with_state(shop);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -526,6 +548,42 @@ async fn a_429_with_retry_after_is_waited_for() {
     assert!(report.error.as_deref().is_some_and(|e| e.contains("3600 s")), "{report:?}");
     let next = sync(&s.hub).await;
     assert!(next.resumed && next.outcome == RunOutcome::Succeeded, "{next:?}");
+    s.cancel.cancel();
+    s.hub.shutdown().await;
+    tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_fetched_once_and_the_page_bound_pauses_a_run() {
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let shop: Shared = Arc::new(Mutex::new(Shop {
+        orders: orders(25),
+        token: Some("oauth-tok-1".into()),
+        ..Shop::default()
+    }));
+    let base = serve(shop.clone()).await;
+    let mut set = settings(spec(&base, "next"), SyncMode::IncrementalDedup);
+    set.auth = Auth::OAuth2 {
+        token_url: format!("{base}/oauth/token"),
+        client_id: "hub-client".into(),
+        client_secret: Secret::from("client-s3cret"),
+        scope: Some("orders:read".into()),
+        audience: None,
+    };
+    set.spec.max_pages = 2;
+    let s = hub(&tdb.url, set, None).await;
+    // Two pages, then the bound: the run stops with the listing unfinished...
+    let first = sync(&s.hub).await;
+    assert_eq!((first.outcome, first.pages, first.records), (RunOutcome::PageLimit, 2, 20), "{first:?}");
+    assert_eq!(first.cursor_after, None, "the cursor moves when the listing ends");
+    // ...and the next run continues it.
+    let second = sync(&s.hub).await;
+    assert!(second.resumed, "{second:?}");
+    assert_eq!((second.outcome, second.pages, second.records), (RunOutcome::Succeeded, 1, 5), "{second:?}");
+    assert_eq!(second.cursor_after.as_deref(), Some(ts(25).as_str()));
+    assert_eq!(shop.lock().expect("lock").token_requests, 1, "the token is cached across pages and runs");
+    settle(&s.hub).await;
+    exactly_once(&records(&s.hub).await, &orders(25));
     s.cancel.cancel();
     s.hub.shutdown().await;
     tdb.cleanup().await;
