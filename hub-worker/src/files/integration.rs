@@ -317,8 +317,10 @@ fn redaction(
 /// envelope fields it carries to each record.
 fn check_payload(d: &mut FileDiags<'_>, p: &PayloadSpec, base: &Path) -> Option<JsonSchema> {
     for (key, ptr) in [("records", &p.records), ("event_ref", &p.event_ref)] {
+        // `records = ""`: the payload itself is the array of records (a page of GitHub's API).
         if let Some(ptr) = ptr
             && !is_pointer(ptr)
+            && !(key == "records" && ptr.is_empty())
         {
             d.at(&["payload", key], format!("`{ptr}` is not a JSON pointer like /{key}"));
         }

@@ -129,7 +129,7 @@ fn check_records(d: &mut FileDiags<'_>, pull: &PullConfig, payload: &PagePayload
         (_, None) => d.at(
             &["pull", "records"],
             "pull.records: a pulled source needs [payload] records (the pointer to the records array in \
-             a page): layer 2 splits each page into records at it",
+             a page, or \"\" when the page is the array): layer 2 splits each page into records at it",
         ),
         (Some(r), Some(p)) if r != p => d.at(
             &["pull", "records"],

@@ -250,6 +250,39 @@ fn records_must_agree_with_the_payload() {
     assert_one(&dir, &text, &problems, "[pull]", &["pull.records: a pulled source needs [payload] records"]);
 }
 
+/// A page that is itself the array of records (GitHub's API, with the `Link` header):
+/// `[payload] records = ""`; layer 2 splits the stored page as the puller reads it.
+#[tokio::test]
+async fn a_page_that_is_the_array_is_read_with_empty_records() {
+    let dir = Dir::new();
+    let gh =
+        GOOD.replacen("schema = \"page.json\"\nrecords = \"/orders\"\n", "records = \"\"\n", 1).replacen(
+            "style = \"cursor\"\nnext = \"/meta/next_cursor\"\nparam = \"page_info\"\n",
+            "style = \"link_header\"\n",
+            1,
+        );
+    assert!(gh.contains("records = \"\"") && gh.contains("link_header"), "{gh}");
+    let (problems, _) = dir.problems(&gh, true);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let loaded = load_dir(dir.path(), true);
+    let shop = &loaded.integrations[0];
+    let settings = shop.pull.as_ref().expect("pull").settings("shop").expect("settings");
+    assert_eq!(settings.spec.records.as_deref().unwrap_or_default(), "", "the page is the array");
+    let page =
+        br#"[{"id":1,"updated_at":"2026-11-22T10:00:00Z"},{"id":2,"updated_at":"2026-11-22T10:01:00Z"}]"#;
+    let raw = RawInput {
+        id: uuid::Uuid::now_v7().into(),
+        source: "shop",
+        source_ref: None,
+        content_type: "application/json",
+        body: page,
+        headers: r#"{"hub-pull-skip":"0"}"#,
+    };
+    let records = shop.normalizer.normalize(&raw).await.expect("the page splits");
+    let ids: Vec<_> = records.iter().map(|r| r.source_ref.as_deref()).collect();
+    assert_eq!(ids, [Some("2")], "record 0 was taken before");
+}
+
 /// The next cursor or link must be able to be in a page, as a usable type, by the page schema.
 #[test]
 fn a_next_pointer_the_page_schema_rules_out_is_reported() {

@@ -139,7 +139,7 @@ fn answer(shop: &Shared, style: &str, q: &BTreeMap<String, String>, fault: Optio
             q.get("cursor").and_then(|c| c.strip_prefix('o')).and_then(|c| c.parse().ok()).unwrap_or(0),
             num("limit", 10),
         ),
-        "next" | "link" => (num("offset", 0), 10),
+        "next" | "link" | "gh" => (num("offset", 0), 10),
         "pages" => ((num("page", 1).saturating_sub(1)) * num("per_page", 10), num("per_page", 10)),
         "offset" => (num("offset", 0), num("limit", 10)),
         _ => (0, usize::MAX),
@@ -159,6 +159,8 @@ fn answer(shop: &Shared, style: &str, q: &BTreeMap<String, String>, fault: Optio
             };
             format!(r#"{{"orders":{records},"meta":{{"next_cursor":{next}}}}}"#)
         }
+        // GitHub's style: the page is the array, the next page is in the Link header.
+        "gh" => records,
         "next" => {
             let next =
                 if more { format!("\"/api/next?offset={}{since_q}\"", offset + size) } else { "null".into() };
@@ -183,7 +185,8 @@ fn answer(shop: &Shared, style: &str, q: &BTreeMap<String, String>, fault: Optio
 async fn token(State(shop): State<Shared>, headers: HeaderMap, body: String) -> Response {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode("hub-client:client-s3cret");
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
+    let authorized =
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
     if !authorized || !body.contains("grant_type=client_credentials") {
         return (StatusCode::UNAUTHORIZED, "bad client").into_response();
     }
@@ -218,6 +221,10 @@ fn spec(base: &str, style: &str) -> PullSpec {
         }
         "next" => Pagination::NextLinkInBody { next: "/next".into() },
         "link" => Pagination::LinkHeader,
+        "gh" => {
+            s.records = None;
+            Pagination::LinkHeader
+        }
         "pages" => {
             s.page_size = Some(10);
             Pagination::PageNumber { param: "page".into(), start: 1, size_param: Some("per_page".into()) }
@@ -270,7 +277,7 @@ impl Translator for OrderChanged {
     }
 }
 
-fn normalizer() -> DeclaredNormalizer {
+fn normalizer(records: &str) -> DeclaredNormalizer {
     let schema = JsonSchema::compile(serde_json::json!({
         "type": "object", "required": ["id", "updated_at", "total"]
     }))
@@ -282,7 +289,7 @@ fn normalizer() -> DeclaredNormalizer {
         source_ref: Some("/id".into()),
         when: None,
     };
-    DeclaredNormalizer::new(SOURCE, Some("/orders".into()), None, 1000, vec![kind])
+    DeclaredNormalizer::new(SOURCE, Some(records.into()), None, 1000, vec![kind])
 }
 
 struct Setup {
@@ -292,6 +299,8 @@ struct Setup {
 }
 
 async fn hub(url: &str, pull: PullSettings, schedule: Option<Schedule>) -> Setup {
+    // Where layer 2 finds the records: where the puller does (`""`: the page is the array).
+    let records = pull.spec.records.clone().unwrap_or_default();
     let transport = Arc::new(InProcessTransport::default());
     let route = Route {
         message_type: "order.changed".into(),
@@ -306,7 +315,7 @@ async fn hub(url: &str, pull: PullSettings, schedule: Option<Schedule>) -> Setup
     let hub = Hub::builder(url)
         .settings(hs)
         .transport(transport.clone())
-        .normalizer(Arc::new(normalizer()))
+        .normalizer(Arc::new(normalizer(&records)))
         .translator(Arc::new(OrderChanged))
         .routes([route])
         .pull(pull, schedule)
