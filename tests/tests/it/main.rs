@@ -18,6 +18,7 @@ mod front_door;
 mod ingest;
 mod isolation;
 mod pipeline;
+mod pull_api;
 mod queries;
 mod real_payloads;
 mod receipts;
