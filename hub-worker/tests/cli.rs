@@ -910,7 +910,9 @@ async fn sync_and_state_of_a_pulled_source() {
     let child = hub_worker()
         .args(["sync", "shop", "--config"])
         .arg(&cfg)
+        .env_remove("HUB_LOG")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawns");
     for _ in 0..200 {
@@ -925,7 +927,7 @@ async fn sync_and_state_of_a_pulled_source() {
         assert!(err.contains("is being synced by"), "{args:?}: {err}");
     }
     let first = child.wait_with_output().expect("waits");
-    assert!(first.status.success());
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(
         String::from_utf8_lossy(&first.stdout).contains("records 5"),
         "after the reset, everything again"
