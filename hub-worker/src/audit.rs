@@ -24,11 +24,16 @@ use crate::lineage::{Lineage, lineage};
 
 mod content;
 mod downstream;
+mod pulls;
 
 pub use content::{AuditConfig, DispatchView, RecordView, TranslationView};
 pub use downstream::{
     DeliveryAttemptView, DeliveryStats, ReceiptView, by_core_message_id, core_message, core_message_with,
     trace, trace_with,
+};
+pub use pulls::{
+    DEFAULT_RUNS_PAGE, MAX_RUNS_PAGE, PullStats, SourceState, SyncRunView, SyncRuns, pull_stats,
+    source_state, sync_run, sync_runs,
 };
 
 /// The raw bytes of a message, re-checked against their stored hash: a third party's payload
@@ -335,6 +340,9 @@ pub struct Stats {
     /// Delivery receipts written and not yet confirmed by the broker (to alert on when it
     /// keeps growing: the core app is not hearing what became of its messages).
     pub receipts_unsent: i64,
+    /// Pulled sources (those with a saved state: run or scheduled at least once), by name: the
+    /// last run, the next, the saved cursor and the totals, from one `pull_state` row each.
+    pub pulls: Vec<PullStats>,
 }
 
 /// The stats, for the audit desk's `/v1/stats` and `/metrics`. Nothing here grows with the
@@ -377,7 +385,9 @@ pub async fn stats(db: &DatabaseConnection) -> Result<Stats> {
     let open = downstream::oldest_open_deliveries(db).await?;
     let deliveries = downstream::delivery_stats(&per_target, |t| open.get(t).copied());
     let receipts_unsent = downstream::receipts_unsent(db).await?;
-    Ok(Stats { counts, destinations, deliveries, receipts_unsent })
+    // One `pull_state` row per pulled source: bounded too.
+    let pulls = pulls::pull_stats(db).await?;
+    Ok(Stats { counts, destinations, deliveries, receipts_unsent, pulls })
 }
 
 /// Each destination's health from its counts per status (`per`), its oldest open row and its
@@ -483,7 +493,9 @@ pub async fn stats_by_scan(db: &DatabaseConnection) -> Result<Stats> {
     let deliveries = downstream::deliveries_by_scan(db).await?;
     // Already bounded by its partial index: there is no slower way worth keeping.
     let receipts_unsent = downstream::receipts_unsent(db).await?;
-    Ok(Stats { counts, destinations, deliveries, receipts_unsent })
+    // One `pull_state` row per pulled source: bounded too.
+    let pulls = pulls::pull_stats(db).await?;
+    Ok(Stats { counts, destinations, deliveries, receipts_unsent, pulls })
 }
 
 /// Why a replay was refused.

@@ -355,6 +355,7 @@ impl HubBuilder {
                 wake,
                 cancel: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
+                runs: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -470,6 +471,8 @@ struct Inner {
     wake: Wakes,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Sync runs started in the background ([`Hub::start_sync`]).
+    runs: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running post office. Cheap to clone; all clones are the same hub.
@@ -795,7 +798,11 @@ impl Hub {
                 tracing::error!(run = %id, error = %e, "sync run could not record its end");
             }
         });
-        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        // Apart from the stages' tasks (`start` does nothing when those exist); finished runs'
+        // handles are dropped as new ones come.
+        let mut runs = self.inner.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.retain(|t| !t.is_finished());
+        runs.push(task);
         Ok(id)
     }
 
@@ -852,7 +859,9 @@ impl Hub {
     /// Rows not yet claimed stay where they are for the next start.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks: Vec<_> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.extend(std::mem::take(&mut *self.inner.runs.lock().unwrap_or_else(|p| p.into_inner())));
         for t in tasks {
             if let Err(e) = t.await {
                 tracing::error!(error = %e, "stage task ended abnormally");
@@ -860,12 +869,14 @@ impl Hub {
         }
     }
 
-    /// Aborts every stage task at once, mid-batch if need be: what a crash does. Uncommitted
+    /// Aborts every stage task and sync run at once, mid-batch if need be: what a crash does. Uncommitted
     /// writes roll back; rows claimed but not yet written stay leased until
     /// [`StageSettings::lease`] ends, then any worker takes them. For tests of crash safety;
     /// use [`Hub::shutdown`] otherwise.
     pub fn abort(&self) {
-        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks: Vec<_> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.extend(std::mem::take(&mut *self.inner.runs.lock().unwrap_or_else(|p| p.into_inner())));
         for t in tasks {
             t.abort();
         }

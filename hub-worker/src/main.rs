@@ -164,6 +164,33 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Runs a pulled source once, now, to the end of its listing (or its page bound), and
+    /// prints the run's report; exits non-zero when the run failed or another run holds the
+    /// source. Only stores the pages (in layer 1): a running worker processes them. No broker
+    /// is contacted.
+    Sync {
+        /// The pulled source (an integration file with [pull]).
+        source: String,
+        /// Configuration file (TOML): the database and the integration files.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a pulled source's saved state as JSON (what `GET /v1/sources/{source}/state`
+    /// answers): cursor, unfinished listing, lease, totals, last and next run, schedule.
+    State {
+        /// The pulled source.
+        source: String,
+        /// Configuration file (TOML): the database and the integration files.
+        #[arg(long)]
+        config: PathBuf,
+        /// First forget the source's cursor, unfinished listing and taken records (the next
+        /// run reads everything again); refused while a run holds the source.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Loads the configuration and its integration files and reports every problem with its
     /// file and line; exits non-zero on any.
     Check {
@@ -470,6 +497,70 @@ async fn main() -> anyhow::Result<()> {
                 println!("skipped {skipped} row(s) still moving: replay them once they settle");
             }
         }
+        Command::Sync { source, config, json } => {
+            let hub = pull_hub(&config).await?;
+            // Ctrl-C or SIGTERM: the run stops after the page it is on (recorded as failed, the
+            // next run resumes from there); a second one exits at once.
+            let stop_signal = stop_requested()?;
+            let stopper = tokio::spawn({
+                let hub = hub.clone();
+                async move {
+                    let signal = stop_signal.await;
+                    eprintln!("{signal} received: stopping after the current page (again to exit now)");
+                    hub.shutdown().await;
+                    if let Ok(again) = stop_requested() {
+                        again.await;
+                        std::process::exit(130);
+                    }
+                }
+            });
+            let result = hub.sync_now(&source, hub_worker::pull::Trigger::Cli).await;
+            stopper.abort();
+            cli_audit_event(
+                "sync",
+                &source,
+                match &result {
+                    Ok(r) => r.outcome.as_str(),
+                    Err(hub_worker::Error::Conflict(_)) => "refused: a run holds the source",
+                    Err(hub_worker::Error::NotPulled(_)) => "refused: not a pulled source",
+                    Err(_) => "failed",
+                },
+            );
+            hub.shutdown().await;
+            let report = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", run_report_text(&report));
+            }
+            if report.outcome == hub_worker::pull::RunOutcome::Failed {
+                bail!("the run failed: {}", report.error.as_deref().unwrap_or("(no reason on record)"));
+            }
+        }
+        Command::State { source, config, reset } => {
+            let hub = pull_hub(&config).await?;
+            if reset {
+                let result = hub.reset_pull_state(&source).await;
+                cli_audit_event(
+                    "state reset",
+                    &source,
+                    match &result {
+                        Ok(()) => "reset",
+                        Err(hub_worker::Error::Conflict(_)) => "refused: a run holds the source",
+                        Err(hub_worker::Error::NotPulled(_)) => "refused: not a pulled source",
+                        Err(_) => "failed",
+                    },
+                );
+                result?;
+                eprintln!(
+                    "state of `{source}` reset: its cursor, unfinished listing and taken records are forgotten; \
+                     the next run reads everything again"
+                );
+            }
+            let state = hub_worker::audit::source_state(&hub, &source).await;
+            hub.shutdown().await;
+            println!("{}", serde_json::to_string_pretty(&state?)?);
+        }
         Command::Check { config } => match hub_worker::config::prepare(&config) {
             Ok((cfg, files)) => {
                 println!(
@@ -601,6 +692,83 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The hub the pulled-source commands (`sync`, `state`) work on: the config's database and
+/// integrations, checked as `check` does (secrets of front doors aside: no server runs), on an
+/// in-process transport whatever the config says, since these commands publish nothing (the
+/// stages are not started; a running worker processes the pages stored).
+async fn pull_hub(config: &std::path::Path) -> anyhow::Result<hub_worker::Hub> {
+    let cfg = Config::load(Some(config))?;
+    let files = match cfg.integrations_path() {
+        None => Vec::new(),
+        Some(dir) => {
+            // No front door runs here; targets are built with the hub when deliveries are
+            // configured, so their secrets are needed then.
+            let secrets = hub_worker::files::Secrets {
+                targets: cfg.publish.inbound_queue.is_some(),
+                pulls: true,
+                ..Default::default()
+            };
+            let loaded = hub_worker::files::load_dir_with(&dir, secrets);
+            if !loaded.diagnostics.is_empty() {
+                for d in &loaded.diagnostics {
+                    eprintln!("{d}");
+                }
+                bail!(
+                    "{} problem(s) in the integration files (see `hub-worker check`)",
+                    loaded.diagnostics.len()
+                );
+            }
+            loaded.integrations
+        }
+    };
+    let transport = std::sync::Arc::new(layer4_dispatch::InProcessTransport::default());
+    Ok(cfg.hub_builder(files).await?.transport(transport).build().await?)
+}
+
+/// The audit event of a write on a pulled source from the command line, as the API logs it.
+fn cli_audit_event(action: &str, source: &str, outcome: &str) {
+    tracing::info!(
+        target: "audit",
+        token = "cli",
+        method = "CLI",
+        path = action,
+        peer = "local",
+        outcome,
+        scope = "operate",
+        what = format!("source {source}").as_str(),
+        "{action}"
+    );
+}
+
+/// A run's report for a terminal.
+fn run_report_text(r: &hub_worker::pull::RunReport) -> String {
+    let or_none = |c: &Option<String>| c.clone().unwrap_or_else(|| "-".to_owned());
+    let mut out = format!(
+        "run {} of `{}`: {}{}\n",
+        r.run_id,
+        r.source,
+        r.outcome.as_str(),
+        if r.resumed { " (resumed an unfinished listing)" } else { "" }
+    );
+    out.push_str(&format!(
+        "  pages {} ({} stored), records {}, skipped {}, bytes {}\n",
+        r.pages, r.pages_stored, r.records, r.skipped, r.bytes
+    ));
+    out.push_str(&format!("  requests {}, retries {}\n", r.requests, r.retries));
+    out.push_str(&format!(
+        "  cursor before {}, after {}\n",
+        or_none(&r.cursor_before),
+        or_none(&r.cursor_after)
+    ));
+    if let Some(e) = &r.error {
+        out.push_str(&format!("  error: {e}\n"));
+    }
+    if r.pages_stored > 0 {
+        out.push_str("  the pages are stored in layer 1: a running worker processes them\n");
+    }
+    out
 }
 
 /// Resolves with the signal's name when the process is asked to stop: Ctrl-C (SIGINT) from a

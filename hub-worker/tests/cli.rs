@@ -725,3 +725,241 @@ async fn trace_masks_redacted_fields_unless_raw() {
     assert_eq!(shown["dispatches"][0]["body"]["secret"], SECRET, "{shown}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A shop's orders API for the pulled-source commands: `GET /orders?page=N&per_page=M`
+/// answers `{"data": [...]}` with five orders in all; each request first waits `delay_ms`, and
+/// answers `fail_with` instead when it is set.
+mod shop {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+
+    use axum::extract::{Query, State};
+    use axum::response::IntoResponse;
+
+    #[derive(Clone, Default)]
+    pub struct Shop {
+        pub delay_ms: Arc<AtomicU64>,
+        pub fail_with: Arc<AtomicU16>,
+        pub requests: Arc<AtomicUsize>,
+    }
+
+    async fn orders(
+        State(shop): State<Shop>,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        shop.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = shop.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        let fail = shop.fail_with.load(Ordering::SeqCst);
+        if fail != 0 {
+            let status = axum::http::StatusCode::from_u16(fail).expect("status");
+            return (status, "refused on purpose").into_response();
+        }
+        let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+        let per: usize = q.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(5);
+        let items: Vec<serde_json::Value> = (1..=5usize)
+            .map(|i| serde_json::json!({"id": i, "updated_at": format!("2026-11-0{i}T10:00:00Z")}))
+            .skip((page - 1) * per)
+            .take(per)
+            .collect();
+        axum::Json(serde_json::json!({ "data": items })).into_response()
+    }
+
+    /// Serves the API until the runtime ends; its base URL.
+    pub async fn start() -> (String, Shop) {
+        let shop = Shop::default();
+        let app = axum::Router::new().route("/orders", axum::routing::get(orders)).with_state(shop.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, shop)
+    }
+
+    /// A config and an integrations directory in `dir` with the source `shop`, pulled from
+    /// `pull_url` when given (and not pulled at all otherwise). Returns the config's path.
+    pub fn config(dir: &std::path::Path, pull_url: Option<&str>) -> std::path::PathBuf {
+        let w = |rel: &str, text: &str| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+            std::fs::write(p, text).expect("write");
+        };
+        w("integrations/any.json", "{}");
+        w(
+            "integrations/core.toml",
+            "destinations = [\"core.orders\"]\n[[message_types]]\ntype = \"order.seen\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
+        let pull = match pull_url {
+            Some(url) => format!(
+                "[pull]\nurl = \"{url}\"\nmode = \"incremental\"\ncursor_field = \"/updated_at\"\npage_size = 2\n\
+                 max_retries = 0\n[pull.pagination]\nstyle = \"page_number\"\nparam = \"page\"\nsize_param = \"per_page\"\n"
+            ),
+            None => String::new(),
+        };
+        w(
+            "integrations/shop.toml",
+            &format!(
+                "source = \"shop\"\n{pull}[payload]\nrecords = \"/data\"\n\
+                 [kinds.order]\nschema = \"any.json\"\nschema_version = \"1\"\n\
+                 [kinds.order.mapping]\nname = \"order\"\nversion = \"1\"\nmessage_type = \"order.seen\"\n\
+                 type_version = \"1\"\non_unmapped = \"ignore\"\nfields = {{ \"/order_id\" = {{ from = \"/id\" }} }}\n\
+                 [[routes]]\ntype = \"order.seen\"\ndestination = \"core.orders\"\n"
+            ),
+        );
+        let cfg = dir.join("hub.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "integrations_dir = \"integrations\"\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n",
+                dir.join("hub.sqlite").display()
+            ),
+        )
+        .expect("write");
+        cfg
+    }
+}
+
+/// `sync` and `state` name a source that is not pulled (or a config that is not there) and
+/// exit non-zero, touching nothing.
+#[test]
+fn sync_and_state_refuse_a_source_that_is_not_pulled() {
+    let dir = std::env::temp_dir().join(format!("po-cli-notpulled-{}", uuid::Uuid::now_v7().simple()));
+    let cfg = shop::config(&dir, None);
+    for args in [
+        vec!["sync", "shop"],
+        vec!["state", "shop"],
+        vec!["state", "shop", "--reset"],
+        vec!["sync", "payments"],
+    ] {
+        let out = hub_worker().args(&args).arg("--config").arg(&cfg).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("is not a pulled source"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let out =
+        hub_worker().args(["sync", "shop", "--config", "/nonexistent/hub.toml"]).output().expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sync` runs a pulled source once and prints its report, storing the pages only (no stage
+/// runs: they wait `just_in` for a worker); `state` prints the saved state and `--reset`
+/// forgets it; a failed run, or a run while another holds the source, exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_state_of_a_pulled_source() {
+    use std::sync::atomic::Ordering;
+    let (base, api) = shop::start().await;
+    let dir = std::env::temp_dir().join(format!("po-cli-pull-{}", uuid::Uuid::now_v7().simple()));
+    let cfg = shop::config(&dir, Some(&format!("{base}/orders")));
+    let url = format!("sqlite://{}?mode=rwc", dir.join("hub.sqlite").display());
+    let run = |args: &[&str]| {
+        let out =
+            hub_worker().args(args).arg("--config").arg(&cfg).env_remove("HUB_LOG").output().expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+
+    let (ok, out, err) = run(&["state", "shop"]);
+    assert!(ok, "{err}");
+    let state = json(&out);
+    assert_eq!(
+        (&state["source"], &state["mode"], &state["runs"]),
+        (&"shop".into(), &"incremental".into(), &0.into())
+    );
+    assert_eq!(state["url"], format!("{base}/orders"));
+
+    let (ok, out, err) = run(&["sync", "shop"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(": succeeded"), "{out}");
+    assert!(out.contains("pages 3 (3 stored), records 5, skipped 0"), "{out}");
+    assert!(out.contains("requests 3, retries 0"), "{out}");
+    assert!(out.contains("cursor before -, after 2026-11-05T10:00:00Z"), "{out}");
+    assert!(err.contains("token=\"cli\"") && err.contains("outcome=\"succeeded\""), "the audit event: {err}");
+    // Stored, not processed: no stage ran.
+    let out = hub_worker()
+        .args(["messages", "list", "--layer", "1", "--source", "shop", "--database-url", &url])
+        .output()
+        .expect("runs");
+    let page = json(&String::from_utf8_lossy(&out.stdout));
+    let statuses: Vec<&str> =
+        page["items"].as_array().expect("items").iter().filter_map(|r| r["status"].as_str()).collect();
+    assert_eq!(statuses, vec!["just_in"; 3], "{page}");
+
+    let (ok, out, err) = run(&["sync", "shop", "--json"]);
+    assert!(ok, "{err}");
+    let report = json(&out);
+    assert_eq!(
+        (&report["outcome"], &report["records"], &report["skipped"]),
+        (&"succeeded".into(), &0.into(), &5.into())
+    );
+    let (ok, out, _) = run(&["state", "shop"]);
+    assert!(ok);
+    let state = json(&out);
+    assert_eq!(
+        (&state["cursor"], &state["runs"], &state["records"]),
+        (&"2026-11-05T10:00:00Z".into(), &2.into(), &5.into())
+    );
+    assert_eq!(state["last_run_id"], report["run_id"]);
+
+    let (ok, out, err) = run(&["state", "shop", "--reset"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("reset"), "{err}");
+    let state = json(&out);
+    assert_eq!((&state["cursor"], &state["runs"]), (&serde_json::Value::Null, &2.into()), "the totals stay");
+
+    // A slow API: a second run, and a reset, are refused while the first holds the source.
+    api.delay_ms.store(1000, Ordering::SeqCst);
+    let before = api.requests.load(Ordering::SeqCst);
+    let child = hub_worker()
+        .args(["sync", "shop", "--config"])
+        .arg(&cfg)
+        .env_remove("HUB_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    for _ in 0..200 {
+        if api.requests.load(Ordering::SeqCst) > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    for args in [&["sync", "shop"][..], &["state", "shop", "--reset"][..]] {
+        let (ok, _, err) = run(args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("is being synced by"), "{args:?}: {err}");
+    }
+    let first = child.wait_with_output().expect("waits");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("records 5"),
+        "after the reset, everything again"
+    );
+    api.delay_ms.store(0, Ordering::SeqCst);
+
+    // A refusing API: the run fails, exit status non-zero, the report says why.
+    api.fail_with.store(403, Ordering::SeqCst);
+    let (ok, out, err) = run(&["sync", "shop"]);
+    assert!(!ok);
+    assert!(out.contains(": failed") && out.contains("error: "), "{out}");
+    assert!(err.contains("the run failed"), "{err}");
+    let (_, out, _) = run(&["state", "shop"]);
+    let state = json(&out);
+    assert_eq!(
+        (&state["runs"], &state["runs_failed"], &state["last_outcome"]),
+        (&4.into(), &1.into(), &"failed".into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,10 +44,21 @@ impl AuditState {
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
     }
+
+    /// The hub the desk serves.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
 }
 
-fn problem(e: Error) -> Response {
+pub(super) fn problem(e: Error) -> Response {
     match e {
+        Error::NotPulled(source) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not a pulled source",
+            format!("source `{source}` is not a pulled source: no integration declares [pull] for it"),
+        ),
         Error::NotFound(id) => Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -75,7 +86,7 @@ fn problem(e: Error) -> Response {
     .into_response()
 }
 
-fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
+pub(super) fn answer<T: serde::Serialize>(r: crate::Result<T>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => problem(e),
@@ -173,7 +184,7 @@ pub async fn list(
     tag = "audit",
     security(("token" = ["read"])),
     responses(
-        (status = 200, description = "Counts per source, layer and status; per destination health", body = crate::audit::Stats),
+        (status = 200, description = "Counts per source, layer and status; per destination health; per target deliveries; per pulled source the last run, the next, the saved cursor and the totals", body = crate::audit::Stats),
         (status = 401, description = "No token, or an unknown one", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
@@ -369,8 +380,52 @@ pub fn render_metrics(stats: &audit::Stats) -> String {
     );
     let _ = writeln!(out, "# TYPE post_office_delivery_receipts_unsent gauge");
     let _ = writeln!(out, "post_office_delivery_receipts_unsent {}", stats.receipts_unsent);
+    pull_metrics(&mut out, &stats.pulls);
     out.push_str(&layer1_ingest::metrics::render());
     out
+}
+
+/// The pulled sources' series, one per source (`source` label), from their `pull_state` rows:
+/// the running totals as counters, the last success and whether a run holds the source as
+/// gauges. Nothing is written for a hub without pulled sources.
+fn pull_metrics(out: &mut String, pulls: &[audit::PullStats]) {
+    if pulls.is_empty() {
+        return;
+    }
+    type Figure = fn(&audit::PullStats) -> i64;
+    let counters: [(&str, &str, Figure); 6] = [
+        ("hub_sync_runs_total", "Sync runs started, per pulled source.", |p| p.runs),
+        ("hub_sync_runs_failed_total", "Sync runs that failed or were aborted.", |p| p.runs_failed),
+        ("hub_sync_pages_total", "Pages fetched and committed by sync runs.", |p| p.pages),
+        ("hub_sync_records_total", "Records taken by sync runs.", |p| p.records),
+        (
+            "hub_sync_skipped_total",
+            "Records skipped by sync runs (already taken, or not past the saved cursor).",
+            |p| p.skipped,
+        ),
+        ("hub_sync_bytes_total", "Bytes of the pages committed by sync runs.", |p| p.bytes),
+    ];
+    for (name, help, figure) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for p in pulls {
+            let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(&p.source), figure(p));
+        }
+    }
+    let name = "hub_sync_last_success_timestamp_seconds";
+    let _ =
+        writeln!(out, "# HELP {name} When a sync run of the source last succeeded (Unix time; 0: never).");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in pulls {
+        let t = p.last_success_at.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        let _ = writeln!(out, "{name}{{source=\"{}\"}} {t}", escape(&p.source));
+    }
+    let name = "hub_sync_running";
+    let _ = writeln!(out, "# HELP {name} 1 while a sync run holds the source (its lease held, not expired).");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in pulls {
+        let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(&p.source), u8::from(p.running));
+    }
 }
 
 /// One gauge per destination, in the Prometheus text format; a destination without a value

@@ -31,7 +31,7 @@ pub enum Scope {
     Read,
     /// The raw bytes and headers a third party sent (widens `read`).
     Raw,
-    /// Replays: anything that writes.
+    /// Anything that writes: replays, sync runs started by hand, pulled sources' state resets.
     Operate,
     /// `/metrics`.
     Metrics,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod gate;
 pub mod ingest;
 pub mod problem;
+pub mod sources;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod verify;
@@ -76,6 +77,41 @@ pub fn endpoints(ingest: ingest::IngestState, audit: audit::AuditState) -> Vec<E
             audit::replay,
             audit.clone(),
         ),
+        Endpoint::new(
+            Method::POST,
+            "/v1/sources/{source}/sync",
+            scope(Scope::Operate),
+            sources::sync,
+            audit.clone(),
+        ),
+        Endpoint::new(
+            Method::GET,
+            "/v1/sources/{source}/state",
+            scope(Scope::Read),
+            sources::state,
+            audit.clone(),
+        ),
+        Endpoint::new(
+            Method::DELETE,
+            "/v1/sources/{source}/state",
+            scope(Scope::Operate),
+            sources::reset_state,
+            audit.clone(),
+        ),
+        Endpoint::new(
+            Method::GET,
+            "/v1/sources/{source}/runs",
+            scope(Scope::Read),
+            sources::runs,
+            audit.clone(),
+        ),
+        Endpoint::new(
+            Method::GET,
+            "/v1/sources/{source}/runs/{run_id}",
+            scope(Scope::Read),
+            sources::run,
+            audit.clone(),
+        ),
         Endpoint::new(Method::GET, "/v1/stats", scope(Scope::Read), audit::stats, audit.clone()),
         Endpoint::new(Method::GET, "/metrics", scope(Scope::Metrics), audit::metrics, audit),
     ]
@@ -104,7 +140,8 @@ async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "post office", description = "Webhook intake and the audit desk of the post office."),
-    paths(ingest::ingest, audit::message, audit::core_message, audit::list, audit::stats, audit::replay, audit::ready, audit::metrics, audit::health),
+    paths(ingest::ingest, audit::message, audit::core_message, audit::list, audit::stats, audit::replay, audit::ready, audit::metrics, audit::health,
+        sources::sync, sources::state, sources::reset_state, sources::runs, sources::run),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

@@ -19,6 +19,7 @@ mod ingest;
 mod isolation;
 mod pipeline;
 mod pull;
+mod pull_api;
 mod queries;
 mod real_payloads;
 mod receipts;

@@ -299,6 +299,13 @@ struct Setup {
 }
 
 async fn hub(url: &str, pull: PullSettings, schedule: Option<Schedule>) -> Setup {
+    let s = unstarted(url, pull, schedule).await;
+    s.hub.start();
+    s
+}
+
+/// [`hub`] without its stages started.
+async fn unstarted(url: &str, pull: PullSettings, schedule: Option<Schedule>) -> Setup {
     // Where layer 2 finds the records: where the puller does (`""`: the page is the array).
     let records = pull.spec.records.clone().unwrap_or_default();
     let transport = Arc::new(InProcessTransport::default());
@@ -322,7 +329,6 @@ async fn hub(url: &str, pull: PullSettings, schedule: Option<Schedule>) -> Setup
         .build()
         .await
         .expect("hub");
-    hub.start();
     let core = Arc::new(Collect::default());
     let cancel = CancellationToken::new();
     tokio::spawn(Receiver::new(transport, QUEUE, core.clone()).run(cancel.clone()));
@@ -746,6 +752,24 @@ async fn a_cron_schedule_fires_on_time_and_a_manual_sync_reports_its_id() {
     assert_eq!((run.trigger.as_str(), run.outcome.as_str()), ("manual", "succeeded"));
     settle(&s.hub).await;
     exactly_once(&records(&s.hub).await, &orders(5));
+    s.cancel.cancel();
+    s.hub.shutdown().await;
+    tdb.cleanup().await;
+
+    // A run started before the stages does not keep them from starting.
+    let tdb = TestDb::new(Backend::Sqlite).await;
+    let s = unstarted(&tdb.url, settings(spec(&base, "all"), SyncMode::FullRefresh), None).await;
+    let id = s.hub.start_sync(SOURCE, Trigger::Manual).await.expect("started");
+    s.hub.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.hub.sync_run(id).await.expect("run").finished_at.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the run ends");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    settle(&s.hub).await;
+    assert_eq!(s.hub.sync_run(id).await.expect("run").outcome, "succeeded");
+    exactly_once(&records(&s.hub).await, &orders(5));
+    assert_eq!(s.core.got.lock().expect("lock").len(), 5, "the stages ran");
     s.cancel.cancel();
     s.hub.shutdown().await;
     tdb.cleanup().await;
