@@ -10,7 +10,7 @@ use sea_orm::ConnectionTrait;
 use serde::Serialize;
 use uuid::Uuid;
 
-use layer1_ingest::pull::store::{self, runs, state};
+use layer1_ingest::pull::store::{self, state};
 
 use crate::error::{Error, Result};
 use crate::hub::Hub;
@@ -173,75 +173,8 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
-/// One run of a pulled source (a `sync_runs` row).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct SyncRunView {
-    /// The run's id; its pages carry it in `hub-pull-run`.
-    pub id: Uuid,
-    /// The source.
-    pub source: String,
-    /// What started it: `schedule`, `manual` (the API) or `cli`.
-    pub trigger: String,
-    /// The sync mode.
-    pub mode: String,
-    /// The worker that ran it (host and process id).
-    pub worker: String,
-    /// Whether it continued a listing an earlier run left unfinished.
-    pub resumed: bool,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// Its last sign of life: the last page committed (or the start).
-    pub heartbeat_at: DateTime<Utc>,
-    /// End; none while running.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `succeeded`, `page_limit` (stopped at `max_pages`; the next run goes on),
-    /// `failed`, `aborted` (its worker stopped mid-run).
-    pub outcome: String,
-    /// Pages committed.
-    pub pages: i32,
-    /// Records taken.
-    pub records: i64,
-    /// Records skipped.
-    pub skipped: i64,
-    /// Bytes of the pages committed.
-    pub bytes: i64,
-    /// HTTP requests sent.
-    pub requests: i32,
-    /// Of which retries.
-    pub retries: i32,
-    /// The saved cursor at the start.
-    pub cursor_before: Option<String>,
-    /// The saved cursor at the end.
-    pub cursor_after: Option<String>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-impl From<runs::Model> for SyncRunView {
-    fn from(r: runs::Model) -> Self {
-        SyncRunView {
-            id: r.id,
-            source: r.source,
-            trigger: r.trigger,
-            mode: r.mode,
-            worker: r.worker,
-            resumed: r.resumed,
-            started_at: r.started_at,
-            heartbeat_at: r.heartbeat_at,
-            finished_at: r.finished_at,
-            outcome: r.outcome,
-            pages: r.pages,
-            records: r.records,
-            skipped: r.skipped,
-            bytes: r.bytes,
-            requests: r.requests,
-            retries: r.retries,
-            cursor_before: r.cursor_before,
-            cursor_after: r.cursor_after,
-            error: r.error,
-        }
-    }
-}
+/// One run of a pulled source: the `sync_runs` row as it is.
+pub use layer1_ingest::pull::store::runs::Model as SyncRunView;
 
 /// One page of a source's runs, newest first.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -271,7 +204,7 @@ pub async fn sync_runs(
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_before = if more { rows.last().map(|r| r.id) } else { None };
-    Ok(SyncRuns { items: rows.into_iter().map(Into::into).collect(), next_before })
+    Ok(SyncRuns { items: rows, next_before })
 }
 
 /// The run `id` of `source`: [`Error::NotPulled`] for a source the hub does not pull,
@@ -280,7 +213,7 @@ pub async fn sync_run(hub: &Hub, source: &str, id: Uuid) -> Result<SyncRunView> 
     // The source first: a source not pulled is 404 whatever the id.
     hub.pull_state(source).await?;
     match hub.sync_run(id).await {
-        Ok(run) if run.source == source => Ok(run.into()),
+        Ok(run) if run.source == source => Ok(run),
         Ok(_) => Err(Error::NotFound(id)),
         Err(e) => Err(e),
     }

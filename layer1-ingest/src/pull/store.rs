@@ -1,6 +1,6 @@
 //! The tables of pulled sources (migration 000012): `pull_state` (one row per source: saved
 //! cursor, unfinished listing, lease, totals), `sync_runs` (one row per run) and `pull_taken`
-//! (the records taken, by key). Every write a page needs goes through [`commit_page`], in the
+//! (the records taken, by key). Every write a page needs is made by the runner (`run::Run`), in the
 //! transaction that stores the page.
 
 use chrono::{DateTime, Utc};
@@ -75,6 +75,8 @@ pub mod runs {
 
     /// One run of a pulled source.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[cfg_attr(feature = "openapi", schema(as = SyncRunView))]
     #[sea_orm(table_name = "sync_runs")]
     pub struct Model {
         /// UUIDv7: the run id. Pages of the run carry it (`hub-pull-run`).
@@ -91,11 +93,11 @@ pub mod runs {
         /// Whether it continued a listing an earlier run left unfinished.
         pub resumed: bool,
         /// Start.
-        pub started_at: DateTimeUtc,
+        pub started_at: chrono::DateTime<chrono::Utc>,
         /// Last page committed (or start).
-        pub heartbeat_at: DateTimeUtc,
+        pub heartbeat_at: chrono::DateTime<chrono::Utc>,
         /// End; none while running.
-        pub finished_at: Option<DateTimeUtc>,
+        pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
         /// `running`, `succeeded`, `page_limit` (stopped at `max_pages`, the next run goes
         /// on), `failed`, `aborted` (the worker stopped mid-run).
         pub outcome: String,
