@@ -4,6 +4,12 @@
 use super::*;
 use std::time::Instant;
 
+/// The longest an expression the budget stops may run here. Not a speed target: without the
+/// budget these run for minutes (quadratic work), with it well under a second in a release
+/// build; the margin is for a debug build on a loaded 2-core machine (CI runs test binaries
+/// side by side; one run took 2.3 s where 2 s was the bound).
+const GUARD: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn mapping(fields: Value) -> Result<Mapping, Vec<MappingIssue>> {
     test_mapping(fields, json!([]), "ignore")
 }
@@ -134,7 +140,7 @@ fn expr_string_slice_work_is_charged() {
     let t = Instant::now();
     let r = m.apply(&json!({"s": s}));
     let took = t.elapsed();
-    assert!(took.as_secs() < 2, "{took:?} for {r:?}");
+    assert!(took < GUARD, "{took:?} for {r:?}");
 }
 
 #[test]
@@ -145,7 +151,7 @@ fn expr_string_length_work_is_charged() {
     let t = Instant::now();
     let r = m.apply(&json!({"s": s}));
     let took = t.elapsed();
-    assert!(took.as_secs() < 2, "{took:?} for {}", r.is_ok());
+    assert!(took < GUARD, "{took:?} for {}", r.is_ok());
 }
 
 #[test]
@@ -159,7 +165,7 @@ fn expr_big_number_compare_is_charged() {
     let t = Instant::now();
     let r = m.apply(&rec);
     let took = t.elapsed();
-    assert!(took.as_secs() < 2, "{took:?} for {}", r.is_ok());
+    assert!(took < GUARD, "{took:?} for {}", r.is_ok());
 }
 
 #[test]
@@ -182,7 +188,7 @@ fn expr_huge_exponent_and_repeat_and_range_are_refused_cleanly() {
         let t = Instant::now();
         let r = std::panic::catch_unwind(|| m.apply(&rec).map(|(b, _)| b.to_json()));
         assert!(r.is_ok(), "`{code}` panicked");
-        assert!(t.elapsed().as_secs() < 2, "`{code}` took {:?}", t.elapsed());
+        assert!(t.elapsed() < GUARD, "`{code}` took {:?}", t.elapsed());
         eprintln!("{code}: {:?}", r.ok().map(|r| r.map_err(|e| e.message)));
     }
 }

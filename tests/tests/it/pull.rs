@@ -729,7 +729,7 @@ async fn a_cron_schedule_fires_on_time_and_a_manual_sync_reports_its_id() {
         // Fired on an even second, and promptly.
         let fire = r.started_at.timestamp() - r.started_at.timestamp() % 2;
         let late = r.started_at.timestamp_millis() - fire * 1000;
-        assert!((0..800).contains(&late), "started {late} ms after its fire time: {r:?}");
+        assert!((0..1500).contains(&late), "started {late} ms after its fire time: {r:?}");
     }
     let state = s.hub.pull_state(SOURCE).await.expect("state").expect("row");
     assert!(state.next_run_at.is_some_and(|t| t > chrono::Utc::now() - chrono::Duration::seconds(3)));
