@@ -794,7 +794,7 @@ mod shop {
         let pull = match pull_url {
             Some(url) => format!(
                 "[pull]\nurl = \"{url}\"\nmode = \"incremental\"\ncursor_field = \"/updated_at\"\npage_size = 2\n\
-                 max_retries = 0\n[pull.pagination]\nstyle = \"page_number\"\nparam = \"page\"\nsize_param = \"per_page\"\n"
+                 max_retries = 0\nlease_ms = 1500\n[pull.pagination]\nstyle = \"page_number\"\nparam = \"page\"\nsize_param = \"per_page\"\n"
             ),
             None => String::new(),
         };
@@ -819,6 +819,62 @@ mod shop {
         .expect("write");
         cfg
     }
+}
+
+/// `sync` killed with SIGKILL mid-run (a page committed, the next one in flight): the next
+/// `sync` is refused until the dead run's lease (1.5 s here) expires, then resumes from the
+/// committed page; every record is taken exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sync_resumes_without_loss_or_repeat() {
+    use std::sync::atomic::Ordering;
+    let (base, api) = shop::start().await;
+    let dir = std::env::temp_dir().join(format!("po-cli-kill-{}", uuid::Uuid::now_v7().simple()));
+    let cfg = shop::config(&dir, Some(&format!("{base}/orders")));
+    let run = |args: &[&str]| {
+        let out =
+            hub_worker().args(args).arg("--config").arg(&cfg).env_remove("HUB_LOG").output().expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Each page takes 700 ms to come: kill while the second is on its way.
+    api.delay_ms.store(700, Ordering::SeqCst);
+    let mut child = hub_worker()
+        .args(["sync", "shop", "--config"])
+        .arg(&cfg)
+        .env_remove("HUB_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawns");
+    for _ in 0..400 {
+        if api.requests.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(api.requests.load(Ordering::SeqCst) >= 2, "the second page was asked");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    api.delay_ms.store(0, Ordering::SeqCst);
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+    let (_, out, _) = run(&["state", "shop"]);
+    let state = json(&out);
+    assert_eq!((&state["pages"], &state["records"]), (&1.into(), &2.into()), "page 1 committed: {state}");
+    // The dead run still holds the source until its lease ends.
+    let (ok, _, err) = run(&["sync", "shop"]);
+    assert!(!ok && err.contains("is being synced by"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (ok, out, err) = run(&["sync", "shop", "--json"]);
+    assert!(ok, "{out}\n{err}");
+    let report = json(&out);
+    assert_eq!((&report["resumed"], &report["records"]), (&true.into(), &3.into()), "{report}");
+    let (_, out, _) = run(&["state", "shop"]);
+    let state = json(&out);
+    assert_eq!((&state["records"], &state["runs_failed"]), (&5.into(), &1.into()), "{state}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `sync` and `state` name a source that is not pulled (or a config that is not there) and

@@ -255,6 +255,14 @@ fn check_limits(d: &mut FileDiags<'_>, pull: &PullConfig, payload: &PagePayload<
             "pull.rate_per_sec: must be a number above 0 (leave it out for no limit)",
         );
     }
+    if let Some(ms) = pull.lease_ms
+        && ms < 1000
+    {
+        d.at(
+            &["pull", "lease_ms"],
+            format!("pull.lease_ms: {ms} ms is too short: a run renews its lease every third of it (at least 1000)"),
+        );
+    }
     let base = pull.retry_base_ms.unwrap_or(DEFAULT_RETRY_BASE_MS);
     let max = pull.retry_max_ms.unwrap_or(DEFAULT_RETRY_MAX_MS);
     if base > max {

@@ -383,7 +383,13 @@ async fn a_missing_secret_is_an_error_at_pull_auth() {
 #[test]
 fn limits_and_credentials_are_checked() {
     let dir = Dir::new();
-    let cases: [(&str, &str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str, &str); 5] = [
+        (
+            "rate_per_sec = 4.0",
+            "rate_per_sec = 4.0\nlease_ms = 500",
+            "lease_ms",
+            "pull.lease_ms: 500 ms is too short",
+        ),
         (
             "rate_per_sec = 4.0",
             "rate_per_sec = 0.0",

@@ -74,6 +74,11 @@ pub struct PullConfig {
     /// resumes.
     #[serde(default)]
     pub retry_max_ms: Option<u64>,
+    /// How long a run holds the source without renewing it, milliseconds (default 60000):
+    /// after a worker dies mid-run, another takes the source over once this has passed. A run
+    /// renews it every third of it and with every page.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
     /// Fixed query parameters.
     #[serde(default)]
     pub query: BTreeMap<String, toml::Value>,
@@ -229,6 +234,9 @@ impl PullConfig {
         }
         if let Some(ms) = self.retry_max_ms {
             s.retry_max = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.lease_ms {
+            s.lease = Duration::from_millis(ms);
         }
         Ok(s)
     }
