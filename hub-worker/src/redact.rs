@@ -288,16 +288,11 @@ mod tests {
     /// The loader refuses what is not a pointer and what no payload can have, at its line.
     #[test]
     fn the_loader_checks_each_pointer() {
-        let scratch = crate::files::scratch::ScratchDir::new("po-redact");
+        let scratch = crate::files::scratch::ScratchDir::with_catalogue("po-redact");
         let dir = scratch.path().to_owned();
         let w = |name: &str, text: &str| {
             scratch.write(name, text);
         };
-        w(
-            "core.toml",
-            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
-        );
-        w("any.json", "{}");
         w(
             "event.json",
             r#"{"type":"object","additionalProperties":false,"properties":{"id":{"type":"string"},

@@ -360,6 +360,12 @@ impl PullSpec {
             Ok(u) if u.fragment().is_some() => {
                 out.push(format!("url: `{}` must not have a #fragment", self.url))
             }
+            // A credential in the URL would be stored with every page's request and shown by
+            // the audit desk: it goes in the source's authentication, by reference.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => out.push(
+                "url: holds credentials: they go in the authentication settings, by reference to a secret"
+                    .into(),
+            ),
             Ok(_) => {}
             Err(e) => out.push(format!("url: `{}` is not an absolute URL: {e}", self.url)),
         }
@@ -457,6 +463,12 @@ impl PullSpec {
     /// position sends what it would have sent.
     pub fn request(&self, pos: &Position) -> Result<PageRequest, PullError> {
         self.validate().map_err(PullError::Invalid)?;
+        self.request_unchecked(pos)
+    }
+
+    /// [`PullSpec::request`] for a spec already validated (by the caller of [`PullSpec::next`]
+    /// once per page, not once per URL it builds).
+    fn request_unchecked(&self, pos: &Position) -> Result<PageRequest, PullError> {
         let base = self.base()?;
         let url = match (&pos.at, &self.pagination) {
             // A next link is the API's own full URL: it already carries every parameter.
@@ -517,16 +529,16 @@ impl PullSpec {
             Some(other) => return Err(PullError::RecordsNotArray { pointer, kind: other.kind_name() }),
         };
         // The page just read counts as seen: an API answering with its own cursor loops too.
-        let here = self.request(pos)?.url;
-        memory.seen.insert(here);
+        let here = self.request_unchecked(pos)?.url;
+        memory.seen.insert(here.clone());
 
         let (high_water, behind_saved, without_cursor) = self.cursors(&records, pos.since.as_deref());
         let pages = pos.pages.saturating_add(1);
-        let at = self.next_at(pos, &doc, headers, records.len());
+        let at = self.next_at(pos, &here, &doc, headers, records.len());
         let next = match at {
             Ok(Some(at)) => {
                 let next_pos = Position { pages, at, since: pos.since.clone() };
-                match self.request(&next_pos) {
+                match self.request_unchecked(&next_pos) {
                     Err(e) => Next::Stop(e),
                     Ok(req) if memory.seen.contains(&req.url) => {
                         Next::Stop(PullError::Loop { next: req.url, from: self.next_source() })
@@ -581,6 +593,7 @@ impl PullSpec {
     fn next_at(
         &self,
         pos: &Position,
+        here: &str,
         doc: &Value,
         headers: &[(String, String)],
         count: usize,
@@ -593,7 +606,7 @@ impl PullSpec {
             }
             Pagination::NextLinkInBody { next } => match body_text(doc, next)? {
                 None => None,
-                Some(link) => Some(At::Url { url: self.resolve(pos, &link, &format!("`{next}`"))? }),
+                Some(link) => Some(At::Url { url: self.resolve(here, &link, &format!("`{next}`"))? }),
             },
             Pagination::LinkHeader => {
                 let link = headers
@@ -602,7 +615,7 @@ impl PullSpec {
                     .find_map(|(_, v)| link_next(v));
                 match link {
                     None => None,
-                    Some(link) => Some(At::Url { url: self.resolve(pos, &link, "the Link header")? }),
+                    Some(link) => Some(At::Url { url: self.resolve(here, &link, "the Link header")? }),
                 }
             }
             Pagination::PageNumber { .. } => match &pos.at {
@@ -624,9 +637,8 @@ impl PullSpec {
 
     /// `link` resolved against the URL of the page it came from, refused if it leaves the
     /// spec's origin (scheme, host and port).
-    fn resolve(&self, pos: &Position, link: &str, from: &str) -> Result<String, PullError> {
-        let page_url = self.request(pos)?.url;
-        let page_url = Url::parse(&page_url).map_err(|e| PullError::Invalid(vec![format!("url: {e}")]))?;
+    fn resolve(&self, page_url: &str, link: &str, from: &str) -> Result<String, PullError> {
+        let page_url = Url::parse(page_url).map_err(|e| PullError::Invalid(vec![format!("url: {e}")]))?;
         let u = page_url.join(link).map_err(|e| PullError::BadLink {
             link: link.to_owned(),
             from: from.to_owned(),

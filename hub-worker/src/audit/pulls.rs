@@ -112,7 +112,7 @@ pub struct SourceState {
     /// The last run, the saved cursor and the totals.
     #[serde(flatten)]
     pub stats: PullStats,
-    /// The listing's URL as declared (without user and password, if it had any).
+    /// The listing's URL as declared (it never holds credentials).
     pub url: String,
     /// The sync mode: `full_refresh`, `incremental` or `incremental_dedup`.
     pub mode: String,
@@ -148,7 +148,8 @@ pub async fn source_state(hub: &Hub, source: &str) -> Result<SourceState> {
     let now = Utc::now();
     Ok(SourceState {
         stats: row.as_ref().map_or_else(|| PullStats::empty(source), |r| PullStats::of(r, now)),
-        url: without_userinfo(&settings.spec.url),
+        // Never holds credentials: `PullSpec::validate` refuses them.
+        url: settings.spec.url.clone(),
         mode: settings.mode.as_str().to_owned(),
         timezone: schedule.as_ref().map(|s| s.zone().to_owned()),
         schedule: schedule.map(|s| s.as_str().to_owned()),
@@ -161,16 +162,6 @@ pub async fn source_state(hub: &Hub, source: &str) -> Result<SourceState> {
         lease_until: row.as_ref().and_then(|r| r.lease_until),
         updated_at: row.as_ref().map(|r| r.updated_at),
     })
-}
-
-/// `url` without the `user:password@` of its authority, if it has one.
-fn without_userinfo(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 /// One run of a pulled source: the `sync_runs` row as it is.
@@ -222,14 +213,6 @@ pub async fn sync_run(hub: &Hub, source: &str, id: Uuid) -> Result<SyncRunView> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_credentials_only() {
-        assert_eq!(without_userinfo("https://u:p@api.example/x?a=b@c"), "https://api.example/x?a=b@c");
-        assert_eq!(without_userinfo("https://api.example/x?a=b@c"), "https://api.example/x?a=b@c");
-        assert_eq!(without_userinfo("http://tok@h:8080"), "http://h:8080");
-        assert_eq!(without_userinfo("not a url"), "not a url");
-    }
 
     #[test]
     fn running_means_a_lease_not_yet_expired() {

@@ -415,16 +415,11 @@ mod tests {
     /// Kinds are tried in the order the file lists them, not by name.
     #[tokio::test]
     async fn kinds_keep_file_order_and_diagnostics_have_lines() {
-        let scratch = super::scratch::ScratchDir::new("po-files");
+        let scratch = super::scratch::ScratchDir::with_catalogue("po-files");
         let dir = scratch.path().to_owned();
         let w = |name: &str, text: &str| {
             scratch.write(name, text);
         };
-        w(
-            "core.toml",
-            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
-        );
-        w("any.json", "{}");
         let kind = |name: &str| {
             format!(
                 "[kinds.{name}]\nschema = \"any.json\"\nschema_version = \"1\"\nwhen = {{ pointer = \"/a\" }}\n\
@@ -463,16 +458,11 @@ mod tests {
     /// is no pointer (compile) and when the schema rules it out (lint).
     #[test]
     fn a_bad_ignore_element_is_reported_at_its_line() {
-        let scratch = super::scratch::ScratchDir::new("po-files");
+        let scratch = super::scratch::ScratchDir::with_catalogue("po-files");
         let dir = scratch.path().to_owned();
         let w = |name: &str, text: &str| {
             scratch.write(name, text);
         };
-        w(
-            "core.toml",
-            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
-        );
-        w("any.json", "{}");
         w(
             "issue.json",
             r#"{"type": "object", "additionalProperties": false, "properties": {"action": {},
@@ -501,16 +491,11 @@ mod tests {
     /// ever an integer (a GitHub push's `created_at`) is an error at the rule's line.
     #[test]
     fn a_conversion_the_schema_type_rules_out_is_reported_at_its_line() {
-        let scratch = super::scratch::ScratchDir::new("po-files");
+        let scratch = super::scratch::ScratchDir::with_catalogue("po-files");
         let dir = scratch.path().to_owned();
         let w = |name: &str, text: &str| {
             scratch.write(name, text);
         };
-        w(
-            "core.toml",
-            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
-        );
-        w("any.json", "{}");
         w(
             "push.json",
             r#"{"type": "object", "properties": {"repository": {"type": "object", "properties": {

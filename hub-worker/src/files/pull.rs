@@ -274,16 +274,9 @@ fn check_limits(d: &mut FileDiags<'_>, pull: &PullConfig, payload: &PagePayload<
     }
 }
 
-/// No credentials in the URL or the fixed headers: they go in `[pull.auth]`, by reference.
+/// No credentials in the fixed headers: they go in `[pull.auth]`, by reference (the URL's
+/// own are refused by [`PullConfig::spec`]).
 fn check_url_and_headers(d: &mut FileDiags<'_>, pull: &PullConfig) {
-    let authority = pull.url.split_once("://").map_or("", |(_, rest)| rest);
-    let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
-        d.at(
-            &["pull", "url"],
-            "pull.url: holds credentials: they go in [pull.auth], by reference to a secret",
-        );
-    }
     let api_key = match &pull.auth {
         AuthSpec::ApiKey { header, .. } => Some(header.as_str()),
         _ => None,

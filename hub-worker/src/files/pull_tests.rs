@@ -383,7 +383,13 @@ async fn a_missing_secret_is_an_error_at_pull_auth() {
 #[test]
 fn limits_and_credentials_are_checked() {
     let dir = Dir::new();
-    let cases: [(&str, &str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str, &str); 6] = [
+        (
+            "url = \"https://shop.example",
+            "url = \"https://user:pw@shop.example",
+            "url = ",
+            "pull.url: holds credentials",
+        ),
         (
             "rate_per_sec = 4.0",
             "rate_per_sec = 4.0\nlease_ms = 500",

@@ -12,6 +12,19 @@ impl ScratchDir {
         Self(dir)
     }
 
+    /// A scratch directory holding a catalogue of one core type (`t`, version 1, schema
+    /// `any.json`, which accepts anything) and one destination (`q`): what most loader tests
+    /// need beside the file under test.
+    pub(crate) fn with_catalogue(prefix: &str) -> Self {
+        let d = Self::new(prefix);
+        d.write(
+            "core.toml",
+            "destinations = [\"q\"]\n[[message_types]]\ntype = \"t\"\nversion = \"1\"\nschema = \"any.json\"\n",
+        );
+        d.write("any.json", "{}");
+        d
+    }
+
     /// Writes `text` to `name` in the directory; returns its path.
     pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);

@@ -472,7 +472,6 @@ impl Run {
                 ));
             }
             let answer = self.fetch(&req, tally, renewed, stop).await?;
-            tally.bytes += answer.body.len() as u64;
             if answer.truncated || answer.body.len() > spec.max_page_bytes {
                 return Err(Stop::Failed(format!(
                     "page {} ({}): {}",
@@ -759,6 +758,7 @@ impl Run {
         }
         update.filter(state::Column::Source.eq(s.source.as_str())).exec(&txn).await?;
         tally.pages = page_no;
+        tally.bytes += answer.body.len() as u64;
         tally.records += picks.len() as u64;
         tally.skipped += skipped as u64;
         runs::Entity::update_many()

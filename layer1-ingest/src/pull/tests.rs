@@ -366,3 +366,13 @@ fn validate_names_every_bad_key() {
     assert!(matches!(spec.first(None), Err(PullError::Invalid(_))));
     assert!(PullSpec::new(BASE).validate().is_ok());
 }
+
+#[test]
+fn credentials_in_the_url_are_refused() {
+    for url in ["https://user:pw@api.shop.example/v1/orders", "https://token@api.shop.example/"] {
+        let errs = PullSpec::new(url).validate().expect_err(url);
+        assert!(errs.iter().any(|e| e.starts_with("url: holds credentials")), "{url}: {errs:?}");
+    }
+    // An `@` in the query is no credential.
+    assert!(PullSpec::new("https://api.shop.example/v1/orders?email=a@b.example").validate().is_ok());
+}
